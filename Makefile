@@ -1,0 +1,56 @@
+# alliedium — set-up, demo, tests. Everything the project needs is installed here:
+# the Python packages (pinned) into .venv, the Ignite jars (Maven) into ignite/lib.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.setup-done
+JAR_STAMP := ignite/lib/.resolved
+MVN := mvn -q -B
+
+.PHONY: setup demo test lab bench export clean distclean help
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+setup: $(PY_STAMP) $(JAR_STAMP)  ## install everything (idempotent; fast when already done)
+
+$(PY_STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11+ is needed (set PYTHON=...)"; exit 1; }
+	@echo "==> Python packages into $(VENV) (pinned by requirements.lock)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip==26.3
+	@$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	@! git rev-parse --git-dir >/dev/null 2>&1 || git config --local merge.nbdev-merge.driver '$(BIN)/nbdev-merge %O %A %B %P'
+	@touch $@
+
+$(JAR_STAMP): ignite/pom.xml
+	@command -v java >/dev/null || { echo "error: java not found: install JDK 17 (apt-get install openjdk-17-jdk-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven (apt-get install maven)"; exit 1; }
+	@echo "==> Ignite jars into ignite/lib (Maven)"
+	@rm -rf ignite/lib
+	@$(MVN) -f ignite/pom.xml dependency:copy-dependencies
+	@touch $@
+
+demo: setup  ## install, then run the main job on the embedded default (local Ignite node)
+	@$(BIN)/alliedium demo
+
+test: setup  ## install, then run the whole test suite (real Ignite node, notebooks too)
+	@$(BIN)/python -m pytest tests nbs/index.ipynb --nbval-lax
+
+lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
+	@$(BIN)/jupyter lab --notebook-dir=nbs
+
+bench: setup  ## run the benchmarks that exist
+	@echo "No benchmarks yet: they arrive with ingestion (alliedium bench ingest), training and serving."
+
+export: setup  ## notebooks -> package and README, notebook outputs stripped (run before committing)
+	@$(BIN)/nbdev-export && $(BIN)/nbdev-clean
+	@$(BIN)/jupyter nbconvert --log-level=ERROR --to markdown --execute nbs/index.ipynb --output-dir . --output README
+
+clean:  ## stop the local node
+	@test ! -x $(BIN)/alliedium || $(BIN)/alliedium ignite stop
+
+distclean: clean  ## also remove .venv, jars and var/ (all local data)
+	rm -rf $(VENV) ignite/lib var
