@@ -3,7 +3,8 @@
 Tests that need Ignite take the `ignite` fixture (the node's `Settings`); the process
 environment points at that node too, so subprocesses (the CLI, nbdev-test) use it.
 """
-import os
+import importlib, os
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,9 @@ def ignite(tmp_path_factory):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
         reload_settings()
+
+
+# Fixtures of each area live in tests/fixtures_<area>.py; importing them here shares them with every test.
+for _f in sorted(Path(__file__).parent.glob('fixtures_*.py')):
+    _m = importlib.import_module(_f.stem)
+    globals().update({k: v for k, v in vars(_m).items() if not k.startswith('_')})
