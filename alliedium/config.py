@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     ignite_timeout: float = Field(30, gt=0)  # thin-client socket timeout, seconds
     ignite_libs: Path|None = None  # Ignite jars; default <home>/ignite/lib (filled by make setup)
     java: str = 'java'  # the java executable (JDK 17)
+    serve_host: str = '127.0.0.1'  # address the HTTP API (Ray Serve proxy) binds
+    serve_port: int = Field(8000, gt=0, lt=65536)  # port of the HTTP API
+    serve_models_per_replica: int = Field(16, ge=1)  # tenants' models kept loaded per model replica (LRU)
+    serve_model_replicas: int = Field(1, ge=1)  # replicas of the tenant-model deployment
+    serve_replica_cpus: float = Field(0.25, gt=0)  # CPUs reserved per replica (fractional on small machines)
+    serve_poll_seconds: float = Field(1.0, gt=0)  # how often loaded tenants are checked for a promoted model
+    serve_max_body_bytes: int = Field(1_048_576, gt=0)  # larger request bodies are refused with 413
+    serve_retry_after: int = Field(5, ge=1)  # Retry-After seconds sent with 503 (Ignite unreachable)
+    serve_key_cache_seconds: float = Field(5.0, ge=0)  # API key -> tenant lookups cached this long
+    serve_train_cpus: float = Field(0.5, gt=0)  # CPUs of an online-training Ray task
 
 # %% ../nbs/00_config.ipynb #2cb717ed
 @patch(as_prop=True)
