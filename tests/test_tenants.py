@@ -1,0 +1,42 @@
+"Tenants and API keys on the session's Ignite node: keys shown once, only hashes stored, unknown tenants refused."
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from alliedium.ignite import ignite_client
+from alliedium.tenants import (InvalidTenantId, TenantExists, UnknownTenant, create_api_key, create_tenant, key_hash, list_tenants,
+                               require_tenant, revoke_api_key, tenant_exists, tenant_for_key)
+
+
+def test_create_tenant_stores_only_the_key_hash(ignite, tenant_id):
+    key = create_tenant(tenant_id, 'Acme', settings=ignite)
+    with ignite_client(ignite) as c:
+        rows = list(c.sql('SELECT key_hash, tenant_id FROM ALLIEDIUM.API_KEY WHERE tenant_id = ?', query_args=[tenant_id]))
+        stored = [str(v) for r in c.sql('SELECT * FROM ALLIEDIUM.API_KEY') for v in r]
+    assert rows == [[key_hash(key), tenant_id]]
+    assert not any(key in v for v in stored)
+    assert tenant_for_key(key, ignite) == tenant_id and tenant_exists(tenant_id, ignite)
+    assert {'id': tenant_id, 'name': 'Acme'}.items() <= next(t for t in list_tenants(ignite) if t['id'] == tenant_id).items()
+
+
+def test_concurrent_creation_has_one_winner(ignite, tenant_id):
+    def attempt(_):
+        try: return create_tenant(tenant_id, settings=ignite)
+        except TenantExists: return None
+    with ThreadPoolExecutor(4) as pool: keys = list(pool.map(attempt, range(4)))
+    assert sum(k is not None for k in keys) == 1
+
+
+def test_keys_open_their_own_tenant_only_and_can_be_revoked(ignite, tenant_id):
+    a, b = create_tenant(tenant_id, settings=ignite), create_tenant(tenant_id + 'b', settings=ignite)
+    a2 = create_api_key(tenant_id, ignite)
+    assert (tenant_for_key(a, ignite), tenant_for_key(b, ignite), tenant_for_key(a2, ignite)) == (tenant_id, tenant_id + 'b', tenant_id)
+    assert revoke_api_key(a, ignite)
+    assert tenant_for_key(a, ignite) is None and tenant_for_key(a2, ignite) == tenant_id
+    assert tenant_for_key('', ignite) is None and tenant_for_key('ak_' + 'x' * 43, ignite) is None
+
+
+def test_unknown_and_invalid_tenants_are_clear_errors(ignite, tenant_id):
+    with pytest.raises(UnknownTenant, match='alliedium tenants create'): require_tenant(tenant_id, ignite)
+    with pytest.raises(UnknownTenant): create_api_key(tenant_id, ignite)
+    with pytest.raises(InvalidTenantId, match='a-z'): create_tenant('Bad Tenant!', settings=ignite)
