@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     ignite_timeout: float = Field(30, gt=0)  # thin-client socket timeout, seconds
     ignite_libs: Path|None = None  # Ignite jars; default <home>/ignite/lib (filled by make setup)
     java: str = 'java'  # the java executable (JDK 17)
+    ignite_discovery_hosts: str = ''  # "host:port,..." discovery addresses of an existing cluster (thick client); empty: the local nodes
+    thick_heap: str = Field('256m', pattern=r'^\d+[kmgKMG]$')  # JVM -Xmx of the thick-client gateway
+    thick_start_timeout: float = Field(60, gt=0)  # seconds for the gateway JVM to join the cluster
+    thick_timeout: float = Field(30, gt=0)  # longest single gateway call, seconds; also how long a job waits for a server
+    job_timeout: float = Field(3600, gt=0)  # seconds a tenant-colocated job (a retrain) may run on its node
+    job_python: str = ''  # the Python server nodes run colocated jobs with; default <home>/.venv/bin/python
+    retrain_entry: str = 'alliedium.training:train_tenant'  # module:function a colocated retrain runs
     serve_host: str = '127.0.0.1'  # address the HTTP API (Ray Serve proxy) binds
     serve_port: int = Field(8000, gt=0, lt=65536)  # port of the HTTP API
     serve_models_per_replica: int = Field(16, ge=1)  # tenants' models kept loaded per model replica (LRU)
