@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     job_timeout: float = Field(3600, gt=0)  # seconds a tenant-colocated job (a retrain) may run on its node
     job_python: str = ''  # the Python server nodes run colocated jobs with; default <home>/.venv/bin/python
     retrain_entry: str = 'alliedium.training:train_tenant'  # module:function a colocated retrain runs
+    retrain_notebook: Path|None = None  # the papermill training notebook; default <home>/nbs/58_train_tenant.ipynb
+    retrain_jobs: int = Field(0, ge=0)  # tenants `alliedium retrain` runs at once; 0: the number of cores
+    retrain_kernel: str = 'python3'  # Jupyter kernel of the retrain notebook (the .venv's ipykernel)
+    retrain_timeout: float = Field(3600, gt=0)  # seconds one tenant's notebook may run before it counts as failed
     serve_host: str = '127.0.0.1'  # address the HTTP API (Ray Serve proxy) binds
     serve_port: int = Field(8000, gt=0, lt=65536)  # port of the HTTP API
     serve_models_per_replica: int = Field(16, ge=1)  # tenants' models kept loaded per model replica (LRU)
