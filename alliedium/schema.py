@@ -52,7 +52,14 @@ def migrations(backups:int=0) -> dict[int, list[str]]:
         f"{w('RUN')}",
         f"CREATE INDEX IF NOT EXISTS RUN_TENANT_STARTED ON {SCHEMA}.RUN (tenant_id, started_at)",
     ]
-    return {1: v1}
+    # v2: one small row per ticket (its newest `updated_at`, and whether it was deleted), kept in the same
+    # transaction as TICKET: ingestion locks and compares these instead of the large TICKET rows, and
+    # a deletion leaves this tombstone so a late, older event cannot bring the ticket back.
+    v2 = [
+        f"CREATE TABLE IF NOT EXISTS {SCHEMA}.TICKET_STATE (tenant_id VARCHAR, issue_key VARCHAR, updated_at TIMESTAMP, "
+        f"deleted BOOLEAN, PRIMARY KEY (tenant_id, issue_key)) {w('TICKET_STATE', affinity='tenant_id', composite_key=True)}",
+    ]
+    return {1: v1, 2: v2}
 
 SCHEMA_VERSION = max(migrations())
 
