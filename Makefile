@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.setup-done
 JAR_STAMP := ignite/lib/.resolved
+THICK_JAR := ignite/lib/alliedium-ignite.jar
+JAVA_SRC := $(shell find ignite/src -name '*.java' 2>/dev/null)
 MVN := mvn -q -B
 
 .PHONY: setup demo test lab bench export clean distclean help
@@ -14,7 +16,7 @@ MVN := mvn -q -B
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
-setup: $(PY_STAMP) $(JAR_STAMP)  ## install everything (idempotent; fast when already done)
+setup: $(PY_STAMP) $(JAR_STAMP) $(THICK_JAR)  ## install everything (idempotent; fast when already done)
 
 $(PY_STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11+ is needed (set PYTHON=...)"; exit 1; }
@@ -31,6 +33,12 @@ $(JAR_STAMP): ignite/pom.xml
 	@echo "==> Ignite jars into ignite/lib (Maven)"
 	@rm -rf ignite/lib
 	@$(MVN) -f ignite/pom.xml dependency:copy-dependencies
+	@touch $@
+
+# the thick client's gateway and the server-side job classes (ignite/src), next to the Ignite jars
+$(THICK_JAR): $(JAR_STAMP) ignite/pom.xml $(JAVA_SRC)
+	@echo "==> alliedium-ignite.jar (thick-client gateway, colocated jobs) into ignite/lib (Maven)"
+	@$(MVN) -f ignite/pom.xml package
 	@touch $@
 
 demo: setup  ## install, then run the main job on the embedded default (local Ignite node)

@@ -6,9 +6,10 @@ Docs: https://alliedium.github.io/alliedium/ignite.html.md"""
 
 # %% ../nbs/05_ignite.ipynb #a3a0aefa
 from __future__ import annotations
-import logging, os, re, shutil, signal, socket, subprocess, time
+import logging, os, re, shutil, signal, socket, subprocess, sys, time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
@@ -20,8 +21,9 @@ from .config import AlliediumError, ConfigError, Settings, get_settings
 
 # %% auto #0
 __all__ = ['JAVA17_OPENS', 'JavaNotFound', 'IgniteJarsMissing', 'PortBusy', 'IgniteStartFailed', 'IgniteUnavailable',
-           'java_major', 'LocalNode', 'node_config', 'java_command', 'node_pid', 'port_free', 'free_port',
-           'ignite_client', 'sql_ready', 'StartResult', 'start_local_node', 'stop_local_node', 'cluster_status']
+           'java_major', 'LocalNode', 'node_config', 'job_python', 'java_command', 'node_pid', 'local_nodes',
+           'running_nodes', 'port_free', 'free_port', 'client_addresses', 'ignite_client', 'sql_ready', 'StartResult',
+           'start_local_node', 'stop_local_node', 'cluster_status']
 
 # %% ../nbs/05_ignite.ipynb #42d7bc51
 class JavaNotFound(AlliediumError): "No usable `java` (JDK 17) to run the node."
@@ -87,17 +89,25 @@ def node_config(node:LocalNode, nodes:int=1) -> str:
     return Template(tmpl.read_text()).substitute(
         node_name=node.name, work_dir=node.dir, host=s.ignite_host, client_port=node.client_port,
         discovery_port=node.discovery_port, communication_port=node.communication_port,
-        discovery_addresses=addrs, data_region_mb=s.ignite_data_region_mb, failure_detection_ms=10000)
+        discovery_addresses=addrs, data_region_mb=s.ignite_data_region_mb, failure_detection_ms=10000,
+        # one node activates itself; several start INACTIVE and are activated once all joined (the baseline)
+        cluster_state='ACTIVE' if nodes == 1 else 'INACTIVE')
 
 # %% ../nbs/05_ignite.ipynb #511fdf26
+def job_python(settings:Settings) -> str:
+    "The Python that server nodes run colocated jobs with: `ALLIEDIUM_JOB_PYTHON`, else the checkout's venv, else this one."
+    if settings.job_python: return settings.job_python
+    venv = settings.home/'.venv'/'bin'/'python'
+    return str(venv) if venv.exists() else sys.executable
+
 def java_command(node:LocalNode) -> list[str]:
-    "The command line that runs `node`'s JVM."
+    "The command line that runs `node`'s JVM (its classpath `ignite/lib/*` holds the Ignite jars and alliedium-ignite.jar)."
     s = node.settings
     return [s.java, f'-Xms{s.ignite_heap}', f'-Xmx{s.ignite_heap}', '-XX:+UseG1GC', *JAVA17_OPENS,
             '-Djava.net.preferIPv4Stack=true', '-DIGNITE_QUIET=true', '-DIGNITE_UPDATE_NOTIFIER=false',
             '-DIGNITE_NO_ASCII=true', '-DIGNITE_PERFORMANCE_SUGGESTIONS_DISABLED=true',
-            f'-DIGNITE_HOME={node.dir}', '-cp', f'{s.libs}/*',
-            'org.apache.ignite.startup.cmdline.CommandLineStartup', str(node.config_path)]
+            f'-DIGNITE_HOME={node.dir}', f'-Dalliedium.home={s.home}', f'-Dalliedium.python={job_python(s)}',
+            '-cp', f'{s.libs}/*', 'org.apache.ignite.startup.cmdline.CommandLineStartup', str(node.config_path)]
 
 # %% ../nbs/05_ignite.ipynb #cc0141c9
 def _alive(pid:int) -> bool:
@@ -123,6 +133,16 @@ def node_pid(node:LocalNode) -> int|None:
     except OSError: return pid
     return pid if str(node.config_path).encode() in cmd else None
 
+# %% ../nbs/05_ignite.ipynb #7975cec4
+def local_nodes(settings:Settings) -> list[LocalNode]:
+    "The local nodes that have a pid file (started by `start_local_node`), by index."
+    idx = sorted(int(m.group(1)) for p in (settings.var/'ignite').glob('node*.pid') if (m := re.fullmatch(r'node(\d+)\.pid', p.name)))
+    return [LocalNode(settings, i) for i in idx]
+
+def running_nodes(settings:Settings) -> dict[int, int]:
+    "Index -> pid of the local nodes whose JVM runs."
+    return {n.index: pid for n in local_nodes(settings) if (pid := node_pid(n))}
+
 # %% ../nbs/05_ignite.ipynb #caaf7422
 def port_free(host:str, port:int) -> bool:
     "True if nothing listens on `host:port`."
@@ -138,15 +158,22 @@ def free_port(host:str='127.0.0.1') -> int:
         sock.bind((host, 0)); return sock.getsockname()[1]
 
 # %% ../nbs/05_ignite.ipynb #77c3627e
+def client_addresses(settings:Settings) -> list[tuple[str,int]]:
+    "Thin-client addresses: the configured cluster's; locally node0's, then those of the other running local nodes."
+    addrs = settings.ignite_addresses()
+    if settings.external_cluster: return addrs
+    return addrs + [(settings.ignite_host, LocalNode(settings, i).client_port) for i in running_nodes(settings) if i]
+
 @contextmanager
 def ignite_client(settings:Settings|None=None, timeout:float|None=None):
     "A connected `pyignite.Client`, closed on exit."
     s = settings or get_settings()
     client, log = Client(timeout=timeout or s.ignite_timeout), logging.getLogger('pyignite')
     level = log.level; log.setLevel(logging.CRITICAL)  # pyignite logs a traceback per refused address
-    try: client.connect(s.ignite_addresses())
+    addrs = client_addresses(s)
+    try: client.connect(addrs)
     except (ReconnectError, HandshakeError, OSError) as e:
-        where = ', '.join(f'{h}:{p}' for h, p in s.ignite_addresses())
+        where = ', '.join(f'{h}:{p}' for h, p in addrs)
         hint = ('check ALLIEDIUM_IGNITE_HOSTS' if s.external_cluster
                 else 'start the local node with `alliedium ignite start`')
         raise IgniteUnavailable(f"no Ignite node answers at {where} ({e}): {hint}") from None
@@ -205,26 +232,70 @@ def _wait_ready(node:LocalNode, proc:subprocess.Popen, t0:float):
     raise IgniteStartFailed(f"the node did not answer SQL within {s.ignite_start_timeout:.0f}s "
                             f"(ALLIEDIUM_IGNITE_START_TIMEOUT); last lines of {node.log_path}:\n{_log_tail(node.log_path)}")
 
+# %% ../nbs/05_ignite.ipynb #5599fd15
+def _servers_logged(node:LocalNode, offset:int) -> int:
+    "Servers in the newest `Topology snapshot` line of `node`'s log after byte `offset` (0 if none yet)."
+    try:
+        with open(node.log_path, 'rb') as f: f.seek(offset); text = f.read().decode(errors='replace')
+    except FileNotFoundError: return 0
+    found = re.findall(r'Topology snapshot \[.*?servers=(\d+)', text)
+    return int(found[-1]) if found else 0
+
+def _wait_joined(s:Settings, procs:dict, offsets:dict, nodes:int, t0:float):
+    "Wait until the launched nodes see `nodes` servers; on failure stop what was launched and raise."
+    def fail(msg):
+        for p in procs.values(): _terminate(p.pid, 10)
+        for k in procs: LocalNode(s, k).pid_path.unlink(missing_ok=True)
+        raise IgniteStartFailed(msg)
+    while time.monotonic() - t0 < s.ignite_start_timeout:
+        for k, p in procs.items():
+            if p.poll() is not None:
+                n = LocalNode(s, k)
+                fail(f"the Ignite node {n.name} exited with code {p.returncode} while starting; "
+                     f"last lines of {n.log_path}:\n{_log_tail(n.log_path)}")
+        if all(_servers_logged(LocalNode(s, k), offsets[k]) >= nodes for k in procs): return
+        time.sleep(0.5)
+    fail(f"the {nodes} nodes did not all join within {s.ignite_start_timeout:.0f}s (ALLIEDIUM_IGNITE_START_TIMEOUT); "
+         f"see the logs in {s.var/'ignite'}")
+
+# %% ../nbs/05_ignite.ipynb #0cdc7364
+def _start_cluster(s:Settings, nodes:int) -> StartResult:
+    "Start the missing nodes of a local cluster of `nodes`, activate it once all joined, wait for SQL."
+    t0, all_nodes = time.monotonic(), [LocalNode(s, k) for k in range(nodes)]
+    running = {n.index: pid for n in all_nodes if (pid := node_pid(n))}
+    if len(running) == nodes: return StartResult(running[0], True, 0.0, all_nodes[0].log_path, [running[k] for k in range(nodes)])
+    todo = [n for n in all_nodes if n.index not in running]
+    for n in todo: _check_can_start(n)
+    offsets = {n.index: n.log_path.stat().st_size if n.log_path.exists() else 0 for n in todo}
+    procs = {n.index: _launch(n, nodes) for n in todo}
+    _wait_joined(s, procs, offsets, nodes, t0)
+    _wait_ready(todo[0], procs[todo[0].index], t0)  # activates the cluster: the baseline is all `nodes`
+    pids = {**running, **{k: p.pid for k, p in procs.items()}}
+    return StartResult(pids[0], False, time.monotonic() - t0, all_nodes[0].log_path, [pids[k] for k in range(nodes)])
+
 # %% ../nbs/05_ignite.ipynb #b1d51028
 @dataclass
 class StartResult:
     "What `start_local_node` did."
-    pid: int
+    pid: int  # node0's
     already_running: bool
     seconds: float
-    log: Path
+    log: Path  # node0's
+    pids: list[int] = field(default_factory=list)  # every node's, by index
 
-def start_local_node(settings:Settings|None=None) -> StartResult:
-    "Start the local node and return once SQL answers; a running node is left as it is."
+def start_local_node(settings:Settings|None=None, nodes:int=1) -> StartResult:
+    "Start the local node (or a cluster of `nodes` nodes) and return once SQL answers; running nodes are left as they are."
     s = settings or get_settings()
     if s.external_cluster: raise ConfigError(
         "ALLIEDIUM_IGNITE_HOSTS is set, so alliedium uses that cluster and starts no local node; unset it to use the local node")
+    if nodes < 1: raise ConfigError(f"--nodes must be at least 1, not {nodes}")
+    if nodes > 1: return _start_cluster(s, nodes)
     node, t0 = LocalNode(s), time.monotonic()
-    if (pid := node_pid(node)): return StartResult(pid, True, 0.0, node.log_path)
+    if (pid := node_pid(node)): return StartResult(pid, True, 0.0, node.log_path, [pid])
     _check_can_start(node)
     proc = _launch(node)
     _wait_ready(node, proc, t0)
-    return StartResult(proc.pid, False, time.monotonic() - t0, node.log_path)
+    return StartResult(proc.pid, False, time.monotonic() - t0, node.log_path, [proc.pid])
 
 # %% ../nbs/05_ignite.ipynb #047ee682
 def _terminate(pid:int, timeout:float) -> bool:
@@ -240,15 +311,17 @@ def _terminate(pid:int, timeout:float) -> bool:
     while _alive(pid): time.sleep(0.1)
     return True
 
-def stop_local_node(settings:Settings|None=None) -> bool:
-    "Stop the local node gracefully; False if none was running."
-    s = settings or get_settings()
-    node = LocalNode(s)
+def _stop(node:LocalNode) -> bool:
     pid = node_pid(node)
-    if pid is None: node.pid_path.unlink(missing_ok=True); return False
-    _terminate(pid, s.ignite_stop_timeout)
+    if pid is not None: _terminate(pid, node.settings.ignite_stop_timeout)
     node.pid_path.unlink(missing_ok=True)
-    return True
+    return pid is not None
+
+def stop_local_node(settings:Settings|None=None) -> bool:
+    "Stop every local node gracefully (all at once); False if none was running."
+    s = settings or get_settings()
+    nodes = local_nodes(s) or [LocalNode(s)]
+    with ThreadPoolExecutor(len(nodes)) as ex: return any(list(ex.map(_stop, nodes)))
 
 # %% ../nbs/05_ignite.ipynb #5a55fa7c
 def cluster_status(settings:Settings|None=None) -> dict:
