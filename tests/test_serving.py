@@ -1,0 +1,118 @@
+"""The triage API in this process (`alliedium.serving.make_api` with `LocalBackend`) against the session's
+Ignite node and real Jira payloads: auth, validation, limits, webhooks, errors. The same app under
+Ray Serve is `tests/test_serve_e2e.py`."""
+import gzip, itertools, json, time, uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from alliedium.config import Settings
+from alliedium.ignite import free_port
+from alliedium.jira import sample_dir
+from alliedium.serving import LocalBackend, make_api
+from alliedium.tenants import create_tenant
+
+
+def sample_issues(project='Zookeeper', n=5) -> list[dict]:
+    "The first `n` issues of a bundled real Jira export."
+    with gzip.open(sample_dir()/f'{project}.jsonl.gz', 'rt') as f: return [json.loads(l) for l in itertools.islice(f, n)]
+
+
+def new_tenant(settings, prefix='srv') -> tuple[str, str]:
+    t = f'{prefix}-{uuid.uuid4().hex[:8]}'
+    return t, create_tenant(t, settings=settings)
+
+
+def bearer(key): return {'Authorization': f'Bearer {key}'}
+
+
+@pytest.fixture(scope='module')
+def api(ignite):
+    return TestClient(make_api(LocalBackend(ignite)))
+
+
+@pytest.fixture(scope='module')
+def two_tenants(ignite):
+    return new_tenant(ignite), new_tenant(ignite)
+
+
+def test_healthz_reports_ignite_and_serve(api):
+    r = api.get('/healthz')
+    assert r.status_code == 200, r.text
+    assert r.json()['ignite']['ok'] is True and r.json()['serve']['status'] == 'RUNNING'
+
+
+def test_openapi_docs_list_the_routes(api):
+    paths = api.get('/openapi.json').json()['paths']
+    for p in ('/v1/tenants/{tenant}/triage', '/v1/tenants/{tenant}/webhooks/jira', '/v1/tenants/{tenant}/train',
+              '/v1/tenants/{tenant}/jobs/{job_id}', '/v1/tenants/{tenant}/models', '/healthz'):
+        assert p in paths
+    assert api.get('/docs').status_code == 200
+
+
+def test_missing_or_unknown_key_is_401(api, two_tenants):
+    (t, _), _ = two_tenants
+    issue = {'fields': {'summary': 'x'}}
+    for headers in ({}, {'Authorization': 'Basic abc'}, bearer('ak_not-a-key')):
+        r = api.post(f'/v1/tenants/{t}/triage', json=issue, headers=headers)
+        assert r.status_code == 401 and r.headers['www-authenticate'] == 'Bearer', r.text
+
+
+def test_another_tenants_key_is_403(api, two_tenants):
+    (a, _), (_, key_b) = two_tenants
+    for method, path in (('post', 'triage'), ('post', 'webhooks/jira'), ('post', 'train'), ('get', 'models'), ('get', 'jobs/x')):
+        r = api.request(method.upper(), f'/v1/tenants/{a}/{path}', json={'fields': {'summary': 'x'}}, headers=bearer(key_b))
+        assert r.status_code == 403, (path, r.text)
+
+
+def test_malformed_body_is_422_with_field_errors(api, two_tenants):
+    (t, key), _ = two_tenants
+    r = api.post(f'/v1/tenants/{t}/triage', json={'fields': {'description': 'no summary'}}, headers=bearer(key))
+    assert r.status_code == 422
+    assert ['body', 'fields', 'summary'] in [e['loc'] for e in r.json()['detail']]
+    r = api.post(f'/v1/tenants/{t}/triage', content=b'{not json', headers={**bearer(key), 'Content-Type': 'application/json'})
+    assert r.status_code == 422
+    r = api.post(f'/v1/tenants/{t}/webhooks/jira', json={'webhookEvent': 'jira:worklog_updated', 'issue': {'key': 'A-1'}}, headers=bearer(key))
+    assert r.status_code == 422 and r.json()['detail'][0]['loc'] == ['body', 'webhookEvent']
+
+
+def test_body_over_limit_is_413(api, two_tenants):
+    (t, key), _ = two_tenants
+    big = {'fields': {'summary': 'x', 'description': 'y' * (1 << 20)}}
+    r = api.post(f'/v1/tenants/{t}/triage', json=big, headers=bearer(key))
+    assert r.status_code == 413 and r.json()['error'] == 'BodyTooLarge'
+
+
+def test_webhooks_ingest_idempotently(api, two_tenants):
+    (t, key), _ = two_tenants
+    issue = sample_issues(n=1)[0]
+    event = {'webhookEvent': 'jira:issue_created', 'issue': issue}
+    r1 = api.post(f'/v1/tenants/{t}/webhooks/jira', json=event, headers=bearer(key))
+    r2 = api.post(f'/v1/tenants/{t}/webhooks/jira', json=event, headers=bearer(key))
+    assert (r1.status_code, r2.status_code) == (200, 200), r1.text + r2.text
+    assert (r1.json()['result'], r2.json()['result']) == ('inserted', 'unchanged')
+    gone = {'webhookEvent': 'jira:issue_deleted', 'timestamp': int(time.time() * 1000), 'issue': {'key': issue['key'], 'fields': {}}}
+    r3 = api.post(f'/v1/tenants/{t}/webhooks/jira', json=gone, headers=bearer(key))
+    assert r3.status_code == 200, r3.text
+
+
+def test_unusable_webhook_issue_is_422(api, two_tenants):
+    (t, key), _ = two_tenants
+    bad = {'webhookEvent': 'jira:issue_updated', 'issue': {'key': 'ZK-1', 'fields': {'summary': 'x', 'created': 'not a date'}}}
+    r = api.post(f'/v1/tenants/{t}/webhooks/jira', json=bad, headers=bearer(key))
+    assert r.status_code == 422 and r.json()['error'] == 'BadIssue', r.text
+
+
+def test_new_tenant_has_no_models(api, two_tenants):
+    (t, key), _ = two_tenants
+    r = api.get(f'/v1/tenants/{t}/models', headers=bearer(key))
+    assert r.status_code == 200 and r.json() == {'tenant': t, 'models': []}
+
+
+def test_ignite_unreachable_is_503_with_retry_after(ignite):
+    dead = Settings(**{**ignite.model_dump(), 'ignite_hosts': f'127.0.0.1:{free_port()}'})
+    api = TestClient(make_api(LocalBackend(dead)))
+    r = api.get('/healthz')
+    assert r.status_code == 503 and r.headers['retry-after'] == str(dead.serve_retry_after) and r.json()['ignite']['ok'] is False
+    r = api.post('/v1/tenants/t/triage', json={'fields': {'summary': 'x'}}, headers=bearer('ak_x'))
+    assert r.status_code == 503 and r.json()['error'] == 'IgniteUnavailable' and 'retry_after' in r.json()
