@@ -1,0 +1,152 @@
+"""Scheduled retrains (issue 6): the training notebook run by papermill per tenant against the session's
+Ignite node, RUN rows, promotion decisions, skipping unchanged tenants, a failing tenant that does not stop
+the others, the CLI and the cron script, and the notebook itself under nbval."""
+import gzip, itertools, json, os, subprocess, sys, uuid
+from pathlib import Path
+
+import pytest
+
+# RUN rows and training arrive with the models area (issue 4); until then there is nothing to retrain with.
+pytest.importorskip('alliedium.runs', reason='alliedium.runs (models area) has not landed')
+pytest.importorskip('alliedium.training', reason='alliedium.training (models area) has not landed')
+
+from alliedium.ingest import ingest_tickets
+from alliedium.jira import read_issues
+from alliedium.retrain import (FAILED, SKIPPED, SUCCEEDED, RESULT_MIME, RetrainError, colocated_retrain,
+                               notebook_result, retrain, run_notebook_path, train_notebook)
+from alliedium.runs import get_run, list_runs
+from alliedium.tenants import create_tenant
+
+ROOT = Path(__file__).resolve().parent.parent
+APACHE = ROOT.parent/'shared'/'data'/'jira'/'apache'
+BIN = Path(sys.executable).parent
+N_TICKETS = 300
+
+
+def _tenant(settings, prefix, project=None, n=N_TICKETS):
+    "A new tenant with the first `n` tickets of an Apache project (none without `project`)."
+    t = f'{prefix}-{uuid.uuid4().hex[:8]}'
+    create_tenant(t, settings=settings)
+    if project: ingest_tickets(t, itertools.islice(read_issues(APACHE/f'{project}.jsonl.gz', t), n), settings)
+    return t
+
+
+@pytest.fixture(scope='module')
+def tenants(ignite):
+    "Two small real tenants (ZooKeeper, Storm) and one without tickets."
+    return dict(zk=_tenant(ignite, 'rt-zk', 'Zookeeper'), storm=_tenant(ignite, 'rt-storm', 'Storm'),
+                empty=_tenant(ignite, 'rt-empty'))
+
+
+@pytest.fixture(scope='module')
+def first_runs(ignite, tenants):
+    "The first retrain of the three tenants, two at a time."
+    return {r.tenant_id: r for r in retrain([tenants['zk'], tenants['storm'], tenants['empty']], jobs=2,
+                                            settings=ignite, progress=False)}
+
+
+def test_parameters_cell_is_tagged_and_survives_nbdev_clean(tmp_path):
+    nb = json.loads(train_notebook().read_text())
+    tagged = [c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
+    assert len(tagged) == 1 and 'tenant: str' in ''.join(tagged[0]['source'])
+    copy = tmp_path/'58_train_tenant.ipynb'
+    copy.write_text(train_notebook().read_text())
+    r = subprocess.run([str(BIN/'nbdev-clean'), '--fname', str(copy)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cleaned = json.loads(copy.read_text())
+    assert [c for c in cleaned['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
+    assert not any('#| export' in ''.join(c['source']) or '#| default_exp' in ''.join(c['source']) for c in nb['cells'])
+
+
+def test_two_tenants_train_and_the_failing_one_does_not_stop_them(ignite, tenants, first_runs):
+    zk, storm, empty = (first_runs[tenants[k]] for k in ('zk', 'storm', 'empty'))
+    assert (zk.status, storm.status, empty.status) == (SUCCEEDED, SUCCEEDED, FAILED), (zk.error, storm.error)
+    assert 'NotEnoughHistory' in empty.error or 'ticket' in empty.error.lower(), empty.error
+    for run in (zk, storm, empty):
+        row = get_run(run.run_id, settings=ignite)
+        assert row['tenant_id'] == run.tenant_id and row['kind'] == 'retrain' and row['status'] == run.status
+        assert row['finished_at'] >= row['started_at']
+        assert Path(row['notebook']) == run_notebook_path(run.tenant_id, run.run_id, ignite) and Path(row['notebook']).exists()
+        assert row['metrics']['fingerprint'] and row['metrics']['seconds'] > 0
+    assert empty.error == get_run(empty.run_id, settings=ignite)['metrics']['error']
+
+
+def test_first_run_promotes_and_records_metrics(ignite, tenants, first_runs):
+    from alliedium.registry import active_versions
+    run = first_runs[tenants['zk']]
+    assert run.tasks and run.train_seconds > 0 and run.seconds > run.train_seconds
+    for task, r in run.tasks.items():
+        assert r['promoted'], f"{task}: the first model of a tenant is promoted ({r['reason']})"
+        assert r['metrics']
+    assert active_versions(tenants['zk'], settings=ignite) == {t: r['version'] for t, r in run.tasks.items()}
+    row = get_run(run.run_id, settings=ignite)
+    assert row['metrics']['tasks'] == json.loads(json.dumps(run.tasks))
+    assert row['metrics']['overhead_seconds'] == pytest.approx(run.seconds - run.train_seconds, abs=0.01)
+
+
+def test_executed_notebook_is_the_record(ignite, tenants, first_runs):
+    run = first_runs[tenants['storm']]
+    nb = json.loads(Path(run.notebook).read_text())
+    assert any('injected-parameters' in c.get('metadata', {}).get('tags', []) for c in nb['cells'])
+    res = notebook_result(run.notebook)
+    assert res['tenant'] == tenants['storm'] and res['run_id'] == run.run_id
+    # the kernel papermill started is this environment's Python (the .venv's ipykernel)
+    assert Path(res['python']).resolve() == Path(sys.executable).resolve()
+    assert any('image/png' in o.get('data', {}) for c in nb['cells'] for o in c.get('outputs', [])), "the report has a plot"
+    failed = json.loads(Path(first_runs[tenants['empty']].notebook).read_text())
+    assert any(o.get('output_type') == 'error' for c in failed['cells'] for o in c.get('outputs', []))
+
+
+def test_unchanged_tenant_is_skipped_unless_forced(ignite, tenants, first_runs):
+    zk = tenants['zk']
+    skipped, = retrain([zk], settings=ignite, progress=False)
+    assert skipped.status == SKIPPED and first_runs[zk].run_id in skipped.error
+    assert get_run(skipped.run_id, settings=ignite)['status'] == SKIPPED
+    # new tickets change the fingerprint: the tenant is retrained
+    storm = tenants['storm']
+    ingest_tickets(storm, itertools.islice(read_issues(APACHE/'Storm.jsonl.gz', storm), N_TICKETS, N_TICKETS + 20), ignite)
+    again, = retrain([storm], settings=ignite, progress=False)
+    assert again.status == SUCCEEDED, again.error
+    for task, r in again.tasks.items():  # the decision is recorded either way
+        assert r['version'] > first_runs[storm].tasks[task]['version'] and isinstance(r['promoted'], bool) and r['reason']
+    kinds = [r['status'] for r in list_runs(storm, settings=ignite) if r['kind'] == 'retrain']
+    assert kinds.count(SUCCEEDED) == 2
+
+
+def test_cli_force_table_and_exit_status(ignite, tenants, first_runs):
+    "`alliedium retrain --tenant A --tenant B --force`: a table of both, exit 1 because B failed."
+    r = subprocess.run([str(BIN/'alliedium'), 'retrain', '--tenant', tenants['zk'], '--tenant', tenants['empty'],
+                        '--force', '--jobs', '2', '--json'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr[-2000:]
+    runs = {x['tenant_id']: x for x in json.loads(r.stdout)}
+    assert runs[tenants['zk']]['status'] == SUCCEEDED and runs[tenants['empty']]['status'] == FAILED
+    r = subprocess.run([str(BIN/'alliedium'), 'retrain', '--tenant', 'no-such-tenant-x'], capture_output=True, text=True)
+    assert r.returncode == 2 and 'alliedium tenants create' in r.stderr
+
+
+def test_cron_script_runs_the_retrain(ignite, tenants, first_runs):
+    "ci/retrain-cron.sh on the session node: the unchanged tenant is skipped, exit 0."
+    r = subprocess.run([str(ROOT/'ci'/'retrain-cron.sh'), '--tenant', tenants['storm']],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert 'skipped' in r.stdout and 'retrain finished with status 0' in r.stdout
+
+
+def test_notebook_under_nbval(ignite, tenants, first_runs, tmp_path):
+    "The training notebook passes nbval for a tenant with data (parameters injected as papermill does)."
+    import nbformat
+    from papermill.parameterize import parameterize_notebook
+    nb = parameterize_notebook(nbformat.read(train_notebook(), as_version=4), dict(tenant=tenants['zk'], run_id='nbval'))
+    copy = tmp_path/'train_tenant.ipynb'
+    nbformat.write(nb, copy)
+    r = subprocess.run([sys.executable, '-m', 'pytest', '--nbval-lax', '--nbval-current-env', '-q', '-p', 'no:cacheprovider',
+                        '--rootdir', str(tmp_path), str(copy)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert ' passed' in r.stdout and 'failed' not in r.stdout
+
+
+def test_on_cluster_needs_the_thick_client():
+    "--on-cluster uses alliedium.thick.run_colocated_retrain when it exists, else a clear error."
+    try: fn = colocated_retrain()
+    except RetrainError as e: assert 'not available yet' in str(e)
+    else: assert fn.__name__ == 'run_colocated_retrain'
