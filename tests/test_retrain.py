@@ -100,7 +100,7 @@ def test_executed_notebook_is_the_record(ignite, tenants, first_runs):
 def test_unchanged_tenant_is_skipped_unless_forced(ignite, tenants, first_runs):
     zk = tenants['zk']
     skipped, = retrain([zk], settings=ignite, progress=False)
-    assert skipped.status == SKIPPED and first_runs[zk].run_id in skipped.error
+    assert skipped.status == SKIPPED and first_runs[zk].run_id in skipped.note
     assert get_run(skipped.run_id, settings=ignite)['status'] == SKIPPED
     # new tickets change the fingerprint: the tenant is retrained
     storm = tenants['storm']
