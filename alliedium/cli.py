@@ -7,6 +7,7 @@ Docs: https://alliedium.github.io/alliedium/cli.html.md"""
 # %% ../nbs/90_cli.ipynb #aa606c0a
 from __future__ import annotations
 import importlib, json, pkgutil, sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -14,7 +15,7 @@ from rich.table import Table
 
 import alliedium
 from .config import AlliediumError, get_settings
-from .ignite import LocalNode, cluster_status, node_pid, start_local_node, stop_local_node
+from .ignite import LocalNode, cluster_status, node_pid, running_nodes, start_local_node, stop_local_node
 from .schema import ensure_schema
 
 # %% auto #0
@@ -32,17 +33,19 @@ console = Console()
 
 # %% ../nbs/90_cli.ipynb #ed9f29b6
 @ignite_app.command('start')
-def ignite_start():
-    "Start the local node (persistence under var/ignite), wait until SQL answers, create the schema."
-    r = start_local_node()
-    if r.already_running: console.print(f"Ignite node already running (pid {r.pid}); nothing to do.")
-    else: console.print(f"Ignite node started in {r.seconds:.1f}s (pid {r.pid}, log {r.log}).")
+def ignite_start(nodes: Annotated[int, typer.Option('--nodes', min=1, help="server nodes of the local cluster (node i uses the ports + i)")] = 1):
+    "Start the local node (persistence under var/ignite), or a local cluster of --nodes, wait until SQL answers, create the schema."
+    r = start_local_node(nodes=nodes)
+    what = "Ignite node" if nodes == 1 else f"Ignite cluster of {nodes} nodes"
+    pids = ', '.join(map(str, r.pids)) or r.pid
+    if r.already_running: console.print(f"{what} already running (pid {pids}); nothing to do.")
+    else: console.print(f"{what} started in {r.seconds:.1f}s (pid {pids}, log {r.log}).")
     v = ensure_schema()
     console.print(f"Schema {v['after']} ready" + (f" (migrated from {v['before']})." if v['before'] != v['after'] else "."))
 
 @ignite_app.command('stop')
 def ignite_stop():
-    "Stop the local node gracefully."
+    "Stop the local node (every node of a local cluster) gracefully."
     console.print("Ignite node stopped." if stop_local_node() else "No local Ignite node is running.")
 
 # %% ../nbs/90_cli.ipynb #1c6982c7
@@ -55,8 +58,9 @@ def _print_status(st:dict):
                                      'client' if n['client'] else 'server', n['addresses'])
     console.print(t)
     if not s.external_cluster:
-        node = LocalNode(s)
-        console.print(f"local node: pid {node_pid(node)}, data {node.dir}, log {node.log_path}")
+        for k in sorted(running_nodes(s)) or [0]:
+            node = LocalNode(s, k)
+            console.print(f"local {node.name}: pid {node_pid(node)}, data {node.dir}, log {node.log_path}")
 
 @ignite_app.command('status')
 def ignite_status(as_json: bool = typer.Option(False, '--json', help="print JSON")):
