@@ -90,3 +90,17 @@ def jira_csv(tmp_path):
     p = tmp_path/'export.csv'
     p.write_text(JIRA_CSV, encoding='utf-8')
     return p
+
+
+@pytest.fixture
+def tenant(ignite, tenant_id):
+    "A tenant of the test's own, created on the session's node."
+    from alliedium.tenants import create_tenant
+    create_tenant(tenant_id, settings=ignite)
+    return tenant_id
+
+
+def write_jsonl(path, objs) -> Path:
+    "A JSONL file of these objects (bytes are written as they are, for broken lines)."
+    path.write_bytes(b''.join((o if isinstance(o, bytes) else json.dumps(o).encode()) + b'\n' for o in objs))
+    return path

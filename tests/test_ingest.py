@@ -1,0 +1,149 @@
+"Ingestion into the session's Ignite node: idempotent upserts by updated_at, deletions, every kind of bad input."
+import gzip, json, threading
+from datetime import datetime
+
+import pytest
+
+from alliedium.ignite import ignite_client
+from alliedium.ingest import ingest_files, ingest_tickets, ingest_webhook, load_tickets, tickets_fingerprint
+from alliedium.jira import FRAME_COLUMNS, BadIssue, parse_issue, read_issues, tickets_frame
+from alliedium.tenants import UnknownTenant
+from fixtures_data import SAMPLE, write_jsonl
+
+
+def _with_updated(issue, updated, **fields):
+    return {**issue, 'fields': {**issue['fields'], 'updated': updated, **fields}}
+
+
+def _stored(ignite, tenant, key):
+    with ignite_client(ignite) as c:
+        rows = list(c.sql('SELECT summary, updated_at FROM ALLIEDIUM.TICKET WHERE tenant_id = ? AND issue_key = ?', query_args=[tenant, key]))
+    return rows[0][0] if rows else None
+
+
+def test_small_tenant_ingests_with_matching_counts_and_replay_changes_nothing(ignite, tenant):
+    path = SAMPLE/'Storm.jsonl.gz'
+    with gzip.open(path, 'rb') as fh: lines = sum(1 for _ in fh)
+    first = ingest_files(tenant, [path], ignite)
+    assert first.counts() == dict(read=lines, inserted=lines, updated=0, unchanged=0, older_skipped=0, deleted=0, rejected=0)
+    fp = tickets_fingerprint(tenant, ignite)
+    again = ingest_files(tenant, [path], ignite)
+    assert (again.inserted, again.updated, again.unchanged, again.deleted) == (0, 0, lines, 0)
+    assert tickets_fingerprint(tenant, ignite) == fp
+    df = load_tickets(tenant, ignite)
+    assert len(df) == lines == 1507 and list(df.columns) == FRAME_COLUMNS
+    want = tickets_frame(read_issues(path, tenant)).sort_values(['created_at', 'issue_key']).reset_index(drop=True)
+    assert df.drop(columns=['created_at', 'updated_at']).equals(want.drop(columns=['created_at', 'updated_at']))
+    assert (df.created_at == want.created_at).all() and (df.updated_at == want.updated_at).all()
+
+
+def test_raw_json_is_kept(ignite, tenant, zk_issues):
+    ingest_tickets(tenant, [parse_issue(zk_issues[0], tenant)], ignite)
+    with ignite_client(ignite) as c:
+        (raw,), = c.sql('SELECT raw FROM ALLIEDIUM.TICKET WHERE tenant_id = ?', query_args=[tenant])
+    assert json.loads(raw) == zk_issues[0]
+
+
+def test_newer_wins_older_is_skipped_in_any_order(ignite, tenant, zk_issues):
+    base = zk_issues[0]
+    v1, v2, v3 = (_with_updated(base, f'2030-01-0{d}T00:00:00.000+0000', summary=f'v{d}') for d in (1, 2, 3))
+    s = ingest_tickets(tenant, [parse_issue(v, tenant) for v in (v2, v3, v1)], ignite)  # one batch, out of order
+    assert (s.inserted, s.older_skipped) == (1, 2) and _stored(ignite, tenant, base['key']) == 'v3'
+    s = ingest_tickets(tenant, [parse_issue(v1, tenant)], ignite)
+    assert s.older_skipped == 1 and _stored(ignite, tenant, base['key']) == 'v3'
+    s = ingest_tickets(tenant, [parse_issue(_with_updated(base, '2030-01-04T00:00:00.000+0000', summary='v4'), tenant)], ignite)
+    assert s.updated == 1 and _stored(ignite, tenant, base['key']) == 'v4'
+
+
+def test_webhooks_are_idempotent_and_deletes_are_honoured(ignite, tenant, v3_issue):
+    ev = lambda kind, updated, ts=0: {'timestamp': ts, 'webhookEvent': kind, 'issue_event_type_name': 'issue_generic',
+                                      'issue': _with_updated(v3_issue, updated)}
+    assert ingest_webhook(tenant, ev('jira:issue_created', '2026-11-20T09:15:02.311+0100'), ignite)['result'] == 'inserted'
+    assert ingest_webhook(tenant, ev('jira:issue_created', '2026-11-20T09:15:02.311+0100'), ignite)['result'] == 'unchanged'
+    assert ingest_webhook(tenant, ev('jira:issue_updated', '2026-11-21T09:00:00.000+0100'), ignite)['result'] == 'updated'
+    fp = tickets_fingerprint(tenant, ignite)
+    assert ingest_webhook(tenant, ev('jira:issue_deleted', '2026-11-21T09:00:00.000+0100', 1795305600000), ignite)['result'] == 'deleted'
+    assert tickets_fingerprint(tenant, ignite) != fp
+    assert load_tickets(tenant, ignite).empty
+    # a late update (older than the deletion) does not bring the ticket back; replaying the deletion changes nothing
+    assert ingest_webhook(tenant, ev('jira:issue_updated', '2026-11-21T10:00:00.000+0100'), ignite)['result'] == 'older_skipped'
+    assert ingest_webhook(tenant, ev('jira:issue_deleted', '2026-11-21T09:00:00.000+0100', 1795305600000), ignite)['result'] == 'unchanged'
+    assert load_tickets(tenant, ignite).empty
+    with pytest.raises(BadIssue, match='not one of'): ingest_webhook(tenant, {'webhookEvent': 'jira:worklog_updated'}, ignite)
+
+
+def test_concurrent_writers_never_regress_a_ticket(ignite, tenant, zk_issues):
+    "Two writers race with different versions of the same 50 tickets; every ticket ends at its newest version."
+    old = [parse_issue(_with_updated(i, '2030-01-01T00:00:00.000+0000', summary='old'), tenant) for i in zk_issues]
+    new = [parse_issue(_with_updated(i, '2030-06-01T00:00:00.000+0000', summary='new'), tenant) for i in zk_issues]
+    errors = []
+    def run(items):
+        try:
+            for _ in range(3): ingest_tickets(tenant, items, ignite, batch_size=10)
+        except Exception as e: errors.append(e)
+    threads = [threading.Thread(target=run, args=(x,)) for x in (old, new, list(reversed(old)), list(reversed(new)))]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert not errors
+    df = load_tickets(tenant, ignite)
+    assert len(df) == 50 and set(df.summary) == {'new'}
+
+
+def test_unknown_tenant_is_a_clear_error(ignite, tenant_id):
+    with pytest.raises(UnknownTenant, match='alliedium tenants create'): ingest_files(tenant_id, [SAMPLE/'Storm.jsonl.gz'], ignite)
+    with pytest.raises(UnknownTenant): load_tickets(tenant_id, ignite)
+
+
+# Bad input: each case gives a per-record or per-file rejection, the rest is ingested, nothing stored is damaged.
+
+def _ingest_bad(ignite, tenant, zk_issues, tmp_path, name, content):
+    "Ingest a good file, then the bad one next to more good records; return the bad run's summary."
+    good = write_jsonl(tmp_path/'good.jsonl', zk_issues[:10])
+    assert ingest_files(tenant, [good], ignite).inserted == 10
+    bad = tmp_path/name
+    bad.write_bytes(content)
+    more = write_jsonl(tmp_path/'more.jsonl', zk_issues[10:12])
+    s = ingest_files(tenant, [bad, more, good], ignite)
+    df = load_tickets(tenant, ignite)
+    assert set(df.issue_key) >= {i['key'] for i in zk_issues[:12]}  # the rest went in, the earlier rows are intact
+    assert (df.set_index('issue_key').loc[[i['key'] for i in zk_issues[:10]], 'summary'] == [i['fields']['summary'] for i in zk_issues[:10]]).all()
+    assert s.unchanged == 10 and s.rejected
+    return s
+
+
+def _line(obj) -> bytes: return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize('case', ['truncated_line', 'not_an_issue', 'wrong_types', 'missing_fields', 'huge_description', 'invalid_utf8'])
+def test_bad_records_are_rejected_with_line_and_reason(ignite, tenant, zk_issues, tmp_path, case):
+    issue = zk_issues[20]
+    bad = {'truncated_line': _line(issue)[:200],
+           'not_an_issue': _line({'startAt': 0, 'total': 0, 'note': 'hello'}),
+           'wrong_types': _line({**issue, 'fields': {**issue['fields'], 'components': 'server', 'created': 42.5e18}}),
+           'missing_fields': _line({'key': 'ZOOKEEPER-99999', 'id': '1'}),
+           'huge_description': _line({**issue, 'fields': {**issue['fields'], 'description': 'x' * (10 * 2**20)}}),
+           'invalid_utf8': _line(issue).replace(b'"summary": "', b'"summary": "\xff\xfe', 1)}[case]
+    reason = {'truncated_line': 'not JSON', 'not_an_issue': 'not a Jira issue', 'wrong_types': 'fields.', 'missing_fields': '`fields` is missing',
+              'huge_description': 'over the limit', 'invalid_utf8': 'UTF-8'}[case]
+    content = _line(zk_issues[30]) + b'\n' + bad + b'\n' + _line(zk_issues[31]) + b'\n'
+    s = _ingest_bad(ignite, tenant, zk_issues, tmp_path, 'bad.jsonl', content)
+    (r,) = s.rejected
+    assert (r.source, r.line) == ('bad.jsonl', 2) and reason in r.reason, r
+    assert s.inserted == 4  # the two good lines around the bad one, and more.jsonl
+    assert _stored(ignite, tenant, issue['key']) is None
+
+
+@pytest.mark.parametrize('case', ['empty', 'truncated_document', 'unknown_csv_header', 'gzip_ends_early'])
+def test_bad_files_are_rejected_and_the_rest_is_ingested(ignite, tenant, zk_issues, tmp_path, case):
+    page = json.dumps({'startAt': 0, 'maxResults': 50, 'total': 2, 'issues': zk_issues[30:32]}).encode()
+    gz = gzip.compress(b''.join(_line(i) + b'\n' for i in zk_issues[30:40]))
+    name, content, reason = {'empty': ('empty.json', b'', 'empty'),
+                             'truncated_document': ('page.json', page[:len(page) // 2], 'truncated'),
+                             'unknown_csv_header': ('export.csv', b'Name,Team,Hours\nann,core,3\n', 'not a Jira CSV export'),
+                             'gzip_ends_early': ('dump.jsonl.gz', gz[:len(gz) * 2 // 3], 'ends early')}[case]
+    s = _ingest_bad(ignite, tenant, zk_issues, tmp_path, name, content)
+    (r,) = s.rejected
+    assert r.source == name and reason in r.reason, r
+    if case == 'gzip_ends_early':  # what came before the break is kept
+        assert r.line is not None and s.inserted == 2 + (r.line - 1)
+    else: assert r.line is None and s.inserted == 2
