@@ -2,6 +2,8 @@
 import json, os, subprocess, sys
 from pathlib import Path
 
+from alliedium.schema import SCHEMA_VERSION
+
 BIN = Path(sys.executable).parent/'alliedium'
 
 
@@ -26,7 +28,7 @@ def test_status_text_names_version_state_and_topology(ignite):
 def test_second_start_says_so_and_exits_0(ignite):
     r = run('ignite', 'start')
     assert r.returncode == 0, r.stderr
-    assert 'already running' in r.stdout and 'Schema 1 ready' in r.stdout
+    assert 'already running' in r.stdout and f'Schema {SCHEMA_VERSION} ready' in r.stdout
 
 
 def test_unreachable_cluster_is_one_clear_line(ignite, tmp_path):
