@@ -39,7 +39,7 @@ $(JAR_STAMP): ignite/pom.xml
 $(THICK_JAR): $(JAR_STAMP) ignite/pom.xml $(JAVA_SRC)
 	@echo "==> alliedium-ignite.jar (thick-client gateway, colocated jobs) into ignite/lib (Maven)"
 	@$(MVN) -f ignite/pom.xml package
-	@touch $@
+	@cp ignite/target/alliedium-ignite.jar $@.tmp && mv -f $@.tmp $@
 
 demo: setup  ## install, then run the main job on the embedded default (local Ignite node)
 	@$(BIN)/alliedium demo

@@ -1,6 +1,7 @@
 """Failover on a real two-node local cluster (loopback, own ports and work dirs, TICKET with one backup):
 a tenant's job follows its data, survives the SIGKILL of the node running it, and every ticket stays readable."""
-import os, signal, time
+import os, signal, subprocess, sys, time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,20 @@ def test_two_nodes_start_as_one_baseline(two_node_cluster):
         assert sorted(c.sql('SELECT CONSISTENT_ID, ONLINE FROM SYS.BASELINE_NODES')) == [['node0', True], ['node1', True]]
         assert list(c.sql("SELECT BACKUPS FROM SYS.CACHES WHERE CACHE_NAME = 'ALLIEDIUM_TICKET'")) == [[1]]
     assert LocalNode(s, 0).dir != LocalNode(s, 1).dir and LocalNode(s, 1).client_port == s.ignite_client_port + 1
+
+
+def test_cli_sees_the_local_cluster(two_node_cluster):
+    "`alliedium ignite start --nodes 2` as a user runs it finds both nodes running; `status` lists both."
+    s, r = two_node_cluster
+    env = {**os.environ, **{f'ALLIEDIUM_{k.upper()}': str(v) for k, v in s.model_dump().items()
+                            if (k.startswith('ignite_') or k == 'var_dir') and v is not None}}
+    run = lambda *a: subprocess.run([str(Path(sys.executable).parent/'alliedium'), *a], capture_output=True, text=True,
+                                    timeout=300, env=env)
+    out = run('ignite', 'start', '--nodes', '2')
+    assert out.returncode == 0, out.stderr
+    assert f'Ignite cluster of 2 nodes already running (pid {r.pids[0]}, {r.pids[1]})' in out.stdout
+    out = run('ignite', 'status')
+    assert 'cluster ACTIVE, 2 server(s)' in out.stdout and f'local node1: pid {r.pids[1]}' in out.stdout
 
 
 def test_job_fails_over_when_its_node_is_killed(two_node_cluster, tmp_path):
@@ -76,3 +91,4 @@ def test_a_job_with_no_server_left_fails_clearly(two_node_cluster, tmp_path):
         os.kill(node_pid(alive[0]), signal.SIGKILL)
         with pytest.raises(JobFailed, match='ClusterUnavailable|JobLost|no server'):
             gw.wait(job, timeout=300)
+

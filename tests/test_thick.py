@@ -79,12 +79,27 @@ def test_gateway_started_twice_is_refused(thick_gateway, ignite):
     assert thick_gateway.ping()
 
 
-def test_colocated_retrain_runs_the_configured_entry(thick_gateway, ignite):
+def test_colocated_retrain_runs_the_configured_entry_and_records_its_run(thick_gateway, ignite):
+    from alliedium.runs import get_run
     tenant = new_tenant(ignite)
     insert_tickets(ignite, tenant, real_tickets('Storm', 10))
     s = ignite.model_copy(update=dict(retrain_entry=PROBE))
     r = run_colocated_retrain(tenant, settings=s, gateway=thick_gateway, timeout=120)
     assert r['node'] == 'node0' and r['result']['tickets'] == 10
+    run = get_run(r['run_id'], ignite)
+    assert (run['tenant_id'], run['kind'], run['status']) == (tenant, 'retrain', 'succeeded')
+    assert run['metrics']['node'] == 'node0' and run['finished_at'] is not None
+
+
+def test_failed_colocated_retrain_leaves_no_running_row(thick_gateway, ignite):
+    from alliedium.runs import list_runs
+    s = ignite.model_copy(update=dict(retrain_entry=PROBE))
+    with pytest.raises(UnknownTenant): run_colocated_retrain('no-such-tenant-rt', settings=s, gateway=thick_gateway, timeout=120)
+    tenant = new_tenant(ignite)
+    with pytest.raises(JobTimeout): run_colocated_retrain(tenant, settings=s, gateway=thick_gateway, timeout=3, sleep=60)
+    for t in ('no-such-tenant-rt', tenant):
+        runs = list_runs(t, ignite)
+        assert [r['status'] for r in runs] == ['failed'] and runs[0]['finished_at'] is not None
 
 
 @pytest.mark.slow
