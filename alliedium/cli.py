@@ -78,8 +78,10 @@ def schema():
 
 @app.command('demo')
 def demo():
-    "The main job on the embedded default: start the local node, create the schema, show the cluster."
+    "The main job on the embedded default: start the local node, create the schema, the demo tenants and their tickets, show the cluster."
     ignite_start()
+    from alliedium.commands.data import demo_data  # imported here: command modules import this one
+    demo_data()
     _print_status(cluster_status())
 
 # %% ../nbs/90_cli.ipynb #7b66d6d0
