@@ -74,10 +74,19 @@ def close_shared_gateway():
 @pytest.fixture(scope='module')
 def two_node_cluster(tmp_path_factory):
     "A local cluster of two server nodes on loopback (own ports and work dirs), TICKET with one backup."
-    s = cluster_settings(tmp_path_factory.mktemp('cluster'), nodes=2, thick_timeout=10)
+    s = cluster_settings(tmp_path_factory.mktemp('cluster'), nodes=2, thick_timeout=6)
     try:
         r = start_local_node(s, nodes=2)
         ensure_schema(s)
         yield s, r
     finally:
         stop_local_node(s)
+
+
+@pytest.fixture(scope='module')
+def cluster_gateway(two_node_cluster):
+    "A gateway on the two-node cluster (this process's only one: a gateway on the session node is closed first)."
+    if current_gateway() is not None: current_gateway().close()
+    gw = Gateway(two_node_cluster[0]).start()
+    try: yield gw
+    finally: gw.close()
