@@ -51,7 +51,8 @@ lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
 	@$(BIN)/jupyter lab --notebook-dir=nbs
 
 bench: setup  ## run the benchmarks that exist
-	@echo "No benchmarks yet: they arrive with ingestion (alliedium bench ingest), training and serving."
+	@$(BIN)/alliedium bench ingest
+	@$(BIN)/alliedium bench serve
 
 export: setup  ## notebooks -> package and README, notebook outputs stripped (run before committing)
 	@$(BIN)/nbdev-export && $(BIN)/nbdev-clean
