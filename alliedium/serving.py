@@ -351,9 +351,11 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
     @api.get('/v1/tenants/{tenant}/jobs/{job_id}', response_model=Job, tags=['training'])
     async def job(job_id:str, tenant:str=Depends(tenant_auth)):
         "A training job's status (running, succeeded, failed) and, when done, its metrics."
-        from alliedium.runs import get_run
-        run = await asyncio.to_thread(get_run, job_id, settings=s)
-        if not run or run.get('tenant_id') != tenant: raise JobNotFound(f"tenant {tenant!r} has no job {job_id!r}")
+        from alliedium.runs import UnknownRun, get_run
+        try: run = await asyncio.to_thread(get_run, job_id, settings=s)
+        except UnknownRun: run = None
+        if not run or run.get('tenant_id') != tenant: raise JobNotFound(
+            f"tenant {tenant!r} has no job {job_id!r}: use the job_id that POST /v1/tenants/{tenant}/train answered")
         return _job(run)
 
 # %% ../nbs/60_serving.ipynb #41d25c04

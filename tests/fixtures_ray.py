@@ -5,30 +5,15 @@ gets the node's `ALLIEDIUM_*` environment; `serve_url` starts Serve's HTTP proxy
 port of 127.0.0.1 and yields its base URL. Replicas must ask for fractional `num_cpus`
 (the instance has 2 CPUs, like the machine).
 """
-import os
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope='session')
 def ray_session(ignite, tmp_path_factory):
     "A local Ray instance of its own (2 CPUs, no dashboard); yields the `ray` module."
     import ray
-    os.environ.setdefault('RAY_USAGE_STATS_ENABLED', '0')
-    env = {k: v for k, v in os.environ.items() if k.startswith('ALLIEDIUM_')}
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))  # `serve.app` importable
-    for attempt in range(3):  # on a busy machine the raylet may give up waiting for its agents (a fixed 15 s)
-        try:
-            ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=200 << 20, runtime_env=dict(env_vars=env),
-                     _temp_dir=str(tmp_path_factory.mktemp('ray')))
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2: raise
+    from alliedium.commands.serve import start_ray
+    start_ray(ignite, num_cpus=2, object_store_memory=200 << 20, _temp_dir=str(tmp_path_factory.mktemp('ray')))
     try: yield ray
     finally:
         try:

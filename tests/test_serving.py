@@ -116,3 +116,18 @@ def test_ignite_unreachable_is_503_with_retry_after(ignite):
     assert r.status_code == 503 and r.headers['retry-after'] == str(dead.serve_retry_after) and r.json()['ignite']['ok'] is False
     r = api.post('/v1/tenants/t/triage', json={'fields': {'summary': 'x'}}, headers=bearer('ak_x'))
     assert r.status_code == 503 and r.json()['error'] == 'IgniteUnavailable' and 'retry_after' in r.json()
+
+
+def test_second_training_request_is_409_with_the_running_job(api, ignite):
+    from alliedium.runs import finish_run, start_run
+    (t, key), (u, key_u) = new_tenant(ignite), new_tenant(ignite)
+    job = start_run(t, 'train', settings=ignite)  # a training of t that is still running
+    try:
+        r = api.post(f'/v1/tenants/{t}/train', headers=bearer(key))
+        assert r.status_code == 409 and r.json()['job_id'] == job and r.json()['status'] == 'training', r.text
+        r = api.get(f'/v1/tenants/{t}/jobs/{job}', headers=bearer(key))
+        assert r.status_code == 200 and (r.json()['job_id'], r.json()['status'], r.json()['kind']) == (job, 'running', 'train')
+        r = api.get(f'/v1/tenants/{u}/jobs/{job}', headers=bearer(key_u))  # another tenant's job id: not found
+        assert r.status_code == 404 and r.json()['error'] == 'JobNotFound'
+        assert api.get(f'/v1/tenants/{t}/jobs/no-such-job', headers=bearer(key)).status_code == 404
+    finally: finish_run(job, 'failed', {'error': 'test'}, settings=ignite)
