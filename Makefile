@@ -5,12 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.setup-done
+DL_STAMP := $(VENV)/.setup-dl-done
 JAR_STAMP := ignite/lib/.resolved
 THICK_JAR := ignite/lib/alliedium-ignite.jar
 JAVA_SRC := $(shell find ignite/src -name '*.java' 2>/dev/null)
 MVN := mvn -q -B
 
-.PHONY: setup demo test lab bench export clean distclean help
+.PHONY: setup setup-dl demo test lab bench export clean distclean help
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -41,10 +42,17 @@ $(THICK_JAR): $(JAR_STAMP) ignite/pom.xml $(JAVA_SRC)
 	@$(MVN) -f ignite/pom.xml package
 	@cp ignite/target/alliedium-ignite.jar $@.tmp && mv -f $@.tmp $@
 
+setup-dl: $(DL_STAMP)  ## also install PyTorch (extra [dl]; PyPI's CUDA build, ~4 GB, minutes): bench compare's torch rows
+
+$(DL_STAMP): $(PY_STAMP)
+	@echo "==> PyTorch (the optional extra [dl]) into $(VENV): about 4 GB with its nvidia-* wheels, a few minutes once"
+	@$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev,dl]'
+	@touch $@
+
 demo: setup  ## install, then run the main job on the embedded default (local Ignite node)
 	@$(BIN)/alliedium demo
 
-test: setup  ## install, then run the whole test suite (real Ignite node, notebooks too)
+test: setup setup-dl  ## install (with PyTorch), then run the whole test suite (real Ignite node, notebooks too)
 	@$(BIN)/python -m pytest tests nbs/index.ipynb --nbval-lax
 
 lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
@@ -53,6 +61,7 @@ lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
 bench: setup  ## run the benchmarks that exist
 	@$(BIN)/alliedium bench ingest
 	@$(BIN)/alliedium bench serve
+	@$(BIN)/alliedium bench compare
 
 export: setup  ## notebooks -> package and README, notebook outputs stripped (run before committing)
 	@$(BIN)/nbdev-export && $(BIN)/nbdev-clean
