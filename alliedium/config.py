@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     serve_retry_after: int = Field(5, ge=1)  # Retry-After seconds sent with 503 (Ignite unreachable)
     serve_key_cache_seconds: float = Field(5.0, ge=0)  # API key -> tenant lookups cached this long
     serve_train_cpus: float = Field(0.5, gt=0)  # CPUs of an online-training Ray task
+    train_min_tickets: int = Field(200, ge=20)  # fewer tickets than this: NotEnoughHistory instead of a model
+    train_eval_days: int = Field(90, ge=1)  # promotion check: the newest tickets of this many days are held out
+    promote_tolerance: float = Field(0.01, ge=0)  # promote unless the new version is worse than the active one by more
+    assignee_window_days: int = Field(730, ge=1)  # candidates: people assigned in this many days before the newest ticket
+    assignee_min_tickets: int = Field(3, ge=1)  # ... on at least this many tickets
+    assignee_target_precision: float = Field(0.8, gt=0, le=1)  # held-out top-1 precision the abstain threshold aims at
+    assignee_abstain_threshold: float = Field(0.5, ge=0, le=1)  # abstain threshold when history is too short to choose one
 
 # %% ../nbs/00_config.ipynb #2cb717ed
 @patch(as_prop=True)
