@@ -77,5 +77,5 @@ def test_adf_edge_cases():
 def test_real_multi_megabyte_description_is_accepted():
     "AMQ-6705 carries a 3.05M-character pasted log: real data, so it must ingest (10 MB is refused: see test_ingest)."
     with gzip.open(APACHE/'ActiveMQ.jsonl.gz', 'rb') as fh:
-        issue = next(json.loads(line) for line in fh if b'"key": "AMQ-6705"' in line[:400])
+        issue = next(json.loads(line) for line in fh if b'"key":"AMQ-6705"' in line[:400])
     assert len(parse_issue(issue, 'amq').description) > 3_000_000
