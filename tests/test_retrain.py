@@ -134,11 +134,10 @@ def test_cron_script_runs_the_retrain(ignite, tenants, first_runs):
 
 def test_notebook_under_nbval(ignite, tenants, first_runs, tmp_path):
     "The training notebook passes nbval for a tenant with data (parameters injected as papermill does)."
-    import nbformat
-    from papermill.parameterize import parameterize_notebook
-    nb = parameterize_notebook(nbformat.read(train_notebook(), as_version=4), dict(tenant=tenants['zk'], run_id='nbval'))
+    import papermill
     copy = tmp_path/'train_tenant.ipynb'
-    nbformat.write(nb, copy)
+    papermill.execute_notebook(str(train_notebook()), str(copy), parameters=dict(tenant=tenants['zk'], run_id='nbval'),
+                               prepare_only=True, kernel_name='python3', language='python', progress_bar=False)
     r = subprocess.run([sys.executable, '-m', 'pytest', '--nbval-lax', '--nbval-current-env', '-q', '-p', 'no:cacheprovider',
                         '--rootdir', str(tmp_path), str(copy)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:]
