@@ -78,11 +78,13 @@ def schema():
 
 @app.command('demo')
 def demo():
-    "The main job on the embedded default: start the local node, create the schema, the demo tenants and their tickets, show the cluster."
+    "The main job on the embedded default: start the local node, create the schema, the demo tenants and their tickets, show the cluster, serve them."
     ignite_start()
     from alliedium.commands.data import demo_data  # imported here: command modules import this one
     demo_data()
     _print_status(cluster_status())
+    from alliedium.commands.serve import serve_demo
+    serve_demo()  # ends with the triage API running on localhost, the demo tenants trained, example calls
 
 # %% ../nbs/90_cli.ipynb #7b66d6d0
 def _version(value:bool):

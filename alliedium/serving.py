@@ -113,7 +113,7 @@ class TriageAnswer(BaseModel):
     labels: list[Scored] = []
     priority: PriorityAnswer|None = None
     rank_score: float|None = None  # higher = more urgent, to order a queue
-    abstain: Any = None  # where confidence is below the tenant's threshold
+    abstain: bool|dict|None = None  # true where confidence is below the tenant's threshold
 
 # %% ../nbs/60_serving.ipynb #b4225f68
 class WebhookIssue(BaseModel):
@@ -324,12 +324,8 @@ def _routes_tenant(api:FastAPI, backend:ServingBackend, keys:KeyCache):
 # %% ../nbs/60_serving.ipynb #288a1edc
 def tenant_model_versions(tenant:str, settings:Settings|None=None) -> list[dict]:
     "Every registered model version of `tenant` (no artifacts): task, version, created_at, metrics, format, active."
-    from alliedium.schema import SCHEMA
-    with ignite_client(settings) as c:
-        rows = list(c.sql(f'SELECT task, version, created_at, metrics, format, active FROM {SCHEMA}.MODEL '
-                          'WHERE tenant_id = ? ORDER BY task, version', query_args=[tenant]))
-    return [dict(task=t, version=v, created_at=str(ca) if ca else None, metrics=json.loads(m) if m else None,
-                 format=f, active=bool(a)) for t, v, ca, m, f, a in rows]
+    from alliedium.registry import list_models
+    return [{k: v for k, v in m.items() if k != 'tenant_id'} for m in list_models(tenant, settings=settings)]
 
 # %% ../nbs/60_serving.ipynb #d930dbf3
 def _job(run:dict) -> Job:

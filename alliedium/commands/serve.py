@@ -111,14 +111,19 @@ def stop_service():
 
 # %% ../../nbs/94_commands_serve.ipynb #253dd095
 def wait_healthy(url:str, timeout:float=300, proc:subprocess.Popen|None=None) -> dict:
-    "Poll `url`/healthz until it answers 200; its body. `ServeFailed` on timeout or if `proc` exits."
+    "Poll `url`/healthz until the app answers (200, or 503 when only Ignite is missing); its body. `ServeFailed` on timeout or if `proc` exits."
     import urllib.request, urllib.error
     t0, last = time.monotonic(), ''
     while time.monotonic() - t0 < timeout:
         if proc is not None and proc.poll() is not None: raise ServeFailed(f"the service exited with code {proc.returncode}")
         try:
             with urllib.request.urlopen(f'{url}/healthz', timeout=5) as r: return json.loads(r.read())
-        except urllib.error.HTTPError as e: last = f'{e.code} {e.read()[:200]!r}'
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try: h = json.loads(body)
+            except ValueError: h = {}
+            if h.get('serve', {}).get('status') == 'RUNNING': return h  # up; Ignite is what is missing (see its detail)
+            last = f'{e.code} {body[:200]!r}'
         except OSError as e: last = str(e)
         time.sleep(1)
     raise ServeFailed(f"{url}/healthz did not answer 200 within {timeout:.0f}s (last: {last})")
