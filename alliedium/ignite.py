@@ -234,12 +234,13 @@ def _wait_ready(node:LocalNode, proc:subprocess.Popen, t0:float):
 
 # %% ../nbs/05_ignite.ipynb #5599fd15
 def _servers_logged(node:LocalNode, offset:int) -> int:
-    "Servers in the newest `Topology snapshot` line of `node`'s log after byte `offset` (0 if none yet)."
+    "Servers in the newest topology (highest `ver`) `node` logged after byte `offset` (0 if none yet)."
     try:
         with open(node.log_path, 'rb') as f: f.seek(offset); text = f.read().decode(errors='replace')
     except FileNotFoundError: return 0
-    found = re.findall(r'Topology snapshot \[.*?servers=(\d+)', text)
-    return int(found[-1]) if found else 0
+    # not the last line: a node may log its own join (ver=1) after it saw the next node join (ver=2)
+    found = re.findall(r'Topology snapshot \[ver=(\d+),.*?servers=(\d+)', text)
+    return max((int(v), int(n)) for v, n in found)[1] if found else 0
 
 def _wait_joined(s:Settings, procs:dict, offsets:dict, nodes:int, t0:float):
     "Wait until the launched nodes see `nodes` servers; on failure stop what was launched and raise."
