@@ -1,0 +1,70 @@
+"The models on real tenants, temporal split: they beat the quick reference, never read their targets, and survive skops."
+import numpy as np
+import pytest
+
+from alliedium.evaluation import assignee_metrics, asked, multilabel_metrics, priority_metrics
+from alliedium.features import TextMatrix, temporal_split
+from alliedium.models import MODELS, new_model
+from alliedium.registry import dump_artifact, load_artifact
+
+REFERENCE_TOP1 = {'Zookeeper': 0.29, 'Storm': 0.47}
+REFERENCE_TOP3 = {'Zookeeper': 0.311, 'Storm': 0.504}   # the reference model re-run here (the issue gives top-1 only)
+
+
+@pytest.fixture(scope='module')
+def zk_split(zk_tickets): return temporal_split(zk_tickets)
+
+
+@pytest.fixture(scope='module')
+def zk_models(zk_split):
+    train, _ = zk_split
+    text = TextMatrix(train)
+    return {t: new_model(t).fit(train, text=text) for t in MODELS}
+
+
+def test_models_registry_names_every_task():
+    assert set(MODELS) == {'assignee', 'components', 'labels', 'priority'}
+
+
+def test_assignee_beats_the_reference_on_zookeeper(zk_split, zk_models):
+    m = assignee_metrics(zk_models['assignee'], zk_split[1])
+    assert m['top1'] > REFERENCE_TOP1['Zookeeper'] and m['top3'] > REFERENCE_TOP3['Zookeeper']
+    assert m['top1'] <= m['top3'] <= m['top5'] <= m['candidate_share']
+    assert 0 < m['coverage'] <= 1
+
+
+def test_assignee_scores_are_calibrated_probabilities(zk_split, zk_models):
+    test = zk_split[1][zk_split[1].assignee.notna()]
+    ranked = zk_models['assignee'].rank(asked(test, 'assignee'), k=1)
+    top, hit = np.array([r[0][1] for r in ranked]), np.array([r[0][0] == a for r, a in zip(ranked, test.assignee)])
+    assert ((top >= 0) & (top <= 1)).all()
+    hi = top >= np.median(top)
+    assert hit[hi].mean() > hit[~hi].mean()      # more confident answers are right more often
+    assert abs(top.mean() - hit.mean()) < 0.2    # and the mean confidence is near the accuracy on future tickets
+
+
+def test_priority_beats_the_balanced_baseline_and_ranks(zk_split, zk_models):
+    m = priority_metrics(zk_models['priority'], zk_split[1])
+    assert m['macro_f1'] > 0.30 and m['rank_correlation'] > 0
+
+
+def test_components_beat_the_one_vs_rest_baseline(storm_tickets):
+    train, test = temporal_split(storm_tickets)
+    assert multilabel_metrics(new_model('components').fit(train), test)['micro_f1'] > 0.28
+
+
+def test_predictions_ignore_targets_and_later_fields(zk_split, zk_models):
+    test = zk_split[1].head(40).copy()
+    before = {t: m.predict(test) for t, m in zk_models.items()}
+    test['assignee'], test['priority'] = 'someone-else', 'Blocker'
+    test['labels'] = [['leak']] * len(test)
+    after = {t: m.predict(test) for t, m in zk_models.items()}
+    assert before['assignee'] == after['assignee'] and before['priority'] == after['priority']
+    assert before['components'] == after['components']
+
+
+def test_models_survive_a_skops_round_trip(zk_split, zk_models):
+    q = zk_split[1].head(5)
+    for task, m in zk_models.items():
+        back = load_artifact(*dump_artifact(m))
+        assert back.predict(q) == m.predict(q), task
