@@ -54,3 +54,69 @@ def test_auth_validation_and_body_limit_through_serve(service, ignite):
     assert r.status_code == 413, r.text
     r = service.get(f'/v1/tenants/{t}/jobs/nope', headers=bearer(key))
     assert r.status_code == 404 and r.json()['error'] == 'JobNotFound', r.text
+
+
+def _wait_jobs(http, jobs: dict, timeout=1200) -> dict:
+    "Poll GET .../jobs/{id} until every job has left 'running': tenant -> its last answer."
+    done, t0 = {}, time.monotonic()
+    while len(done) < len(jobs) and time.monotonic() - t0 < timeout:
+        for t, (key, job) in jobs.items():
+            if t in done: continue
+            r = http.get(f'/v1/tenants/{t}/jobs/{job}', headers=bearer(key))
+            assert r.status_code == 200, r.text
+            if r.json()['status'] != 'running': done[t] = r.json()
+        time.sleep(2)
+    assert len(done) == len(jobs), f"jobs still running after {timeout}s: {set(jobs) - set(done)}"
+    return done
+
+
+def test_two_tenants_ingest_train_triage_promote(service, ignite):
+    from alliedium.ingest import ingest_files
+    from alliedium.jira import sample_dir
+    from alliedium.registry import active_versions, load_model, promote, register_model
+    http, uid = service, uuid.uuid4().hex[:6]
+    (a, ka), (b, kb) = [(t, create_tenant(t, settings=ignite)) for t in (f'e2e-zk-{uid}', f'e2e-storm-{uid}')]
+    ingest_files(a, [sample_dir(ignite)/'Zookeeper.jsonl.gz'], settings=ignite)
+    ingest_files(b, [sample_dir(ignite)/'Storm.jsonl.gz'], settings=ignite)
+    raw = sample_issues('Zookeeper', 1)[0]
+    r = http.post(f'/v1/tenants/{a}/webhooks/jira', json={'webhookEvent': 'jira:issue_updated', 'issue': raw}, headers=bearer(ka))
+    assert r.status_code == 200 and r.json()['result'] == 'unchanged', r.text  # the CLI ingested it already: idempotent
+    issue = {'key': 'NEW-1', 'fields': {k: raw['fields'][k] for k in ('summary', 'description', 'issuetype', 'reporter', 'components', 'labels', 'created')}}
+
+    r = http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(ka))
+    assert r.status_code == 409 and r.json()['status'] == 'untrained' and f'/v1/tenants/{a}/train' in r.json()['todo'], r.text
+
+    r = http.post(f'/v1/tenants/{a}/train', headers=bearer(ka))
+    assert r.status_code == 202 and r.json()['status'] == 'running', r.text
+    job_a = r.json()['job_id']
+    r = http.post(f'/v1/tenants/{a}/train', headers=bearer(ka))
+    assert r.status_code == 409 and r.json()['job_id'] == job_a, r.text
+    r = http.post(f'/v1/tenants/{b}/train', headers=bearer(kb))
+    assert r.status_code == 202, r.text
+    t0 = time.monotonic()
+    done = _wait_jobs(http, {a: (ka, job_a), b: (kb, r.json()['job_id'])})
+    print(f"\nonline training of both tenants: {time.monotonic() - t0:.0f}s")
+    assert {t: d['status'] for t, d in done.items()} == {a: 'succeeded', b: 'succeeded'}, done
+
+    for t, k in ((a, ka), (b, kb)):
+        r = http.post(f'/v1/tenants/{t}/triage', json=issue, headers=bearer(k))
+        assert r.status_code == 200, r.text
+        ans = r.json()
+        assert ans['tenant'] == t and ans['versions'] == active_versions(t, ignite)
+        assert {'assignee', 'components', 'labels', 'priority', 'rank_score', 'abstain'} <= set(ans)
+        assert all({'name', 'score'} <= set(s) for s in ans['assignee'])
+    assert http.post(f'/v1/tenants/{b}/triage', json=issue, headers=bearer(ka)).status_code == 403  # a's key, b's data
+    assert http.get(f'/v1/tenants/{b}/models', headers=bearer(ka)).status_code == 403
+    models = http.get(f'/v1/tenants/{a}/models', headers=bearer(ka)).json()['models']
+    assert {m['task']: m['version'] for m in models if m['active']} == active_versions(a, ignite)
+
+    # A new version is promoted (here: the priority model registered again); the replicas serve it without a restart.
+    _, model, metrics = load_model(a, 'priority', settings=ignite)
+    new = register_model(a, 'priority', model, metrics, settings=ignite)
+    promote(a, 'priority', new, settings=ignite)
+    t0, seen = time.monotonic(), None
+    while time.monotonic() - t0 < 120 and seen != new:
+        seen = http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(ka)).json()['versions']['priority']
+        time.sleep(0.1)
+    print(f"promoted version served after {time.monotonic() - t0:.2f}s (poll interval 0.5s)")
+    assert seen == new

@@ -131,3 +131,13 @@ def test_second_training_request_is_409_with_the_running_job(api, ignite):
         assert r.status_code == 404 and r.json()['error'] == 'JobNotFound'
         assert api.get(f'/v1/tenants/{t}/jobs/no-such-job', headers=bearer(key)).status_code == 404
     finally: finish_run(job, 'failed', {'error': 'test'}, settings=ignite)
+
+
+def test_serve_config_is_valid_and_builds_the_app():
+    "serve/config.yaml passes Ray's own schema (`serve run`/`serve deploy`) and its import path builds the app."
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+    from alliedium.commands.serve import load_app, serve_config
+    cfg = serve_config()
+    ServeDeploySchema.model_validate(cfg)
+    for a in cfg['applications']: assert isinstance(load_app(a['import_path'], a.get('args')), Application)
