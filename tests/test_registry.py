@@ -1,0 +1,111 @@
+"The model registry on the session's Ignite node: one active version under concurrent promotions, refusal of tampered or foreign artifacts, promote-if-not-worse, hooks."
+import hashlib, threading, uuid
+
+import pytest
+import skops.io as sio
+
+from alliedium.features import OneHot
+from alliedium.ignite import ignite_client
+from alliedium import registry
+from alliedium.registry import (ArtifactRefused, NoModelYet, active_versions, dump_artifact, list_models, load_model,
+                                load_tenant_models, promote, register_model, rollback)
+from alliedium.training import train_frame
+
+
+class Foreign:
+    "A class no model of alliedium contains."
+
+
+def _tenant(prefix='reg'): return f'{prefix}-{uuid.uuid4().hex[:8]}'
+
+
+def _active(tenant, task, settings):
+    with ignite_client(settings) as c:
+        return [v for v, in c.sql('SELECT version FROM ALLIEDIUM.MODEL WHERE tenant_id = ? AND task = ? AND active = TRUE',
+                                  query_args=[tenant, task])]
+
+
+def test_exactly_one_active_version_under_concurrent_promotions(ignite):
+    tenant = _tenant()
+    versions = [register_model(tenant, 'priority', OneHot().fit([str(i)]), {'i': i}, ignite) for i in range(6)]
+    assert versions == list(range(1, 7))
+    errors = []
+    for _ in range(3):
+        barrier = threading.Barrier(len(versions))
+        def run(v):
+            try:
+                with ignite_client(ignite) as c:
+                    barrier.wait()
+                    promote(tenant, 'priority', v, client=c)
+            except Exception as e: errors.append(e)
+        threads = [threading.Thread(target=run, args=(v,)) for v in versions]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        assert not errors
+        assert len(_active(tenant, 'priority', ignite)) == 1
+    assert active_versions(tenant, ignite)['priority'] in versions
+
+
+def test_concurrent_registrations_get_distinct_versions(ignite):
+    tenant, got = _tenant(), []
+    def run():
+        with ignite_client(ignite) as c: got.append(register_model(tenant, 'labels', OneHot().fit(['a']), {}, client=c))
+    threads = [threading.Thread(target=run) for _ in range(5)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert sorted(got) == [1, 2, 3, 4, 5]
+
+
+def _update(settings, tenant, task, version, **cols):
+    sets = ', '.join(f'{k} = ?' for k in cols)
+    with ignite_client(settings) as c:
+        c.sql(f'UPDATE ALLIEDIUM.MODEL SET {sets} WHERE tenant_id = ? AND task = ? AND version = ?',
+              query_args=[*cols.values(), tenant, task, version])
+
+
+def test_tampered_or_foreign_artifacts_are_refused(ignite):
+    tenant = _tenant()
+    v = register_model(tenant, 'components', OneHot().fit(['a']), {}, ignite)
+    assert load_model(tenant, 'components', v, ignite)[1].index == {'a': 0}
+    data, fmt = dump_artifact(OneHot().fit(['b']))
+    _update(ignite, tenant, 'components', v, artifact=data[:-10] + b'0123456789')   # bytes changed, digest kept
+    with pytest.raises(ArtifactRefused, match='tampered'): load_model(tenant, 'components', v, ignite)
+    _update(ignite, tenant, 'components', v, artifact=b'\x80\x04pickle', format='pickle')   # someone else's format
+    with pytest.raises(ArtifactRefused, match='not written by alliedium'): load_model(tenant, 'components', v, ignite)
+    foreign = sio.dumps({'model': Foreign()})   # a valid skops archive holding a type alliedium does not trust
+    _update(ignite, tenant, 'components', v, artifact=foreign, format=f"skops/1;sha256={hashlib.sha256(foreign).hexdigest()}")
+    with pytest.raises(ArtifactRefused, match='does not trust'): load_model(tenant, 'components', v, ignite)
+
+
+def test_no_model_yet_is_a_clear_error(ignite):
+    with pytest.raises(NoModelYet, match='alliedium train'): load_tenant_models(_tenant(), ignite)
+
+
+def test_promote_hooks_run_after_commit_and_rollback(ignite):
+    tenant, seen = _tenant(), []
+    hook = lambda t, task, v: seen.append((t, task, v, active_versions(t, ignite).get(task)))
+    registry.on_promote.append(hook)
+    try:
+        v1 = register_model(tenant, 'priority', OneHot().fit(['a']), {}, ignite)
+        v2 = register_model(tenant, 'priority', OneHot().fit(['b']), {}, ignite)
+        promote(tenant, 'priority', v1, ignite); promote(tenant, 'priority', v2, ignite)
+        assert rollback(tenant, 'priority', ignite) == v1
+    finally: registry.on_promote.remove(hook)
+    assert seen == [(tenant, 'priority', 1, 1), (tenant, 'priority', 2, 2), (tenant, 'priority', 1, 1)]
+
+
+def test_promote_only_if_not_worse_on_the_newest_tickets(ignite, zk_tickets):
+    tenant, df = _tenant('train'), zk_tickets.head(900)
+    first = train_frame(tenant, df, ['priority'], ignite)['priority']
+    assert first['promoted'] and first['version'] == 1
+    # an active version that saw every ticket and scored far better: the new one must not replace it
+    better = register_model(tenant, 'priority', load_model(tenant, 'priority', 1, ignite)[1],
+                            {'check': {'macro_f1': 0.99}, 'trained_until': '2100-01-01'}, ignite)
+    promote(tenant, 'priority', better, ignite)
+    worse = train_frame(tenant, df, ['priority'], ignite)['priority']
+    assert not worse['promoted'] and 'worse' in worse['reason']
+    assert active_versions(tenant, ignite)['priority'] == better
+    row = [r for r in list_models(tenant, 'priority', ignite) if r['version'] == worse['version']][0]
+    assert not row['active'] and 'worse' in row['metrics']['decision']['reason']
+    # with a tolerance that covers the gap it is promoted
+    assert train_frame(tenant, df, ['priority'], ignite, tolerance=1.0)['priority']['promoted']
