@@ -1,0 +1,71 @@
+"Training end to end on the session node: ingest real tickets, train, triage with the promoted models, runs and the CLI."
+import json, subprocess, sys, uuid
+
+import pytest
+
+from alliedium.ingest import ingest_tickets
+from alliedium.jira import Ticket, read_issues
+from alliedium.registry import active_versions, list_models, load_tenant_models
+from alliedium.runs import finish_run, get_run, list_runs, start_run
+from alliedium.tenants import create_tenant
+from alliedium.training import NotEnoughHistory, train_tenant
+from fixtures_models import MODELS_JIRA
+
+
+@pytest.fixture(scope='module')
+def storm_tenant(ignite):
+    "A tenant holding Storm's real tickets, ingested the way users do."
+    tenant = f'storm-{uuid.uuid4().hex[:8]}'
+    create_tenant(tenant, settings=ignite)
+    tickets = [t for t in read_issues(MODELS_JIRA/'Storm.jsonl.gz', tenant) if isinstance(t, Ticket)]
+    ingest_tickets(tenant, tickets, settings=ignite)
+    return tenant
+
+
+def test_train_tenant_registers_promotes_and_triages(ignite, storm_tenant):
+    r = train_tenant(storm_tenant, settings=ignite)
+    assert set(r) == {'assignee', 'components', 'labels', 'priority'}
+    assert all(x['version'] == 1 and x['promoted'] and x['seconds'] >= 0 for x in r.values())
+    assert active_versions(storm_tenant, ignite) == {t: 1 for t in r}
+    models = load_tenant_models(storm_tenant, ignite)
+    issue = {'fields': {'summary': 'Nimbus fails to start after upgrade', 'description': 'NPE in nimbus during leader election',
+                        'reporter': {'name': 'kabhwan'}, 'components': [{'name': 'storm-core'}]}}
+    out = models.triage(issue)
+    assert set(out) >= {'versions', 'assignee', 'components', 'labels', 'priority', 'rank_score', 'abstain'}
+    assert out['assignee'] and all(0 <= a['score'] <= 1 for a in out['assignee'])
+    assert out['priority']['label'] in out['priority']['scores'] and 0 <= out['rank_score'] <= 1
+    assert isinstance(out['abstain'], bool)
+
+
+def test_too_little_history_is_a_clear_error(ignite):
+    tenant = f'tiny-{uuid.uuid4().hex[:8]}'
+    create_tenant(tenant, settings=ignite)
+    tickets = [t for t, _ in zip((t for t in read_issues(MODELS_JIRA/'Zookeeper.jsonl.gz', tenant) if isinstance(t, Ticket)), range(30))]
+    ingest_tickets(tenant, tickets, settings=ignite)
+    with pytest.raises(NotEnoughHistory, match='at least'): train_tenant(tenant, settings=ignite)
+
+
+def test_runs_record_start_and_end(ignite):
+    tenant = f'runs-{uuid.uuid4().hex[:8]}'
+    rid = start_run(tenant, 'train', settings=ignite)
+    assert get_run(rid, ignite)['status'] == 'running'
+    finish_run(rid, 'succeeded', {'x': 1}, settings=ignite)
+    r = list_runs(tenant, ignite)[0]
+    assert (r['run_id'], r['status'], r['metrics'], r['finished_at'] is not None) == (rid, 'succeeded', {'x': 1}, True)
+
+
+def test_cli_train_and_models_list(ignite, storm_tenant):
+    run = lambda *a: subprocess.run([sys.executable, '-c', 'from alliedium.cli import main; main()', *a],
+                                    capture_output=True, text=True, timeout=600)
+    out = run('train', '--tenant', storm_tenant, '--task', 'priority', '--json')
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res['tasks']['priority']['version'] == 2
+    assert get_run(res['run_id'], ignite)['status'] == 'succeeded'
+    listed = json.loads(run('models', 'list', '--tenant', storm_tenant, '--task', 'priority', '--json').stdout)
+    assert [m['version'] for m in listed] == [1, 2] and sum(m['active'] for m in listed) == 1
+    assert run('models', 'promote', '--tenant', storm_tenant, '--task', 'priority', '--version', '2').returncode == 0
+    assert run('models', 'rollback', '--tenant', storm_tenant, '--task', 'priority').returncode == 0
+    assert active_versions(storm_tenant, ignite)['priority'] == 1
+    missing = run('evaluate', '--tenant', f'none-{uuid.uuid4().hex[:6]}')
+    assert missing.returncode != 0 and 'error' in missing.stderr
