@@ -60,6 +60,7 @@ lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
 
 bench: setup  ## run the benchmarks that exist
 	@$(BIN)/alliedium bench ingest
+	@$(BIN)/alliedium bench train --all
 	@$(BIN)/alliedium bench serve
 	@$(BIN)/alliedium bench compare
 
