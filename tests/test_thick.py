@@ -162,3 +162,24 @@ def test_no_server_to_join_is_reported(ignite, thick_gateway):
     with pytest.raises(GatewayStartFailed, match='did not join|exited with code'):
         with thick_client(s): pass
     assert current_gateway() is None
+
+
+@pytest.mark.slow
+def test_colocated_retrain_trains_on_the_node_and_announces_promotions(thick_gateway, ignite):
+    "The real entry (alliedium.training:train_tenant) on real tickets: models promoted, one message per promotion."
+    from alliedium.ingest import ingest_tickets
+    from alliedium.runs import get_run
+    from alliedium.training import NotEnoughHistory
+    tenant = new_tenant(ignite, 'retrain')
+    ingest_tickets(tenant, [t.model_copy(update=dict(tenant_id=tenant)) for t in real_tickets('Zookeeper', 250)], ignite)
+    got = []
+    with thick_gateway.on_model_promoted(lambda t, task, v: got.append((t, task, v))):
+        r = run_colocated_retrain(tenant, settings=ignite, gateway=thick_gateway, timeout=900, tasks=['priority'])
+        promoted = {(tenant, task, res['version']) for task, res in r['result'].items() if res.get('promoted')}
+        assert promoted, r['result']  # a first model is always promoted
+        assert wait_for(lambda: set(got) >= promoted, 60), (got, promoted)
+    assert r['node'] == 'node0' and get_run(r['run_id'], ignite)['status'] == 'succeeded'
+    small = new_tenant(ignite, 'retrain-small')
+    ingest_tickets(small, [t.model_copy(update=dict(tenant_id=small)) for t in real_tickets('Storm', 5)], ignite)
+    with pytest.raises(NotEnoughHistory, match='ALLIEDIUM_TRAIN_MIN_TICKETS'):
+        run_colocated_retrain(small, settings=ignite, gateway=thick_gateway, timeout=900)
