@@ -191,11 +191,16 @@ class TenantSlot:
     def versions(self) -> dict[str, int]: return dict(self.models.versions)
 
     def refresh(self) -> bool:
-        "Load the active models again if a version was promoted since; True if it did."
-        from alliedium.registry import active_versions, load_tenant_models
-        self.checked = time.monotonic()
-        if active_versions(self.tenant, self.settings) == self.versions: return False
-        self.models = load_tenant_models(self.tenant, self.settings)
+        "Swap in the models promoted since they were loaded (only the tasks that changed); True if any."
+        from alliedium.registry import TenantModels, active_versions, load_model, load_tenant_models
+        self.checked, old = time.monotonic(), self.versions
+        new = active_versions(self.tenant, self.settings)
+        if new == old: return False
+        if set(new) != set(old): self.models = load_tenant_models(self.tenant, self.settings); return True
+        models, metrics = dict(self.models.models), dict(self.models.metrics)
+        for task in (t for t, v in new.items() if v != old[t]):
+            _, models[task], metrics[task] = load_model(self.tenant, task, new[task], self.settings)
+        self.models = TenantModels(self.tenant, models, new, metrics)
         return True
 
     def triage(self, issue:dict) -> dict:

@@ -344,7 +344,7 @@ def cold_loads(tenants:list[str], s:Settings) -> dict:
     return stats(lat, sum(lat))
 
 # %% ../../nbs/94_commands_serve.ipynb #c5922081
-def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=100, levels=(1, 8, 32)) -> dict:
+def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=100, cold:int=10, levels=(1, 8, 32)) -> dict:
     "Deploy echo and the triage API on a local Ray Serve, load them, return every figure."
     from ray import serve
     s = settings or get_settings()
@@ -352,7 +352,7 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
     names, issues = list(keys), [_triage_body(i) for i in sample_issues(n=50, settings=s)]
     triage_req = lambda ts, n: [(f'/v1/tenants/{t}/triage', {'Authorization': f'Bearer {keys[t]}'}, issues[i % len(issues)])
                                 for i, t in zip(range(n), itertools.cycle(ts))]
-    out = dict(cold_load=cold_loads(names[:min(50, len(names))], s))
+    out = dict(cold_load=cold_loads(names[:min(cold, len(names))], s))
     start_ray(s)
     serve.start(http_options=dict(host='127.0.0.1', port=s.serve_port))
     try:
@@ -382,6 +382,7 @@ def bench_table(out:dict, s:Settings) -> Table:
 @bench_app.command('serve')
 def bench_serve(requests: int = typer.Option(300, help="requests per run"),
                 tenants: int = typer.Option(100, help="tenants in the churn run (>= 8)"),
+                cold: int = typer.Option(10, help="tenants whose models are loaded cold in this process (load time from Ignite)"),
                 as_json: bool = typer.Option(False, '--json', help="print JSON")):
     "Ray Serve echo vs the triage route at concurrency 1/8/32, 100-tenant churn, cold model loads."
     from alliedium.ignite import free_port, start_local_node
@@ -390,6 +391,6 @@ def bench_serve(requests: int = typer.Option(300, help="requests per run"),
     if not s.external_cluster: start_local_node(s)
     ensure_schema(s)
     s = Settings(**{**settings_overrides(s), 'serve_port': free_port()})
-    out = bench_serve_run(s, requests, max(tenants, 8))
+    out = bench_serve_run(s, requests, max(tenants, 8), cold)
     if as_json: print(json.dumps(out, indent=2)); return
     console.print(bench_table(out, s))
