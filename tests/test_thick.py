@@ -30,6 +30,8 @@ def test_gateway_joins_the_cluster_as_a_client(thick_gateway, ignite):
     assert [n['consistent_id'] for n in top['servers']] == ['node0']
     assert top['clients'] >= 1 and top['active'] and top['version'].startswith('2.15.')
     assert thick_gateway.start_seconds > 0 and current_gateway() is thick_gateway
+    from alliedium.registry import on_promote
+    assert publish_model_promoted in on_promote  # promotions made in this process are announced
 
 
 def test_noop_job_runs_on_the_tenants_node(thick_gateway, ignite):
