@@ -56,8 +56,7 @@ def ignite_close():
 
 def ml_class(gw):
     "The Java class `LogisticSgdBench`, through the gateway's JVM view."
-    jvm = getattr(gw, 'jvm', None) or gw._gw.jvm  # py4j's generic access to any class on the gateway's classpath
-    return jvm.io.alliedium.ignite.ml.LogisticSgdBench
+    return gw.jvm.io.alliedium.ignite.ml.LogisticSgdBench
 
 # %% ../nbs/76_bench_ignite.ipynb #1bbd9d9d
 def _await(future, timeout:float) -> bytes:

@@ -151,6 +151,11 @@ class Gateway:
     def __exit__(self, *exc): self.close()
     @property
     def alive(self) -> bool: return self.proc is not None and self.proc.poll() is None
+    @property
+    def jvm(self):
+        "py4j's view of the gateway JVM's classes (for code beside the facade, e.g. the Ignite ML bench)."
+        if self._gw is None: raise GatewayDied("the gateway is closed: start one (`with thick_client() as gw: ...`)")
+        return self._gw.jvm
 
 # %% ../nbs/80_thick.ipynb #2e2a8675
 @patch
