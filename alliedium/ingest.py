@@ -6,20 +6,25 @@ Docs: https://alliedium.github.io/alliedium/ingest.html.md"""
 
 # %% ../nbs/15_ingest.ipynb #82a19942
 from __future__ import annotations
-import hashlib, json, queue, struct, threading, time
+import ctypes, hashlib, json, queue, struct, threading, time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import orjson
 import pandas as pd
 from fastcore.basics import patch
 from pyignite import Client, GenericObjectMeta
 from pyignite.datatypes import BoolObject, String, TimestampObject
 from pyignite.datatypes.type_codes import TC_BOOL, TC_COMPLEX_OBJECT, TC_NULL, TC_STRING, TC_TIMESTAMP
 from pyignite.utils import entity_id, hashcode, schema_id
-from pyignite.api.key_value import cache_get_all
+from pyignite.datatypes import AnyDataArray
+from pyignite.exceptions import ParseError
+from pyignite.queries import Query, query_perform
+from pyignite.queries.cache_info import CacheInfo
+from pyignite.queries.op_codes import OP_CACHE_GET_ALL
 from pyignite.exceptions import CacheError
 from pyignite.datatypes.transactions import TransactionConcurrency, TransactionIsolation
 
@@ -38,8 +43,9 @@ __all__ = ['TicketKey', 'TicketValue', 'StateKey', 'StateValue', 'TICKET_CACHE',
 _TC = {t: int.from_bytes(c, 'little') for t, c in ((String, TC_STRING), (TimestampObject, TC_TIMESTAMP), (BoolObject, TC_BOOL))}
 _NULL, _TC_OBJECT, _HEADER = TC_NULL, int.from_bytes(TC_COMPLEX_OBJECT, 'little'), struct.Struct('<bbhiiiii')
 
-def _write_string(v) -> bytes:
-    b = v.encode('utf-8')
+def _write_string(v:str|bytes) -> bytes:
+    "A string field (bytes are taken as already UTF-8: the raw JSON line as read)."
+    b = v if isinstance(v, bytes) else v.encode('utf-8')
     return struct.pack('<bi', _TC[String], len(b)) + b
 
 def _write_timestamp(v:datetime) -> bytes:
@@ -105,7 +111,7 @@ class _Pairs(list):
 
 def _ticket_value(t:Ticket, compact:bool):
     return TicketValue(t.updated_at, t.created_at, t.summary, t.description, t.issue_type, t.reporter, t.assignee, t.priority,
-                       json.dumps(t.components, ensure_ascii=False), json.dumps(t.labels, ensure_ascii=False), t.raw_json(), compact=compact)
+                       orjson.dumps(t.components), orjson.dumps(t.labels), t.raw_utf8(), compact=compact)
 
 def _ts(v) -> datetime|None:
     "A TIMESTAMP as pyignite returns it (a `(datetime, nanos)` pair) as a naive datetime."
@@ -155,27 +161,81 @@ def _decode_state(client:Client, blob:bytes) -> tuple[datetime|None, bool]:
     v = client.unwrap_binary((blob, 0))
     return _ts(v.UPDATED_AT), bool(v.DELETED)
 
-def _get_states(client:Client, states, tenant_id:str, keys:list[str], compact:bool) -> dict[str, tuple]:
-    "issue key -> (updated_at, deleted) of the stored state rows (inside a pessimistic transaction this locks them)."
-    objs = [StateKey(tenant_id, k, compact=compact) for k in keys]
-    packed = {bytes(o._buffer): k for o, k in zip(objs, keys)}
-    res = cache_get_all(states._get_best_node(), states.cache_info, objs)  # the transaction's connection, values left undecoded
+_INT = struct.Struct('<i')
+_TC_WRAPPED, _TC_NULL = 0x1b, int.from_bytes(TC_NULL, 'little')
+
+class _RawPairs:
+    "A `get_all` response's pairs as the bytes of each binary object, read in one pass (pyignite builds a ctypes class per object)."
+    @staticmethod
+    def _objects(buf, o:int, count:int) -> tuple[list, int]:
+        out = []
+        for _ in range(count):
+            tc = buf[o]
+            if tc == _TC_WRAPPED:  # type, payload length, payload, offset of the object in it
+                n = _INT.unpack_from(buf, o + 1)[0]
+                out.append(bytes(buf[o + 5 + _INT.unpack_from(buf, o + 5 + n)[0]:o + 5 + n])); o += 9 + n
+            elif tc == _TC_OBJECT: n = _INT.unpack_from(buf, o + 12)[0]; out.append(bytes(buf[o:o + n])); o += n
+            elif tc == _TC_NULL: out.append(None); o += 1
+            else: raise ParseError(f"unexpected type code {tc} in a get_all response")
+        return out, o
+    @classmethod
+    def parse(cls, stream):
+        start, buf = stream.tell(), stream.getbuffer()
+        _, end = cls._objects(buf, start + 4, 2 * _INT.unpack_from(buf, start)[0])
+        stream.seek(end)
+        return ctypes.c_byte * (end - start)
+    @classmethod
+    def to_python(cls, value, **kwargs) -> list[tuple[bytes, bytes]]:
+        b = bytes(value)
+        objs, _ = cls._objects(b, 4, 2 * _INT.unpack_from(b, 0)[0])
+        return list(zip(objs[::2], objs[1::2]))
+
+def _raw_get_all(conn, cache_info:CacheInfo, keys:list) -> list[tuple[bytes, bytes]]:
+    "OP_CACHE_GET_ALL on one connection (a transaction's), the values left as bytes."
+    res = query_perform(Query(OP_CACHE_GET_ALL, [('cache_info', CacheInfo), ('keys', AnyDataArray())]), conn,
+                        query_params={'cache_info': cache_info, 'keys': keys}, response_config=[('data', _RawPairs)])
     if res.status != 0: raise CacheError(res.message)
+    return res.value['data']
+
+def _get_states(client:Client, states, tenant_id:str, keys:list[str], compact:bool, objs:list|None=None) -> dict[str, tuple]:
+    "issue key -> (updated_at, deleted) of the stored state rows (inside a pessimistic transaction this locks them)."
+    if objs is None: objs = [StateKey(tenant_id, k, compact=compact) for k in keys]
+    packed = {bytes(o._buffer): k for o, k in zip(objs, keys)}
     out = {}
-    for (kblob, _), (vblob, _) in res.value.items():
-        key = packed.get(bytes(kblob)) or client.unwrap_binary((kblob, 0)).ISSUE_KEY
-        out[key] = _decode_state(client, bytes(vblob))
+    for kblob, vblob in _raw_get_all(states._get_best_node(), states.cache_info, objs):  # the transaction's connection
+        if vblob is None: continue
+        key = packed.get(kblob) or client.unwrap_binary((kblob, 0)).ISSUE_KEY
+        out[key] = _decode_state(client, vblob)
     return out
 
 # %% ../nbs/15_ingest.ipynb #eed7ff12
 TX_TIMEOUT_MS = 20_000  # a batch transaction waiting longer than this for locks is rolled back (and the error raised)
 
-def _write_batch(client:Client, tenant_id:str, items:list[Ticket|Deletion], summary:IngestSummary) -> dict[str, str]:
+@dataclass
+class _Batch:
+    "A batch made ready to write without looking at what is stored (done while the batch before is being written)."
+    items: list  # the tickets and deletions, in input order
+    newest: dict  # issue key -> the newest item of that key
+    keys: list  # the issue keys in lock order (sorted)
+    state_keys: list  # their serialized TICKET_STATE keys
+    rows: dict  # issue key -> serialized (TicketKey, Ticket) when made ahead; a row missing here is made when it is needed
+
+def _prepare(tenant_id:str, items:list[Ticket|Deletion], compact:bool, rows:bool=True) -> _Batch:
+    "The newest item per key, the keys to lock, and (with `rows`) the serialized ticket rows."
+    newest = _newest(items)
+    keys = sorted(newest)
+    return _Batch(items, newest, keys, [StateKey(tenant_id, k, compact=compact) for k in keys],
+                  {k: (TicketKey(tenant_id, k, compact=compact), _ticket_value(it, compact))
+                   for k, it in newest.items() if rows and isinstance(it, Ticket)})
+
+def _write_batch(client:Client, tenant_id:str, batch:_Batch|list[Ticket|Deletion], summary:IngestSummary) -> dict[str, str]:
     "Write one batch in one pessimistic transaction; returns issue key -> what happened."
-    newest, outcome, compact = _newest(items), {}, client.compact_footer
+    compact, outcome = client.compact_footer, {}
+    b = batch if isinstance(batch, _Batch) else _prepare(tenant_id, batch, compact, rows=False)
+    newest, items = b.newest, b.items
     tickets, states = client.get_cache(TICKET_CACHE), client.get_cache(STATE_CACHE)
     with client.tx_start(TransactionConcurrency.PESSIMISTIC, TransactionIsolation.REPEATABLE_READ, timeout=TX_TIMEOUT_MS) as tx:
-        stored = _get_states(client, states, tenant_id, sorted(newest), compact)  # locks the keys, in one order for every writer
+        stored = _get_states(client, states, tenant_id, b.keys, compact, b.state_keys)  # locks the keys, in one order for every writer
         puts, state_puts, removes = _Pairs(), _Pairs(), []
         for key, it in newest.items():
             cur = stored.get(key)
@@ -185,7 +245,7 @@ def _write_batch(client:Client, tenant_id:str, items:list[Ticket|Deletion], summ
             state_puts.append((StateKey(tenant_id, key, compact=compact), StateValue(it.updated_at, isinstance(it, Deletion), compact=compact)))
             if isinstance(it, Deletion): removes.append(TicketKey(tenant_id, key, compact=compact)); outcome[key] = 'deleted'
             else:
-                puts.append((TicketKey(tenant_id, key, compact=compact), _ticket_value(it, compact)))
+                puts.append(b.rows.get(key) or (TicketKey(tenant_id, key, compact=compact), _ticket_value(it, compact)))
                 outcome[key] = 'inserted' if cur is None or was_deleted else 'updated'
         if puts: tickets.put_all(puts)
         if removes: tickets.remove_keys(removes)
@@ -222,17 +282,19 @@ def ingest_tickets(tenant_id:str, # an existing tenant
     with ignite_client(s) as client:
         require_tenant(tenant_id, client=client)
         register_types(client)
-        todo, failed = queue.Queue(maxsize=2), []
+        compact, todo, failed, wrote = client.compact_footer, queue.Queue(maxsize=2), [], [True]
         def writer():
             while (batch := todo.get()) is not None:
                 if not failed:
-                    try: _write_batch(client, tenant_id, batch, summary)
+                    try: wrote[0] = any(o in ('inserted', 'updated') for o in _write_batch(client, tenant_id, batch, summary).values())
                     except BaseException as e: failed.append(e)
         th = threading.Thread(target=writer, daemon=True); th.start()
         try:
             for batch in _batches(tickets, batch_size, tenant_id, summary, progress):
                 if failed: break
-                todo.put(batch)
+                # rows are serialized ahead while batches are being written (a first load); once a batch wrote
+                # nothing (a replay), only the rows that turn out to be newer are serialized, by the writer
+                todo.put(_prepare(tenant_id, batch, compact, rows=wrote[0]))
         finally: todo.put(None); th.join()
         if failed: raise failed[0]
     summary.seconds = time.perf_counter() - t0

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
 
+import orjson
 import pandas as pd
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
@@ -45,11 +46,15 @@ class Ticket(BaseModel):
     priority: str|None = None
     assignee: str|None = None  # set by triage
     raw: dict = Field(default_factory=dict, repr=False)
-    _raw_json: str|None = PrivateAttr(None)  # the JSON text `raw` was read from, when it is exactly that
+    _raw_utf8: bytes|None = PrivateAttr(None)  # the UTF-8 JSON text `raw` was read from, when it is exactly that
 
     def raw_json(self) -> str:
         "`raw` as JSON text (the original text when the ticket was read from a JSONL line)."
-        return self._raw_json if self._raw_json is not None else json.dumps(self.raw, ensure_ascii=False)
+        return self._raw_utf8.decode('utf-8') if self._raw_utf8 is not None else json.dumps(self.raw, ensure_ascii=False)
+
+    def raw_utf8(self) -> bytes:
+        "`raw_json()` encoded as UTF-8 (the bytes as read, without decoding them, when there are some)."
+        return self._raw_utf8 if self._raw_utf8 is not None else orjson.dumps(self.raw)
 
 # %% ../nbs/10_jira.ipynb #e37011e9
 class Deletion(BaseModel):
@@ -122,18 +127,23 @@ def adf_to_text(doc:Any) -> str:
 # %% ../nbs/10_jira.ipynb #c698d508
 MAX_TEXT_CHARS = 4_000_000  # longer summaries/descriptions are refused (real ASF issues reach 3.05M: pasted logs)
 
+def _str(v:Any, field:str) -> str|None:
+    "The id/name itself when it is text (or missing)."
+    if v is None or isinstance(v, str): return v
+    raise BadIssue(f"fields.{field} names it with a {type(v).__name__} ({v!r:.40}), expected text")
+
 def _person(v:Any, field:str) -> str|None:
     "A user as a stable id: v2 `name`, v3 `accountId` (else `key`)."
     if v is None: return None
     if isinstance(v, str): return v or None
     if not isinstance(v, dict): raise BadIssue(f"fields.{field} is a {type(v).__name__}, expected a user object")
-    return v.get('name') or v.get('accountId') or v.get('key') or None
+    return _str(v.get('name') or v.get('accountId') or v.get('key') or None, field)
 
 def _named(v:Any, field:str) -> str|None:
     "An object's `name` (issue type, priority) or a plain string."
     if v is None or isinstance(v, str): return v or None
     if not isinstance(v, dict): raise BadIssue(f"fields.{field} is a {type(v).__name__}, expected an object with a name")
-    return v.get('name') or None
+    return _str(v.get('name') or None, field)
 
 def _names(v:Any, field:str) -> list[str]:
     "A list of names (components: objects; labels: strings)."
@@ -162,11 +172,12 @@ def parse_issue(obj:dict, # one issue as the REST API (v2 or v3) returns it
     try:
         created = jira_time(f.get('created'), 'created')
         updated = jira_time(f['updated'], 'updated') if f.get('updated') is not None else created
-        return Ticket(tenant_id=tenant_id, issue_key=key.strip(), created_at=created, updated_at=updated,
-                      summary=_text(f.get('summary'), 'summary', max_text), description=_text(f.get('description'), 'description', max_text),
-                      issue_type=_named(f.get('issuetype'), 'issuetype'), reporter=_person(f.get('reporter'), 'reporter'),
-                      components=_names(f.get('components'), 'components'), labels=_names(f.get('labels'), 'labels'),
-                      priority=_named(f.get('priority'), 'priority'), assignee=_person(f.get('assignee'), 'assignee'), raw=obj)
+        # every value is checked above to have its field's type, so the model is built without validating it again
+        return Ticket.model_construct(tenant_id=str(tenant_id), issue_key=key.strip(), created_at=created, updated_at=updated,
+            summary=_text(f.get('summary'), 'summary', max_text), description=_text(f.get('description'), 'description', max_text),
+            issue_type=_named(f.get('issuetype'), 'issuetype'), reporter=_person(f.get('reporter'), 'reporter'),
+            components=_names(f.get('components'), 'components'), labels=_names(f.get('labels'), 'labels'),
+            priority=_named(f.get('priority'), 'priority'), assignee=_person(f.get('assignee'), 'assignee'), raw=obj)
     except BadIssue as e: raise BadIssue(f"{key}: {e}") from None
     except ValidationError as e: raise BadIssue(f"{key}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
 
@@ -217,12 +228,18 @@ def _read_jsonl(fh, tenant_id:str, source:str, max_text:int) -> Iterator[Ticket|
     for n, b, err in _lines(fh):
         if err: yield Rejected(source, n, err); return
         if not b.strip(): continue
-        try: doc = json.loads(b)
-        except UnicodeDecodeError as e: yield Rejected(source, n, f"not valid UTF-8 ({e.reason} at byte {e.start})"); continue
-        except json.JSONDecodeError as e: yield Rejected(source, n, f"not JSON ({e.msg} at column {e.colno}), e.g. a truncated line"); continue
+        strict = True
+        try: doc = orjson.loads(b)  # strict JSON and UTF-8; the standard library says why a line is bad, and takes what it accepts
+        except orjson.JSONDecodeError:
+            strict = False
+            try: doc = json.loads(b)
+            except UnicodeDecodeError as e: yield Rejected(source, n, f"not valid UTF-8 ({e.reason} at byte {e.start})"); continue
+            except json.JSONDecodeError as e: yield Rejected(source, n, f"not JSON ({e.msg} at column {e.colno}), e.g. a truncated line"); continue
         if isinstance(doc, dict) and 'fields' in doc and 'webhookEvent' not in doc:  # a bare issue: keep its text as raw
-            t = next(parse_document(doc, tenant_id, source, n, max_text))
-            if isinstance(t, Ticket): t._raw_json = b.decode('utf-8').strip()
+            try: t = parse_issue(doc, tenant_id, max_text)
+            except BadIssue as e: t = Rejected(source, n, str(e), doc['key'] if isinstance(doc.get('key'), str) else None)
+            else:
+                if strict: t._raw_utf8 = b.strip()  # valid UTF-8 JSON (orjson checked it): stored as read
             yield t
         else: yield from parse_document(doc, tenant_id, source, n, max_text)
 
