@@ -6,6 +6,8 @@ Docs: https://alliedium.github.io/alliedium/features.html.md"""
 
 # %% ../nbs/20_features.ipynb #9463d327
 from __future__ import annotations
+import hashlib, json, re, weakref
+
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
@@ -13,13 +15,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
 
 from .config import AlliediumError
-from .jira import parse_issue, tickets_frame
+from .jira import FRAME_COLUMNS, parse_issue, tickets_frame
 
 # %% auto #0
-__all__ = ['INPUTS', 'TARGETS', 'POST_FILING', 'check_inputs', 'issue_frame', 'ticket_text', 'text_vectorizer', 'recency_weights',
-           'active_people', 'temporal_split', 'OneHot', 'TextMatrix', 'text_rows', 'ReporterHistory']
+__all__ = ['INPUTS', 'TARGETS', 'POST_FILING', 'check_inputs', 'issue_frame', 'ticket_text', 'pack_values', 'unpack_values',
+           'TextEncoder', 'transform', 'text_vectorizer', 'recency_weights', 'active_people', 'temporal_split',
+           'OneHot', 'Linear', 'TextMatrix', 'text_rows', 'ReporterHistory', 'RowTable']
 
 # %% ../nbs/20_features.ipynb #a1e75c64
 INPUTS = {
@@ -48,17 +53,86 @@ def issue_frame(issue:dict, # a Jira issue as the REST API or a webhook sends it
         fields.setdefault('created', datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.000+0000'))
         issue['fields'] = fields
     issue.setdefault('key', 'NEW-0')
-    return tickets_frame([parse_issue(issue, tenant_id)])
+    t = parse_issue(issue, tenant_id)
+    return pd.DataFrame({c: [getattr(t, c)] for c in FRAME_COLUMNS})  # what tickets_frame([t]) gives, in half the time
 
 # %% ../nbs/20_features.ipynb #369b8ded
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default word pattern
+
+def _str(v) -> str:
+    if isinstance(v, str): return v
+    return '' if v is None or pd.isna(v) else str(v)
+
 def ticket_text(df:pd.DataFrame, max_chars:int=3000) -> list[str]:
     "Summary twice plus the first `max_chars` of the description, per ticket."
-    s, d = df['summary'].fillna('').astype(str), df['description'].fillna('').astype(str).str[:max_chars]
-    return (s + ' ' + s + ' ' + d).tolist()
+    return [f"{s} {s} {d[:max_chars]}" for s, d in zip(map(_str, df['summary']), map(_str, df['description']))]
 
-def text_vectorizer(max_features:int=50000) -> TfidfVectorizer:
-    "The TF-IDF every model uses (word unigrams, sublinear tf, float32)."
-    return TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=max_features, dtype=np.float32)
+def pack_values(xs:list[str]) -> bytes:
+    "A list of strings (or other JSON values) as one UTF-8 JSON blob (how artifacts store vocabularies and names: one array, not a dict per entry)."
+    return json.dumps(list(xs), ensure_ascii=False).encode()
+
+def unpack_values(b:bytes) -> list[str]: return json.loads(bytes(b).decode())
+
+_ENCODERS = weakref.WeakValueDictionary()  # digest -> a loaded encoder
+
+class TextEncoder:
+
+    "TF-IDF of ticket texts (word unigrams, sublinear tf, idf, L2 rows, float32): fitted with scikit-learn, stored as a term list and an idf array."
+    def __init__(self, max_features:int=50000, # most frequent terms kept
+                 min_df:int=2): # terms in fewer tickets are dropped
+        self.max_features, self.min_df, self._memo = max_features, min_df, None
+
+    def fit_transform(self, texts:list[str]) -> sp.csr_matrix:
+        "Learn terms and idf from `texts`; their matrix."
+        v = TfidfVectorizer(sublinear_tf=True, min_df=self.min_df, max_features=self.max_features, dtype=np.float32)
+        X = v.fit_transform(texts).tocsr()
+        self._set(sorted(v.vocabulary_, key=v.vocabulary_.get), np.asarray(v.idf_, np.float32))
+        return X
+
+    def fit(self, texts:list[str]) -> 'TextEncoder': self.fit_transform(texts); return self
+
+    def _set(self, terms:list[str], idf:np.ndarray):
+        self.terms, self.idf_ = list(terms), idf
+        self.vocabulary_ = {t: i for i, t in enumerate(self.terms)}
+        self.digest = hashlib.sha1(pack_values(self.terms) + idf.tobytes()).hexdigest()
+        self._memo = None
+
+    def __getstate__(self) -> dict:
+        return dict(max_features=self.max_features, min_df=self.min_df, terms=pack_values(self.terms), idf=self.idf_, digest=self.digest)
+
+    def __setstate__(self, state:dict):
+        self.max_features, self.min_df, self._memo = state['max_features'], state['min_df'], None
+        same = _ENCODERS.get(state.get('digest'))  # a tenant's four models carry one encoder: build its dictionary once
+        if same is not None: self.terms, self.idf_, self.vocabulary_, self.digest = same.terms, same.idf_, same.vocabulary_, same.digest
+        else: self._set(unpack_values(state['terms']), np.asarray(state['idf'], np.float32)); _ENCODERS[self.digest] = self
+
+    @property
+    def n_features(self) -> int: return len(self.terms)
+
+# %% ../nbs/20_features.ipynb #7a1e2c3d
+def transform(self:TextEncoder, texts:list[str]) -> sp.csr_matrix:
+    "The L2-normalised TF-IDF rows of `texts` (the same numbers as scikit-learn's `TfidfVectorizer`, without its per-call checks)."
+    texts = list(texts)
+    memo = self._memo  # a request's tasks share one encoder: the same few texts are transformed once
+    if memo is not None and len(texts) <= 8 and memo[0] == texts: return memo[1]
+    voc, idx, cnt, indptr = self.vocabulary_, [], [], [0]
+    for t in texts:
+        c = Counter(j for j in map(voc.get, _TOKEN.findall(t.lower())) if j is not None)
+        idx.extend(c.keys()); cnt.extend(c.values()); indptr.append(len(idx))
+    idx, indptr = np.asarray(idx, np.int32), np.asarray(indptr, np.int64)
+    data = (np.log(np.asarray(cnt, np.float32)) + np.float32(1)) * self.idf_[idx]
+    row = np.repeat(np.arange(len(texts)), np.diff(indptr))
+    norm = np.sqrt(np.bincount(row, data.astype(np.float64) ** 2, minlength=len(texts)))
+    data = (data / np.where(norm == 0, 1, norm)[row]).astype(np.float32)
+    X = sp.csr_matrix((data, idx, indptr), shape=(len(texts), len(self.terms)))
+    X.sort_indices()
+    if len(texts) <= 8: self._memo = (texts, X)
+    return X
+TextEncoder.transform = transform
+
+def text_vectorizer(max_features:int=50000) -> TextEncoder:
+    "The text encoder every model uses (word unigrams, sublinear tf, float32)."
+    return TextEncoder(max_features)
 
 # %% ../nbs/20_features.ipynb #538edecf
 def recency_weights(created:pd.Series, end:pd.Timestamp, half_life_days:float|None) -> np.ndarray:
@@ -97,6 +171,48 @@ class OneHot:
                 j = self.index.get(str(x))
                 if j is not None: rows.append(i); cols.append(j)
         return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(values), len(self.index)))
+
+# %% ../nbs/20_features.ipynb #8c2f4a90
+def _onehot_getstate(self:OneHot) -> dict:
+    return dict(min_count=self.min_count, keys=pack_values(sorted(self.index, key=self.index.get)))
+def _onehot_setstate(self:OneHot, s:dict):
+    self.min_count, self.index = s['min_count'], {k: i for i, k in enumerate(unpack_values(s['keys']))}
+OneHot.__getstate__, OneHot.__setstate__ = _onehot_getstate, _onehot_setstate
+
+# %% ../nbs/20_features.ipynb #4e9a6c02
+class Linear:
+    "A fitted linear classifier's weights and the estimator's `predict_proba`, without scikit-learn's per-call checks (one ticket costs microseconds)."
+    def __init__(self, coef:np.ndarray, intercept:np.ndarray, classes, softmax:bool):
+        self.W = np.ascontiguousarray(np.asarray(coef, np.float32).T)  # features x classes
+        self.b, self.classes_, self.softmax = np.asarray(intercept, np.float32), np.asarray(classes, dtype=object), softmax
+
+    @classmethod
+    def of(cls, clf) -> 'Linear':
+        "The weights of a fitted `LogisticRegression` (softmax over 3+ classes) or `SGDClassifier(loss='log_loss')` (one-vs-rest)."
+        return cls(clf.coef_, clf.intercept_, clf.classes_, isinstance(clf, LogisticRegression) and len(clf.classes_) > 2)
+
+    def decision_function(self, X) -> np.ndarray:
+        "Scores per class; `X` is a matrix, or a list of column blocks (sparse or dense) in training order."
+        if not isinstance(X, (list, tuple)): return np.asarray(X @ self.W) + self.b
+        d, o = self.b, 0
+        for B in X: d = d + np.asarray(B @ self.W[o:o + B.shape[1]]); o += B.shape[1]
+        return d
+
+    def predict_proba(self, X) -> np.ndarray:
+        d = self.decision_function(X)
+        if self.softmax:
+            e = np.exp(d - d.max(1, keepdims=True)); return e / e.sum(1, keepdims=True)
+        p = 1 / (1 + np.exp(-d))
+        if p.shape[1] == 1: return np.hstack([1 - p, p])
+        s = p.sum(1, keepdims=True)
+        return np.where(s == 0, 1 / p.shape[1], p / np.where(s == 0, 1, s))
+
+    def __getstate__(self) -> dict:  # half-precision weights: a quarter of the float64 artifact, scores agree to ~1e-3
+        return dict(W=self.W.astype(np.float16), b=self.b, classes=pack_values([c.item() if isinstance(c, np.generic) else c for c in self.classes_]), softmax=self.softmax)
+
+    def __setstate__(self, s:dict):
+        self.W, self.b, self.softmax = np.asarray(s['W'], np.float32), np.asarray(s['b'], np.float32), bool(s['softmax'])
+        self.classes_ = np.asarray(unpack_values(s['classes']), dtype=object)
 
 # %% ../nbs/20_features.ipynb #7f6d9be4
 class TextMatrix:
@@ -158,3 +274,37 @@ def _fit(self:ReporterHistory, df:pd.DataFrame) -> ReporterHistory:
     for r, a, p in zip(df['reporter'], df['assignee'], df['priority']): self._add(r, a, p)
     return self
 ReporterHistory.fit = _fit
+
+# %% ../nbs/20_features.ipynb #3c5d7f19
+class RowTable:
+    "A read-only name -> row mapping over one matrix: what a loaded model keeps instead of thousands of small objects."
+    def __init__(self, names:list[str], M:np.ndarray): self.names, self.M = list(names), M; self.index = {n: i for i, n in enumerate(self.names)}
+    def get(self, name, default=None):
+        i = self.index.get(name)
+        return default if i is None else self.M[i]
+    def __iter__(self): return iter(self.names)
+    def __len__(self): return len(self.names)
+    def values(self): return iter(self.M)
+
+class _HistoryRows(RowTable):
+    "Reporter counts of a loaded `ReporterHistory`, one dict built per lookup."
+    def get(self, name, default=None):
+        i = self.index.get(name)
+        if i is None: return default
+        r = self.M[i]
+        return dict(filed=float(r[0]), self_taken=float(r[1]), assigned=float(r[2]), prio=r[3:].tolist())
+
+def _history_getstate(self:ReporterHistory) -> dict:
+    "The counts as one name list and one matrix (filed, self_taken, assigned, then one column per priority class)."
+    stats = getattr(self, 'stats', {})
+    if isinstance(stats, RowTable): names, M = stats.names, stats.M
+    else:
+        names = list(stats)
+        M = np.array([[s['filed'], s['self_taken'], s['assigned'], *s['prio']] for s in stats.values()], np.float32) \
+            if names else np.zeros((0, 3 + len(self.classes)), np.float32)
+    return dict(classes=list(self.classes), smoothing=self.smoothing, prior=list(getattr(self, 'prior', [])), names=pack_values(names), M=M)
+
+def _history_setstate(self:ReporterHistory, s:dict):
+    self.classes, self.smoothing, self.prior = list(s['classes']), s['smoothing'], list(s['prior'])
+    self.stats = _HistoryRows(unpack_values(s['names']), np.asarray(s['M'], np.float32))
+ReporterHistory.__getstate__, ReporterHistory.__setstate__ = _history_getstate, _history_setstate

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import skops.io as sio
+from skops.io.exceptions import UntrustedTypesFoundException
 from pyignite import Client, GenericObjectMeta
 from pyignite.datatypes import BoolObject, ByteArrayObject, IntObject, String, TimestampObject
 from pyignite.datatypes.transactions import TransactionConcurrency, TransactionIsolation
@@ -26,10 +27,11 @@ __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promot
            'active_versions', 'promote', 'rollback', 'load_model', 'TenantModels', 'load_tenant_models']
 
 # %% ../nbs/50_registry.ipynb #e93c7b52
-FORMAT = 'skops/1'
-TRUSTED_TYPES = {'alliedium.features.OneHot', 'alliedium.features.ReporterHistory',
-                 'alliedium.models.assignee.AssigneeModel', 'alliedium.models.multilabel.MultiLabelModel',
-                 'alliedium.models.priority.PriorityModel', 'scipy.sparse._csr.csr_matrix', 'scipy.sparse._csc.csc_matrix'}
+FORMAT = 'skops/2'
+TRUSTED_TYPES = {'alliedium.features.OneHot', 'alliedium.features.ReporterHistory', 'alliedium.features.TextEncoder',
+                 'alliedium.features.Linear', 'alliedium.models.assignee.AssigneeModel',
+                 'alliedium.models.multilabel.MultiLabelModel', 'alliedium.models.priority.PriorityModel'}
+
 
 class RegistryError(AlliediumError): "A model version cannot be stored, found or loaded."
 class NoModelYet(RegistryError):
@@ -51,15 +53,18 @@ def dump_artifact(model) -> tuple[bytes, str]:
 def load_artifact(data:bytes, fmt:str|None, what:str='artifact'):
     "The model in `data`, after checking its format tag, digest and types; `ArtifactRefused` otherwise."
     kind, _, digest = (fmt or '').partition(';sha256=')
+    if kind.startswith('skops/') and kind != FORMAT and digest: raise ArtifactRefused(
+        f"{what}: format {kind!r} was written by an older alliedium (this one reads {FORMAT!r}): retrain with `alliedium train`")
+
     if kind != FORMAT or not digest: raise ArtifactRefused(
         f"{what}: format {fmt!r} is not {FORMAT!r}: it was not written by alliedium; retrain with `alliedium train`")
     if hashlib.sha256(bytes(data or b'')).hexdigest() != digest: raise ArtifactRefused(
         f"{what}: its bytes do not match the recorded sha256 (tampered or truncated): retrain with `alliedium train`")
-    try: untrusted = set(sio.get_untrusted_types(data=bytes(data)))
-    except Exception as e: raise ArtifactRefused(f"{what}: not a readable skops archive ({e}); retrain with `alliedium train`") from None
-    if untrusted - TRUSTED_TYPES: raise ArtifactRefused(
-        f"{what}: contains types alliedium does not trust: {sorted(untrusted - TRUSTED_TYPES)}; refusing to load it")
-    return sio.loads(bytes(data), trusted=sorted(untrusted))
+    try: return sio.loads(bytes(data), trusted=sorted(TRUSTED_TYPES))  # one pass: skops audits every type before building any
+    except UntrustedTypesFoundException as e: raise ArtifactRefused(
+        f"{what}: contains types alliedium does not trust ({str(e).splitlines()[0]}); refusing to load it") from None
+    except Exception as e: raise ArtifactRefused(
+        f"{what}: not a readable alliedium skops archive ({type(e).__name__}: {e}); retrain with `alliedium train`") from None
 
 # %% ../nbs/50_registry.ipynb #1e2a8316
 MODEL_CACHE = f'{SCHEMA}_MODEL'
@@ -183,6 +188,10 @@ class TenantModels:
     "The active models of one tenant; `triage(issue)` answers one Jira issue."
     def __init__(self, tenant_id:str, models:dict, versions:dict[str, int], metrics:dict|None=None):
         self.tenant_id, self.models, self.versions, self.metrics = tenant_id, models, versions, metrics or {}
+        shared = {}  # models trained together carry equal text encoders: keep one, so a request encodes its text once
+        for m in models.values():
+            enc = getattr(m, 'vectorizer', None)
+            if getattr(enc, 'digest', None): m.vectorizer = shared.setdefault(enc.digest, enc)
 
     def triage(self, issue:dict) -> dict:
         "Versions, assignee top-k, components, labels, priority, rank_score and abstain for one issue."
@@ -197,9 +206,11 @@ class TenantModels:
 
 def load_tenant_models(tenant_id:str, settings:Settings|None=None) -> TenantModels:
     "The tenant's active models (verified artifacts); `NoModelYet` when there is none."
-    with ignite_client(settings or get_settings()) as c:
-        versions = active_versions(tenant_id, client=c)
-        if not versions: raise NoModelYet(f"tenant {tenant_id!r} has no trained model yet: run `alliedium train --tenant {tenant_id}` "
+    with ignite_client(settings or get_settings()) as c:  # one query: the active rows with their artifacts
+        rows = list(c.sql(f"SELECT task, version, artifact, format, metrics FROM {SCHEMA}.MODEL WHERE tenant_id = ? AND active = TRUE",
+                          query_args=[tenant_id]))
+        if not rows: raise NoModelYet(f"tenant {tenant_id!r} has no trained model yet: run `alliedium train --tenant {tenant_id}` "
                                           f"(or POST /v1/tenants/{tenant_id}/train)")
-        loaded = {task: load_model(tenant_id, task, v, client=c) for task, v in versions.items()}
-    return TenantModels(tenant_id, {t: m for t, (_, m, _) in loaded.items()}, versions, {t: x for t, (_, _, x) in loaded.items()})
+    versions = {t: int(v) for t, v, *_ in rows}
+    models = {t: load_artifact(bytes(data or b''), fmt, f"{tenant_id}/{t} v{v}") for t, v, data, fmt, _ in rows}
+    return TenantModels(tenant_id, models, versions, {t: json.loads(m or '{}') for t, _, _, _, m in rows})

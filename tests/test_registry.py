@@ -73,8 +73,10 @@ def test_tampered_or_foreign_artifacts_are_refused(ignite):
     _update(ignite, tenant, 'components', v, artifact=b'\x80\x04pickle', format='pickle')   # someone else's format
     with pytest.raises(ArtifactRefused, match='not written by alliedium'): load_model(tenant, 'components', v, ignite)
     foreign = sio.dumps({'model': Foreign()})   # a valid skops archive holding a type alliedium does not trust
-    _update(ignite, tenant, 'components', v, artifact=foreign, format=f"skops/1;sha256={hashlib.sha256(foreign).hexdigest()}")
+    _update(ignite, tenant, 'components', v, artifact=foreign, format=f"{registry.FORMAT};sha256={hashlib.sha256(foreign).hexdigest()}")
     with pytest.raises(ArtifactRefused, match='does not trust'): load_model(tenant, 'components', v, ignite)
+    _update(ignite, tenant, 'components', v, format=f"skops/1;sha256={hashlib.sha256(foreign).hexdigest()}")   # an older release's
+    with pytest.raises(ArtifactRefused, match='older alliedium'): load_model(tenant, 'components', v, ignite)
 
 
 def test_no_model_yet_is_a_clear_error(ignite):

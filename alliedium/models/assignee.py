@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression, SGDClassifier
-from ..features import (OneHot, ReporterHistory, TextMatrix, active_people, recency_weights, text_rows,
+from ..features import (Linear, OneHot, ReporterHistory, TextMatrix, active_people, recency_weights, text_rows,
+
                                 text_vectorizer, ticket_text)
 
 # %% auto #0
@@ -51,7 +52,8 @@ def _fit_core(self:AssigneeModel, df:pd.DataFrame, text:TextMatrix|None=None):
     X = text_rows(df[a], text, self.vectorizer)
     w = recency_weights(df['created_at'][a], end, self.half_life_days)
     y_self = (df['assignee'][a] == df['reporter'][a]).to_numpy()
-    self.self_clf = LogisticRegression(C=1.0, solver='liblinear').fit(sp.hstack([X, H[a]]).tocsr(), y_self, sample_weight=w)
+    self.self_clf = Linear.of(LogisticRegression(C=1.0, solver='liblinear').fit(sp.hstack([X, H[a]]).tocsr(), y_self, sample_weight=w))
+
     self._fit_others(df, X, a, w, y_self, end)
     return self
 AssigneeModel._fit_core = _fit_core
@@ -63,25 +65,28 @@ def _fit_others(self:AssigneeModel, df, X, a, w, y_self, end):
     m = ad['assignee'].isin(self.candidates).to_numpy() & ~y_self
     self.reporters = OneHot().fit(ad['reporter'][m]); self.components = OneHot().fit(ad['components'][m].map(_first))
     if len(set(ad['assignee'][m])) < 2: self.others = None; self.classes_ = np.array(sorted(set(ad['assignee'][m])), dtype=object); return
-    Xo = sp.hstack([X[m], self._cats(ad[m])]).tocsr()
-    self.others = SGDClassifier(loss='log_loss', alpha=self.alpha, max_iter=self.epochs, tol=None,
-                                random_state=self.seed).fit(Xo, ad['assignee'][m].to_numpy(), sample_weight=w[m])
+    Xo = sp.hstack([X[m], *self._cats(ad[m])]).tocsr()
+    self.others = Linear.of(SGDClassifier(loss='log_loss', alpha=self.alpha, max_iter=self.epochs, tol=None,
+                                          random_state=self.seed).fit(Xo, ad['assignee'][m].to_numpy(), sample_weight=w[m]))
     self.classes_ = self.others.classes_
 AssigneeModel._fit_others = _fit_others
 
-def _cats(self:AssigneeModel, df): return sp.hstack([self.reporters.transform(df['reporter'].tolist()),
-                                                     self.components.transform(df['components'].map(_first).tolist())])
+def _cats(self:AssigneeModel, df) -> list[sp.csr_matrix]:
+    "The reporter and first-component indicator blocks."
+    return [self.reporters.transform(df['reporter'].tolist()), self.components.transform([_first(c) for c in df['components']])]
+
 AssigneeModel._cats = _cats
 
 # %% ../../nbs/30_models/31_assignee.ipynb #a13da03a
 def _raw_scores(self:AssigneeModel, df:pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Uncalibrated: p_self per row, and the others' score matrix (reporter's column zeroed, rows summing to 1 - p_self)."
     X = self.vectorizer.transform(ticket_text(df))
-    p_self = self.self_clf.predict_proba(sp.hstack([X, self.history.transform(df)]).tocsr())[:, 1]
+    p_self = self.self_clf.predict_proba([X, self.history.transform(df)])[:, 1]
     p_self = np.where(df['reporter'].isna().to_numpy(), 0.0, p_self)
     if self.others is None:
         P = np.ones((len(df), len(self.classes_)))
-    else: P = self.others.predict_proba(sp.hstack([X, self._cats(df)]).tocsr())
+    else: P = self.others.predict_proba([X, *self._cats(df)])
+
     rep = df['reporter'].to_numpy()
     P = P * (self.classes_[None, :] != rep[:, None])
     P = P / np.clip(P.sum(1, keepdims=True), 1e-12, None) * (1 - p_self)[:, None]

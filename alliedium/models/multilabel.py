@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..features import OneHot, TextMatrix, _as_list, recency_weights, text_rows, text_vectorizer, ticket_text
+from ..features import (OneHot, RowTable, TextMatrix, _as_list, pack_values, recency_weights, text_rows, text_vectorizer,
+
+                                ticket_text, unpack_values)
 
 # %% auto #0
 __all__ = ['knn_scores', 'MultiLabelModel', 'scores', 'fit', 'predict_sets', 'predict']
@@ -25,14 +27,15 @@ def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18))
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #416736df
 def knn_scores(Q:sp.csr_matrix, # query rows (L2-normalised TF-IDF)
-               X:sp.csr_matrix, # past tickets' rows
+               XT:sp.csr_matrix, # past tickets' rows, transposed (terms x past tickets): an inverted index
                Y:np.ndarray, # past tickets' values (n_past x n_values, 0/1)
                w:np.ndarray, # past tickets' weights (recency)
                k:int=30, chunk:int=512) -> np.ndarray:
     "Per query, the similarity-and-weight-averaged values of its `k` most similar past tickets."
     out = np.zeros((Q.shape[0], Y.shape[1]), np.float32)
-    if X.shape[0] == 0: return out
-    k = min(k, X.shape[0]); XT = X.T.tocsc()
+    if XT.shape[1] == 0: return out
+    k = min(k, XT.shape[1])
+
     for s in range(0, Q.shape[0], chunk):
         S = (Q[s:s + chunk] @ XT).toarray() * w[None, :]
         top = np.argpartition(-S, k - 1, axis=1)[:, :k]
@@ -68,15 +71,40 @@ def _reporter_prior(self:MultiLabelModel, df:pd.DataFrame, Y:np.ndarray, a:float
 
 def _store(self:MultiLabelModel, df:pd.DataFrame, X:sp.csr_matrix):
     "Remember the history the neighbours come from."
-    self.X_, self.Y_ = X, self._Y(df).astype(np.float32)
+    self.XT_, self.Y_ = X.T.tocsr(), self._Y(df).astype(np.float32)
+
     self.w_ = recency_weights(df['created_at'], df['created_at'].max(), self.half_life_days).astype(np.float32)
     self.prior_ = self._reporter_prior(df, self.Y_)
     self.base_ = self.Y_.mean(0) if len(self.Y_) else np.zeros(self.Y_.shape[1], np.float32)
 MultiLabelModel._Y, MultiLabelModel._reporter_prior, MultiLabelModel._store = _Y, _reporter_prior, _store
 
+# %% ../../nbs/30_models/32_multilabel.ipynb #5b7c9d21
+def _ml_getstate(self:MultiLabelModel) -> dict:
+    "Compact arrays: the inverted index in half precision (row ids as uint16 when they fit), values as bytes, priors as one matrix."
+    s = {k: v for k, v in self.__dict__.items() if k not in ('XT_', 'Y_', 'prior_')}
+    if hasattr(self, 'XT_'):
+        XT = self.XT_
+        s.update(XT_shape=tuple(XT.shape), XT_data=XT.data.astype(np.float16), XT_indptr=XT.indptr.astype(np.int64),
+                 XT_indices=XT.indices.astype(np.uint16 if XT.shape[1] < 2**16 else np.int32), Y_=self.Y_.astype(np.uint8),
+                 prior_names=pack_values(list(self.prior_)),
+                 prior_M=np.stack(list(self.prior_.values())).astype(np.float16) if self.prior_ else np.zeros((0, self.Y_.shape[1]), np.float16))
+    return s
+
+def _ml_setstate(self:MultiLabelModel, s:dict):
+    s = dict(s)
+    if 'XT_shape' in s:
+        self.XT_ = sp.csr_matrix((np.asarray(s.pop('XT_data'), np.float32), np.asarray(s.pop('XT_indices'), np.int32),
+                                  s.pop('XT_indptr')), shape=tuple(s.pop('XT_shape')))
+        self.Y_ = np.asarray(s.pop('Y_'), np.float32)
+        self.prior_ = RowTable(unpack_values(s.pop('prior_names')), np.asarray(s.pop('prior_M'), np.float32))
+
+    self.__dict__.update(s)
+MultiLabelModel.__getstate__, MultiLabelModel.__setstate__ = _ml_getstate, _ml_setstate
+
 # %% ../../nbs/30_models/32_multilabel.ipynb #e07fd4b0
 def _scores(self:MultiLabelModel, df:pd.DataFrame, Q:sp.csr_matrix) -> np.ndarray:
-    S = knn_scores(Q, self.X_, self.Y_, self.w_, self.k)
+    S = knn_scores(Q, self.XT_, self.Y_, self.w_, self.k)
+
     P = np.stack([self.prior_.get(str(r) if r is not None and r == r else '?', self.base_) for r in df['reporter']]) \
         if len(df) else np.zeros_like(S)
     return (1 - self.reporter_weight) * S + self.reporter_weight * P

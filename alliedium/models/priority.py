@@ -12,7 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 
-from ..features import OneHot, TextMatrix, recency_weights, text_rows, text_vectorizer, ticket_text
+from ..features import Linear, OneHot, TextMatrix, recency_weights, text_rows, text_vectorizer, ticket_text
 
 # %% auto #0
 __all__ = ['URGENCY', 'urgency', 'PriorityModel', 'fit', 'proba', 'rank_score', 'predict']
@@ -38,10 +38,11 @@ class PriorityModel:
         self.epochs, self.seed, self.average = epochs, seed, average
 
     def _X(self, df:pd.DataFrame, X:sp.csr_matrix|None=None, fit:bool=False):
+        "The feature blocks of `df` (text, reporter, components); stacked into one matrix when fitting."
         if fit: self.reporters, self.components = OneHot(2).fit(df['reporter'].tolist()), OneHot().fit(df['components'].tolist())
         X = self.vectorizer.transform(ticket_text(df)) if X is None else X
-        return sp.hstack([X, self.reporters.transform(df['reporter'].tolist()),
-                          self.components.transform(df['components'].tolist())]).tocsr()
+        blocks = [X, self.reporters.transform(df['reporter'].tolist()), self.components.transform(df['components'].tolist())]
+        return sp.hstack(blocks).tocsr() if fit else blocks
 
 # %% ../../nbs/30_models/33_priority.ipynb #21e007db
 def fit(self:PriorityModel, df:pd.DataFrame, # the tenant's tickets (training history)
@@ -55,7 +56,9 @@ def fit(self:PriorityModel, df:pd.DataFrame, # the tenant's tickets (training hi
                                                       max_iter=self.epochs, tol=None, random_state=self.seed,
                                                       average=self.average)
     else: self.clf = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=300, tol=1e-3)
-    self.clf.fit(self._X(df, text_rows(df, text, self.vectorizer), fit=True), df['priority'].astype(str).to_numpy(), sample_weight=w)
+    self.clf = Linear.of(self.clf.fit(self._X(df, text_rows(df, text, self.vectorizer), fit=True), df['priority'].astype(str).to_numpy(),
+                                      sample_weight=w))
+
     self.classes_ = self.clf.classes_
     u = np.array([urgency(c) for c in self.classes_]); self._urgency = (u - 1) / 4
     return self
