@@ -6,7 +6,8 @@ Docs: https://alliedium.github.io/alliedium/ingest.html.md"""
 
 # %% ../nbs/15_ingest.ipynb #82a19942
 from __future__ import annotations
-import ctypes, hashlib, json, queue, struct, threading, time
+import ctypes, gc, hashlib, json, queue, struct, threading, time
+from contextlib import contextmanager
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from pyignite.datatypes import AnyDataArray
 from pyignite.exceptions import ParseError
 from pyignite.queries import Query, query_perform
 from pyignite.queries.cache_info import CacheInfo
-from pyignite.queries.op_codes import OP_CACHE_GET_ALL
+from pyignite.queries.op_codes import OP_CACHE_GET_ALL, OP_CACHE_PUT_ALL
 from pyignite.exceptions import CacheError
 from pyignite.datatypes.transactions import TransactionConcurrency, TransactionIsolation
 
@@ -190,12 +191,25 @@ class _RawPairs:
         objs, _ = cls._objects(b, 4, 2 * _INT.unpack_from(b, 0)[0])
         return list(zip(objs[::2], objs[1::2]))
 
-def _raw_get_all(conn, cache_info:CacheInfo, keys:list) -> list[tuple[bytes, bytes]]:
+class _Objects:
+    "Serialized binary objects sent as a count and their bytes: what `AnyDataArray` (keys) or `Map` (pairs) write for them."
+    @classmethod
+    def from_python(cls, stream, value:tuple[int, list[_Packed]]):
+        count, objs = value
+        stream.write(_INT.pack(count) + b''.join(o._buffer for o in objs))
+
+def _raw_get_all(conn, cache_info:CacheInfo, keys:list[_Packed]) -> list[tuple[bytes, bytes]]:
     "OP_CACHE_GET_ALL on one connection (a transaction's), the values left as bytes."
-    res = query_perform(Query(OP_CACHE_GET_ALL, [('cache_info', CacheInfo), ('keys', AnyDataArray())]), conn,
-                        query_params={'cache_info': cache_info, 'keys': keys}, response_config=[('data', _RawPairs)])
+    res = query_perform(Query(OP_CACHE_GET_ALL, [('cache_info', CacheInfo), ('keys', _Objects)]), conn,
+                        query_params={'cache_info': cache_info, 'keys': (len(keys), keys)}, response_config=[('data', _RawPairs)])
     if res.status != 0: raise CacheError(res.message)
     return res.value['data']
+
+def _raw_put_all(cache, pairs:list[tuple[_Packed, _Packed]]):
+    "`cache.put_all` of serialized objects, on the transaction's connection when there is one."
+    res = query_perform(Query(OP_CACHE_PUT_ALL, [('cache_info', CacheInfo), ('data', _Objects)]), cache._get_best_node(),
+                        query_params={'cache_info': cache.cache_info, 'data': (len(pairs), [o for p in pairs for o in p])})
+    if res.status != 0: raise CacheError(res.message)
 
 def _get_states(client:Client, states, tenant_id:str, keys:list[str], compact:bool, objs:list|None=None) -> dict[str, tuple]:
     "issue key -> (updated_at, deleted) of the stored state rows (inside a pessimistic transaction this locks them)."
@@ -236,20 +250,20 @@ def _write_batch(client:Client, tenant_id:str, batch:_Batch|list[Ticket|Deletion
     tickets, states = client.get_cache(TICKET_CACHE), client.get_cache(STATE_CACHE)
     with client.tx_start(TransactionConcurrency.PESSIMISTIC, TransactionIsolation.REPEATABLE_READ, timeout=TX_TIMEOUT_MS) as tx:
         stored = _get_states(client, states, tenant_id, b.keys, compact, b.state_keys)  # locks the keys, in one order for every writer
-        puts, state_puts, removes = _Pairs(), _Pairs(), []
+        puts, state_puts, removes, state_key = _Pairs(), _Pairs(), [], dict(zip(b.keys, b.state_keys))
         for key, it in newest.items():
             cur = stored.get(key)
             when, was_deleted = cur if cur is not None else (None, False)
             if when is not None and it.updated_at < when: outcome[key] = 'older_skipped'; continue
             if when is not None and it.updated_at == when and was_deleted == isinstance(it, Deletion): outcome[key] = 'unchanged'; continue
-            state_puts.append((StateKey(tenant_id, key, compact=compact), StateValue(it.updated_at, isinstance(it, Deletion), compact=compact)))
+            state_puts.append((state_key[key], StateValue(it.updated_at, isinstance(it, Deletion), compact=compact)))
             if isinstance(it, Deletion): removes.append(TicketKey(tenant_id, key, compact=compact)); outcome[key] = 'deleted'
             else:
                 puts.append(b.rows.get(key) or (TicketKey(tenant_id, key, compact=compact), _ticket_value(it, compact)))
                 outcome[key] = 'inserted' if cur is None or was_deleted else 'updated'
-        if puts: tickets.put_all(puts)
+        if puts: _raw_put_all(tickets, puts)
         if removes: tickets.remove_keys(removes)
-        if state_puts: states.put_all(state_puts)
+        if state_puts: _raw_put_all(states, state_puts)
         tx.commit()
     for it in items:  # duplicates inside the batch that lost to a newer copy count as older
         o = outcome[it.issue_key] if it is newest[it.issue_key] else 'older_skipped'
@@ -271,6 +285,15 @@ def _batches(items:Iterable, size:int, tenant_id:str, summary:IngestSummary, pro
     if batch: yield batch
 
 # %% ../nbs/15_ingest.ipynb #d7299000
+@contextmanager
+def _gc_paused():
+    "Python's cycle collector off for a bulk load (on again after; a collection then frees any cycles made meanwhile)."
+    was = gc.isenabled()
+    gc.disable()
+    try: yield
+    finally:
+        if was: gc.enable()
+
 def ingest_tickets(tenant_id:str, # an existing tenant
                    tickets:Iterable[Ticket|Deletion|Rejected], # e.g. `read_issues(path, tenant_id)`
                    settings:Settings|None=None,
@@ -279,7 +302,7 @@ def ingest_tickets(tenant_id:str, # an existing tenant
                   ) -> IngestSummary:
     "Upsert tickets by (tenant, issue key): newer `updated_at` wins, deletions are kept as tombstones, replays change nothing."
     s, summary, t0 = settings or get_settings(), IngestSummary(tenant_id), time.perf_counter()
-    with ignite_client(s) as client:
+    with ignite_client(s) as client, _gc_paused():
         require_tenant(tenant_id, client=client)
         register_types(client)
         compact, todo, failed, wrote = client.compact_footer, queue.Queue(maxsize=2), [], [True]

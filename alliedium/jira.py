@@ -52,6 +52,16 @@ class Ticket(BaseModel):
         "`raw` as JSON text (the original text when the ticket was read from a JSONL line)."
         return self._raw_utf8.decode('utf-8') if self._raw_utf8 is not None else json.dumps(self.raw, ensure_ascii=False)
 
+    @classmethod
+    def _checked(cls, **fields) -> Ticket:
+        "A Ticket from all its fields, already checked to have their types: what `model_construct` does, 5x faster."
+        t = cls.__new__(cls)
+        object.__setattr__(t, '__dict__', fields)
+        object.__setattr__(t, '__pydantic_fields_set__', set(fields))
+        object.__setattr__(t, '__pydantic_extra__', None)
+        object.__setattr__(t, '__pydantic_private__', {'_raw_utf8': None})
+        return t
+
     def raw_utf8(self) -> bytes:
         "`raw_json()` encoded as UTF-8 (the bytes as read, without decoding them, when there are some)."
         return self._raw_utf8 if self._raw_utf8 is not None else orjson.dumps(self.raw)
@@ -173,7 +183,7 @@ def parse_issue(obj:dict, # one issue as the REST API (v2 or v3) returns it
         created = jira_time(f.get('created'), 'created')
         updated = jira_time(f['updated'], 'updated') if f.get('updated') is not None else created
         # every value is checked above to have its field's type, so the model is built without validating it again
-        return Ticket.model_construct(tenant_id=str(tenant_id), issue_key=key.strip(), created_at=created, updated_at=updated,
+        return Ticket._checked(tenant_id=str(tenant_id), issue_key=key.strip(), created_at=created, updated_at=updated,
             summary=_text(f.get('summary'), 'summary', max_text), description=_text(f.get('description'), 'description', max_text),
             issue_type=_named(f.get('issuetype'), 'issuetype'), reporter=_person(f.get('reporter'), 'reporter'),
             components=_names(f.get('components'), 'components'), labels=_names(f.get('labels'), 'labels'),
@@ -293,7 +303,8 @@ def read_issues(path:str|Path, # a .json, .jsonl, .ndjson or .csv file, optional
     if not path.is_file(): yield Rejected(source, None, f"{path} is not a file"); return
     stem = path.name.removesuffix('.gz').lower()
     with _open(path) as fh:
-        if stem.endswith(('.jsonl', '.ndjson')): yield from _read_jsonl(fh, tenant_id, source, max_text); return
+        if stem.endswith(('.jsonl', '.ndjson')):  # (a large buffer over gzip halves the cost of reading lines)
+            yield from _read_jsonl(io.BufferedReader(fh, 1 << 20) if path.suffix == '.gz' else fh, tenant_id, source, max_text); return
         try: data = fh.read()
         except (EOFError, OSError, zlib.error) as e: yield Rejected(source, None, f"the file ends early or is corrupt ({e})"); return
     if not data.strip(): yield Rejected(source, None, "the file is empty"); return
