@@ -42,7 +42,11 @@ def _active_score(tenant_id:str, task:str, holdout:pd.DataFrame, client) -> tupl
     "The active version, its score on the held-out tickets it has not seen (or its recorded one), and how."
     v = registry.active_versions(tenant_id, client=client).get(task)
     if v is None: return None, None, 'no active version'
-    _, model, metrics = registry.load_model(tenant_id, task, v, client=client)
+    try: _, model, metrics = registry.load_model(tenant_id, task, v, client=client)
+    except registry.ArtifactRefused as e:  # e.g. written by an older release: compare with what it scored when it was trained
+        metrics = next((m['metrics'] for m in registry.list_models(tenant_id, task, client=client) if m['version'] == v), {})
+        return v, (metrics.get('check') or {}).get(PRIMARY[task]), f'its recorded check score (its artifact cannot be loaded: {e})'
+
     until = pd.Timestamp(metrics.get('trained_until')) if metrics.get('trained_until') else None
     unseen = holdout if until is None else holdout[holdout['created_at'] > until]
     if len(unseen) >= 30: return v, TASK_METRICS[task](model, unseen).get(PRIMARY[task]), f'on {len(unseen)} tickets it has not seen'

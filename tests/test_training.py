@@ -69,3 +69,17 @@ def test_cli_train_and_models_list(ignite, storm_tenant):
     assert active_versions(storm_tenant, ignite)['priority'] == 1
     missing = run('evaluate', '--tenant', f'none-{uuid.uuid4().hex[:6]}')
     assert missing.returncode != 0 and 'error' in missing.stderr
+
+
+def test_retrain_over_an_artifact_this_release_cannot_load(ignite, storm_tenant):
+    "After an upgrade the active artifact may be in an older format: retraining compares with its recorded score instead."
+    from alliedium.ignite import ignite_client
+    v = active_versions(storm_tenant, ignite).get('priority') or train_tenant(storm_tenant, ['priority'], settings=ignite)['priority']['version']
+    with ignite_client(ignite) as c:
+        c.sql('UPDATE ALLIEDIUM.MODEL SET format = ? WHERE tenant_id = ? AND task = ? AND version = ?',
+              query_args=['skops/1;sha256=00', storm_tenant, 'priority', v])
+    latest = max(m['version'] for m in list_models(storm_tenant, 'priority', ignite))
+    r = train_tenant(storm_tenant, ['priority'], settings=ignite, tolerance=1.0)['priority']
+    assert r['version'] == latest + 1 and r['promoted'] and 'cannot be loaded' in r['reason'] + json.dumps(
+        [m['metrics']['decision'] for m in list_models(storm_tenant, 'priority', ignite) if m['version'] == r['version']])
+    assert active_versions(storm_tenant, ignite)['priority'] == latest + 1

@@ -308,18 +308,26 @@ def _trained_source(tenant:str, project:str, s:Settings) -> str:
     from alliedium.registry import NoModelYet, active_versions
     from alliedium.tenants import create_tenant, tenant_exists
     if not tenant_exists(tenant, s): create_tenant(tenant, settings=s)
-    if active_versions(tenant, s): return tenant
+    if _current(tenant, s): return tenant
     from alliedium.training import train_tenant
     ingest_files(tenant, [sample_dir(s)/f'{project}.jsonl.gz'], settings=s)
     train_tenant(tenant, settings=s)
     return tenant
 
+def _current(tenant:str, s:Settings) -> bool:
+    "Whether the tenant's active models exist and are in this release's artifact format."
+    from alliedium.registry import FORMAT, list_models
+    active = [m for m in list_models(tenant, settings=s) if m['active']]
+    return bool(active) and all((m['format'] or '').partition(';')[0] == FORMAT for m in active)
+
 def clone_models(src:str, dst:str, s:Settings):
-    "Copy `src`'s active models (registry rows) to `dst`, which has none."
+    "Copy `src`'s active models (registry rows) to `dst` (replacing what `dst` had unless it is current)."
     from alliedium.ignite import ignite_client
     from alliedium.schema import SCHEMA
+    if _current(dst, s): return
     with ignite_client(s) as c:
-        if list(c.sql(f'SELECT 1 FROM {SCHEMA}.MODEL WHERE tenant_id = ? LIMIT 1', query_args=[dst])): return
+        c.sql(f'DELETE FROM {SCHEMA}.MODEL WHERE tenant_id = ?', query_args=[dst])
+
         c.sql(f'INSERT INTO {SCHEMA}.MODEL (tenant_id, task, version, created_at, metrics, artifact, format, active) '
               f'SELECT ?, task, version, created_at, metrics, artifact, format, active FROM {SCHEMA}.MODEL '
               'WHERE tenant_id = ? AND active = TRUE', query_args=[dst, src])
