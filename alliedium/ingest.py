@@ -7,7 +7,7 @@ Docs: https://alliedium.github.io/alliedium/ingest.html.md"""
 # %% ../nbs/15_ingest.ipynb #82a19942
 from __future__ import annotations
 import ctypes, gc, hashlib, json, queue, struct, threading, time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -224,6 +224,7 @@ def _get_states(client:Client, states, tenant_id:str, keys:list[str], compact:bo
 
 # %% ../nbs/15_ingest.ipynb #eed7ff12
 TX_TIMEOUT_MS = 20_000  # a batch transaction waiting longer than this for locks is rolled back (and the error raised)
+_COUNTS = threading.Lock()  # writer threads add to one summary
 
 @dataclass
 class _Batch:
@@ -265,14 +266,17 @@ def _write_batch(client:Client, tenant_id:str, batch:_Batch|list[Ticket|Deletion
         if removes: tickets.remove_keys(removes)
         if state_puts: _raw_put_all(states, state_puts)
         tx.commit()
-    for it in items:  # duplicates inside the batch that lost to a newer copy count as older
-        o = outcome[it.issue_key] if it is newest[it.issue_key] else 'older_skipped'
-        setattr(summary, o, getattr(summary, o) + 1)
+    with _COUNTS:
+        for it in items:  # duplicates inside the batch that lost to a newer copy count as older
+            o = outcome[it.issue_key] if it is newest[it.issue_key] else 'older_skipped'
+            setattr(summary, o, getattr(summary, o) + 1)
     return outcome
 
 # %% ../nbs/15_ingest.ipynb #22fb6055
-def _batches(items:Iterable, size:int, tenant_id:str, summary:IngestSummary, progress:Callable|None) -> Iterator[list]:
-    batch = []
+def _batches(items:Iterable, size:int, tenant_id:str, summary:IngestSummary, progress:Callable|None,
+             streams:int=1) -> Iterator[tuple[int, list]]:
+    "(stream, batch) of the valid items; a key always goes to the same one of `streams`, so its items stay in input order."
+    batches = [[] for _ in range(streams)]
     for it in items:
         summary.read += 1
         if progress: progress(1)
@@ -280,9 +284,11 @@ def _batches(items:Iterable, size:int, tenant_id:str, summary:IngestSummary, pro
         if not isinstance(it, (Ticket, Deletion)): summary.rejected.append(Rejected('input', summary.read, f"not a Ticket: {type(it).__name__}")); continue
         if it.tenant_id != tenant_id:
             summary.rejected.append(Rejected('input', summary.read, f"ticket of tenant {it.tenant_id!r} given to {tenant_id!r}", it.issue_key)); continue
-        batch.append(it)
-        if len(batch) >= size: yield batch; batch = []
-    if batch: yield batch
+        i = hash(it.issue_key) % streams if streams > 1 else 0
+        batches[i].append(it)
+        if len(batches[i]) >= size: yield i, batches[i]; batches[i] = []
+    for i, batch in enumerate(batches):
+        if batch: yield i, batch
 
 # %% ../nbs/15_ingest.ipynb #d7299000
 @contextmanager
@@ -298,38 +304,47 @@ def ingest_tickets(tenant_id:str, # an existing tenant
                    tickets:Iterable[Ticket|Deletion|Rejected], # e.g. `read_issues(path, tenant_id)`
                    settings:Settings|None=None,
                    batch_size:int=500, # tickets per transaction
-                   progress:Callable[[int], None]|None=None # called with the number of records read
+                   progress:Callable[[int], None]|None=None, # called with the number of records read
+                   writers:int=1 # connections writing batches in parallel (each key always by the same one)
                   ) -> IngestSummary:
     "Upsert tickets by (tenant, issue key): newer `updated_at` wins, deletions are kept as tombstones, replays change nothing."
     s, summary, t0 = settings or get_settings(), IngestSummary(tenant_id), time.perf_counter()
     with ignite_client(s) as client, _gc_paused():
         require_tenant(tenant_id, client=client)
         register_types(client)
-        compact, todo, failed, wrote = client.compact_footer, queue.Queue(maxsize=2), [], [True]
-        def writer():
-            while (batch := todo.get()) is not None:
-                if not failed:
-                    try: wrote[0] = any(o in ('inserted', 'updated') for o in _write_batch(client, tenant_id, batch, summary).values())
-                    except BaseException as e: failed.append(e)
-        th = threading.Thread(target=writer, daemon=True); th.start()
+        compact, failed, wrote = client.compact_footer, [], [True]
+        todos = [queue.Queue(maxsize=2) for _ in range(max(1, writers))]
+        def writer(todo:queue.Queue, own:bool):
+            batch = True
+            try:
+                with ignite_client(s) if own else nullcontext(client) as c:
+                    while (batch := todo.get()) is not None:
+                        if not failed: wrote[0] = any(o in ('inserted', 'updated') for o in _write_batch(c, tenant_id, batch, summary).values())
+            except BaseException as e:
+                failed.append(e)
+                while batch is not None: batch = todo.get()  # keep taking batches: the reader never blocks
+        ths = [threading.Thread(target=writer, args=(q, i > 0), daemon=True) for i, q in enumerate(todos)]
+        for th in ths: th.start()
         try:
-            for batch in _batches(tickets, batch_size, tenant_id, summary, progress):
+            for i, batch in _batches(tickets, batch_size, tenant_id, summary, progress, len(todos)):
                 if failed: break
                 # rows are serialized ahead while batches are being written (a first load); once a batch wrote
                 # nothing (a replay), only the rows that turn out to be newer are serialized, by the writer
-                todo.put(_prepare(tenant_id, batch, compact, rows=wrote[0]))
-        finally: todo.put(None); th.join()
+                todos[i].put(_prepare(tenant_id, batch, compact, rows=wrote[0]))
+        finally:
+            for q in todos: q.put(None)
+            for th in ths: th.join()
         if failed: raise failed[0]
     summary.seconds = time.perf_counter() - t0
     return summary
 
 # %% ../nbs/15_ingest.ipynb #b86168ae
 def ingest_files(tenant_id:str, paths:Iterable[str|Path], settings:Settings|None=None, batch_size:int=500,
-                 progress:Callable[[int], None]|None=None) -> IngestSummary:
+                 progress:Callable[[int], None]|None=None, writers:int=1) -> IngestSummary:
     "Ingest Jira files of any shape `read_issues` knows into one tenant."
     def items():
         for p in paths: yield from read_issues(p, tenant_id)
-    return ingest_tickets(tenant_id, items(), settings, batch_size, progress)
+    return ingest_tickets(tenant_id, items(), settings, batch_size, progress, writers)
 
 # %% ../nbs/15_ingest.ipynb #15f1a6e2
 _LOAD_COLUMNS = [c for c in FRAME_COLUMNS if c != 'tenant_id']

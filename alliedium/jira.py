@@ -64,7 +64,7 @@ class Ticket(BaseModel):
 
     def raw_utf8(self) -> bytes:
         "`raw_json()` encoded as UTF-8 (the bytes as read, without decoding them, when there are some)."
-        return self._raw_utf8 if self._raw_utf8 is not None else orjson.dumps(self.raw)
+        return self._raw_utf8 if self._raw_utf8 is not None else self.raw_json().encode('utf-8')
 
 # %% ../nbs/10_jira.ipynb #e37011e9
 class Deletion(BaseModel):
@@ -245,6 +245,8 @@ def _read_jsonl(fh, tenant_id:str, source:str, max_text:int) -> Iterator[Ticket|
             try: doc = json.loads(b)
             except UnicodeDecodeError as e: yield Rejected(source, n, f"not valid UTF-8 ({e.reason} at byte {e.start})"); continue
             except json.JSONDecodeError as e: yield Rejected(source, n, f"not JSON ({e.msg} at column {e.colno}), e.g. a truncated line"); continue
+            try: orjson.dumps(doc)
+            except orjson.JSONEncodeError as e: yield Rejected(source, n, f"holds text that cannot be stored ({e}), e.g. an escaped lone surrogate"); continue
         if isinstance(doc, dict) and 'fields' in doc and 'webhookEvent' not in doc:  # a bare issue: keep its text as raw
             try: t = parse_issue(doc, tenant_id, max_text)
             except BadIssue as e: t = Rejected(source, n, str(e), doc['key'] if isinstance(doc.get('key'), str) else None)

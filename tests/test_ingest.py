@@ -77,16 +77,36 @@ def test_concurrent_writers_never_regress_a_ticket(ignite, tenant, zk_issues):
     old = [parse_issue(_with_updated(i, '2030-01-01T00:00:00.000+0000', summary='old'), tenant) for i in zk_issues]
     new = [parse_issue(_with_updated(i, '2030-06-01T00:00:00.000+0000', summary='new'), tenant) for i in zk_issues]
     errors = []
-    def run(items):
+    def run(items, writers):
         try:
-            for _ in range(3): ingest_tickets(tenant, items, ignite, batch_size=10)
+            for _ in range(3): ingest_tickets(tenant, items, ignite, batch_size=10, writers=writers)
         except Exception as e: errors.append(e)
-    threads = [threading.Thread(target=run, args=(x,)) for x in (old, new, list(reversed(old)), list(reversed(new)))]
+    threads = [threading.Thread(target=run, args=(x, w)) for x, w in ((old, 1), (new, 2), (list(reversed(old)), 2), (list(reversed(new)), 1))]
     for t in threads: t.start()
     for t in threads: t.join()
     assert not errors
     df = load_tickets(tenant, ignite)
     assert len(df) == 50 and set(df.summary) == {'new'}
+
+
+def test_parallel_writers_count_like_one(ignite, tenant, zk_issues):
+    "With two writer connections each key stays with one writer, in input order: the same counts and rows as one writer."
+    items = [parse_issue(_with_updated(i, f'2030-01-0{d}T00:00:00.000+0000', summary=f'v{d}'), tenant) for d in (1, 3, 2) for i in zk_issues]
+    s = ingest_tickets(tenant, items, ignite, batch_size=7, writers=2)
+    assert (s.inserted, s.updated, s.older_skipped) == (50, 50, 50)
+    df = load_tickets(tenant, ignite)
+    assert len(df) == 50 and set(df.summary) == {'v3'}
+    again = ingest_tickets(tenant, items, ignite, batch_size=7, writers=2)
+    assert (again.unchanged, again.older_skipped, again.written) == (50, 100, 0)
+
+
+def test_ticket_indexes_hold_whole_keys(ignite):
+    "Index entries inline both key strings, so comparing keys never reads the (multi-page) ticket row."
+    with ignite_client(ignite) as c:
+        sizes = {(t, i): n for t, i, n in c.sql("SELECT TABLE_NAME, INDEX_NAME, INLINE_SIZE FROM SYS.INDEXES "
+                                                 "WHERE SCHEMA_NAME = 'ALLIEDIUM' AND TABLE_NAME LIKE 'TICKET%'")}
+    assert sizes[('TICKET', '_key_PK')] >= 64 and sizes[('TICKET_STATE', '_key_PK')] >= 64, sizes
+    assert sizes[('TICKET', 'TICKET_TENANT_CREATED')] >= 81, sizes
 
 
 def test_unknown_tenant_is_a_clear_error(ignite, tenant_id):
@@ -114,7 +134,8 @@ def _ingest_bad(ignite, tenant, zk_issues, tmp_path, name, content):
 def _line(obj) -> bytes: return json.dumps(obj).encode()
 
 
-@pytest.mark.parametrize('case', ['truncated_line', 'not_an_issue', 'wrong_types', 'missing_fields', 'huge_description', 'invalid_utf8'])
+@pytest.mark.parametrize('case', ['truncated_line', 'not_an_issue', 'wrong_types', 'missing_fields', 'huge_description', 'invalid_utf8',
+                                  'lone_surrogate', 'name_not_text'])
 def test_bad_records_are_rejected_with_line_and_reason(ignite, tenant, zk_issues, tmp_path, case):
     issue = zk_issues[20]
     bad = {'truncated_line': _line(issue)[:200],
@@ -122,9 +143,12 @@ def test_bad_records_are_rejected_with_line_and_reason(ignite, tenant, zk_issues
            'wrong_types': _line({**issue, 'fields': {**issue['fields'], 'components': 'server', 'created': 42.5e18}}),
            'missing_fields': _line({'key': 'ZOOKEEPER-99999', 'id': '1'}),
            'huge_description': _line({**issue, 'fields': {**issue['fields'], 'description': 'x' * (10 * 2**20)}}),
-           'invalid_utf8': _line(issue).replace(b'"summary": "', b'"summary": "\xff\xfe', 1)}[case]
+           'invalid_utf8': _line(issue).replace(b'"summary": "', b'"summary": "\xff\xfe', 1),
+           'lone_surrogate': _line(issue).replace(b'"summary": "', b'"summary": "\\ud800', 1),
+           'name_not_text': _line({**issue, 'fields': {**issue['fields'], 'priority': {'name': 3}}})}[case]
     reason = {'truncated_line': 'not JSON', 'not_an_issue': 'not a Jira issue', 'wrong_types': 'fields.', 'missing_fields': '`fields` is missing',
-              'huge_description': 'over the limit', 'invalid_utf8': 'UTF-8'}[case]
+              'huge_description': 'over the limit', 'invalid_utf8': 'UTF-8', 'lone_surrogate': 'lone surrogate',
+              'name_not_text': 'fields.priority'}[case]
     content = _line(zk_issues[30]) + b'\n' + bad + b'\n' + _line(zk_issues[31]) + b'\n'
     s = _ingest_bad(ignite, tenant, zk_issues, tmp_path, 'bad.jsonl', content)
     (r,) = s.rejected
