@@ -31,7 +31,8 @@ INPUTS = {
     'assignee': ['summary', 'description', 'reporter', 'components'],
     'components': ['summary', 'description', 'reporter'],
     'labels': ['summary', 'description', 'reporter', 'components'],
-    'priority': ['summary', 'description', 'reporter', 'components'],
+    'priority': ['summary', 'description', 'reporter', 'components', 'issue_type'],
+
 }
 TARGETS = {'assignee': 'assignee', 'components': 'components', 'labels': 'labels', 'priority': 'priority'}
 POST_FILING = {'resolution', 'resolutiondate', 'status', 'fixVersions', 'timespent', 'timeestimate', 'votes',

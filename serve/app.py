@@ -6,6 +6,8 @@
 `app` is the triage API: the FastAPI ingress `TriageAPI` plus `TenantModels`, a deployment
 whose replicas keep up to `serve_models_per_replica` tenants' models loaded (`@serve.multiplexed`,
 keyed by tenant, LRU) and swap in a newly promoted version within `serve_poll_seconds`.
+With `serve_models_in_ingress` the ingress replicas hold the multiplexed models themselves: one
+hop less per triage (what a small machine wants), at the price of scaling models and HTTP together.
 `echo` is a no-op deployment, the baseline of `alliedium bench serve`.
 """
 from __future__ import annotations
@@ -22,70 +24,87 @@ from alliedium.serving import AppArgs, TenantSlot, make_api, poll_promotions, ru
 log = logging.getLogger('ray.serve')
 
 
+class _ModelHolder:
+    "What a replica holding tenants' models does: load a tenant's slot (LRU by `@serve.multiplexed`), poll promotions."
+    def _hold_models(self):
+        self.slots = weakref.WeakValueDictionary()  # evicted slots drop out by themselves
+        self.poller = asyncio.get_event_loop().create_task(poll_promotions(self.slots, self.settings.serve_poll_seconds, log))
+
+    async def _load(self, tenant: str) -> TenantSlot:
+        slot = await asyncio.to_thread(TenantSlot, tenant, self.settings)
+        self.slots[tenant] = slot
+        return slot
+
+    async def loaded(self) -> dict:
+        "Tenants held by this replica and their versions (for tests and the benchmark)."
+        return {t: dict(versions=s.versions, load_seconds=s.load_seconds) for t, s in self.slots.items()}
+
+
 def tenant_models_deployment(settings: Settings):
     "The tenant-model deployment; built per app because `max_num_models_per_replica` is fixed when it is decorated."
 
     @serve.deployment(name='TenantModels', num_replicas=settings.serve_model_replicas,
                       ray_actor_options=dict(num_cpus=settings.serve_replica_cpus), max_ongoing_requests=64)
-    class TenantModels:
+    class TenantModels(_ModelHolder):
         "Tenants' models, multiplexed over the replicas by tenant id."
         def __init__(self, settings: dict):
             self.settings = Settings(**settings)
-            self.slots = weakref.WeakValueDictionary()  # evicted slots drop out by themselves
-            self.poller = asyncio.get_event_loop().create_task(
-                poll_promotions(self.slots, self.settings.serve_poll_seconds, log))
+            self._hold_models()
 
         @serve.multiplexed(max_num_models_per_replica=settings.serve_models_per_replica)
-        async def tenant(self, tenant: str) -> TenantSlot:
-            slot = await asyncio.to_thread(TenantSlot, tenant, self.settings)
-            self.slots[tenant] = slot
-            return slot
+        async def tenant(self, tenant: str) -> TenantSlot: return await self._load(tenant)
 
         async def triage(self, issue: dict) -> dict:
             return (await self.tenant(serve.get_multiplexed_model_id())).triage(issue)
 
-        async def loaded(self) -> dict:
-            "Tenants held by this replica and their versions (for tests and the benchmark)."
-            return {t: dict(versions=s.versions, load_seconds=s.load_seconds) for t, s in self.slots.items()}
-
     return TenantModels
 
 
-@serve.deployment(name='TriageAPI', max_ongoing_requests=256)
-@serve.ingress()
-class TriageAPI:
-    "The HTTP ingress: DESIGN.md's routes (`alliedium.serving.make_api`), triage forwarded to `TenantModels`."
-    def __init__(self, models: DeploymentHandle, settings: dict):
-        self.models, self.settings = models, Settings(**settings)
-        self.train_task = ray.remote(run_training_job).options(num_cpus=self.settings.serve_train_cpus, max_retries=0)
-        self.jobs = {}  # run_id -> ObjectRef: keeps the task's result alive until it is collected
+def triage_api_deployment(settings: Settings):
+    "The HTTP ingress deployment (built per app, like `TenantModels`)."
 
-    def __serve_build_asgi_app__(self):
-        return make_api(self)
+    @serve.deployment(name='TriageAPI', max_ongoing_requests=256)
+    @serve.ingress()
+    class TriageAPI(_ModelHolder):
+        "The HTTP ingress: DESIGN.md's routes (`alliedium.serving.make_api`); triage forwarded to `TenantModels`, or answered here."
+        def __init__(self, models: DeploymentHandle | None, settings: dict):
+            self.models, self.settings = models, Settings(**settings)
+            self.train_task = ray.remote(run_training_job).options(num_cpus=self.settings.serve_train_cpus, max_retries=0)
+            self.jobs = {}  # run_id -> ObjectRef: keeps the task's result alive until it is collected
+            if models is None: self._hold_models()
 
-    async def triage(self, tenant: str, issue: dict) -> dict:
-        try: return await self.models.options(multiplexed_model_id=tenant).triage.remote(issue)
-        except ray.exceptions.RayTaskError as e: raise (e.cause if isinstance(e.cause, Exception) else e) from None
+        def __serve_build_asgi_app__(self):
+            return make_api(self)
 
-    def launch_training(self, tenant: str, run_id: str, tasks):
-        self.jobs = {k: v for k, v in self.jobs.items() if not ray.wait([v], timeout=0)[0]}
-        self.jobs[run_id] = self.train_task.remote(tenant, run_id, tasks, settings_overrides(self.settings))
+        @serve.multiplexed(max_num_models_per_replica=settings.serve_models_per_replica)
+        async def tenant(self, tenant: str) -> TenantSlot: return await self._load(tenant)
 
-    async def serve_status(self) -> dict:
-        try:
-            st = await asyncio.to_thread(serve.status)
-            apps = {name: a.status.value if hasattr(a.status, 'value') else str(a.status) for name, a in st.applications.items()}
-            mine = serve.get_replica_context().app_name
-            return dict(status=apps.get(mine, 'UNKNOWN'), app=mine, applications=apps)
-        except Exception as e: return dict(status='UNKNOWN', detail=str(e))
+        async def triage(self, tenant: str, issue: dict) -> dict:
+            if self.models is None: return (await self.tenant(tenant)).triage(issue)
+            try: return await self.models.options(multiplexed_model_id=tenant).triage.remote(issue)
+            except ray.exceptions.RayTaskError as e: raise (e.cause if isinstance(e.cause, Exception) else e) from None
+
+        def launch_training(self, tenant: str, run_id: str, tasks):
+            self.jobs = {k: v for k, v in self.jobs.items() if not ray.wait([v], timeout=0)[0]}
+            self.jobs[run_id] = self.train_task.remote(tenant, run_id, tasks, settings_overrides(self.settings))
+
+        async def serve_status(self) -> dict:
+            try:
+                st = await asyncio.to_thread(serve.status)
+                apps = {name: a.status.value if hasattr(a.status, 'value') else str(a.status) for name, a in st.applications.items()}
+                mine = serve.get_replica_context().app_name
+                return dict(status=apps.get(mine, 'UNKNOWN'), app=mine, applications=apps)
+            except Exception as e: return dict(status='UNKNOWN', detail=str(e))
+
+    return TriageAPI
 
 
 def build_app(args: AppArgs) -> serve.Application:
     "The triage API app (typed builder for `serve run serve.app:build_app` and `serve/config.yaml`)."
     s = args.resolved()
     opts = settings_overrides(s)
-    models = tenant_models_deployment(s).bind(opts)
-    return TriageAPI.options(ray_actor_options=dict(num_cpus=s.serve_replica_cpus)).bind(models, opts)
+    models = None if s.serve_models_in_ingress else tenant_models_deployment(s).bind(opts)
+    return triage_api_deployment(s).options(ray_actor_options=dict(num_cpus=s.serve_replica_cpus)).bind(models, opts)
 
 
 @serve.deployment(name='Echo', ray_actor_options=dict(num_cpus=0.25), max_ongoing_requests=256)

@@ -21,7 +21,7 @@ from ..serving import AppArgs, settings_overrides
 __all__ = ['DEMO_TENANTS', 'ServeFailed', 'serve_config', 'load_app', 'ray_pythonpath', 'ray_env', 'start_ray', 'start_service',
            'stop_service', 'wait_healthy', 'serve_background', 'serve_stop', 'serve_cmd', 'http_json', 'curl_line',
            'serve_demo', 'percentile', 'stats', 'load', 'sample_issues', 'clone_models', 'bench_tenants', 'cold_loads',
-           'bench_serve_run', 'bench_table', 'bench_serve']
+           'promotion_seconds', 'bench_serve_run', 'bench_table', 'bench_serve']
 
 # %% ../../nbs/94_commands_serve.ipynb #5875acb8
 class ServeFailed(AlliediumError): "The service did not start or stop as asked."
@@ -352,26 +352,44 @@ def cold_loads(tenants:list[str], s:Settings) -> dict:
     return stats(lat, sum(lat))
 
 # %% ../../nbs/94_commands_serve.ipynb #c5922081
+def promotion_seconds(url:str, tenant:str, key:str, issue:dict, s:Settings, prefix:str='', timeout:float=60) -> float:
+    "Register a copy of `tenant`'s active priority model as a new version, promote it, and time until triage answers with it."
+    from alliedium.registry import load_model, promote, register_model
+    v, model, metrics = load_model(tenant, 'priority', settings=s)
+    new = register_model(tenant, 'priority', model, metrics, settings=s)
+    t0 = time.perf_counter(); promote(tenant, 'priority', new, settings=s)
+    while time.perf_counter() - t0 < timeout:
+        code, body = http_json('POST', f'{url}{prefix}/v1/tenants/{tenant}/triage', key, issue)
+        if code == 200 and body.get('versions', {}).get('priority') == new: return time.perf_counter() - t0
+        time.sleep(0.05)
+    return float('inf')
+
 def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=100, cold:int=10, levels=(1, 8, 32)) -> dict:
-    "Deploy echo and the triage API on a local Ray Serve, load them, return every figure."
+    "Deploy echo and the triage API (models in their own deployment, and in the ingress) on a local Ray Serve, load them, return every figure."
     from ray import serve
     s = settings or get_settings()
     keys = bench_tenants(tenants, s)
     names, issues = list(keys), [_triage_body(i) for i in sample_issues(n=50, settings=s)]
-    triage_req = lambda ts, n: [(f'/v1/tenants/{t}/triage', {'Authorization': f'Bearer {keys[t]}'}, issues[i % len(issues)])
-                                for i, t in zip(range(n), itertools.cycle(ts))]
+    triage_req = lambda ts, n, prefix='': [(f'{prefix}/v1/tenants/{t}/triage', {'Authorization': f'Bearer {keys[t]}'}, issues[i % len(issues)])
+                                           for i, t in zip(range(n), itertools.cycle(ts))]
     out = dict(cold_load=cold_loads(names[:min(cold, len(names))], s))
     start_ray(s)
     serve.start(http_options=dict(host='127.0.0.1', port=s.serve_port))
+    variants = {'triage': '', 'triage, models in ingress': '/in-ingress'}
     try:
         serve.run(load_app('serve.app:build_echo', dict(settings=settings_overrides(s)), s), name='echo', route_prefix='/echo')
         serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name='triage', route_prefix='/')
+        serve.run(load_app('serve.app:build_app', dict(settings={**settings_overrides(s), 'serve_models_in_ingress': True}), s),
+                  name='triage-in-ingress', route_prefix='/in-ingress')
         url, warm = f'http://127.0.0.1:{s.serve_port}', names[:8]
-        load(url, [('/echo', {}, issues[0])] * 20, 4); load(url, triage_req(warm, 40), 4)  # warm-up: connections, models
+        load(url, [('/echo', {}, issues[0])] * 20, 4)  # warm-up: connections, models
+        for prefix in variants.values(): load(url, triage_req(warm, 40, prefix), 4)
         for c in levels:
             out[f'echo c={c}'] = load(url, [('/echo', {}, issues[i % len(issues)]) for i in range(requests)], c)
-            out[f'triage c={c}'] = load(url, triage_req(warm, requests), c)
-        out[f'churn {tenants} tenants c=8'] = load(url, triage_req(names, max(requests, 2 * tenants)), 8)
+            for name, prefix in variants.items(): out[f'{name} c={c}'] = load(url, triage_req(warm, requests, prefix), c)
+        for name, prefix in variants.items():  # promotion first, while the tenant's models are warm (polled, not reloaded by churn)
+            out[f'{name}: promotion served after (s)'] = promotion_seconds(url, warm[0], keys[warm[0]], issues[0], s, prefix)
+            out[f'{name}: churn over {tenants} tenants c=8'] = load(url, triage_req(names, max(requests, 2 * tenants), prefix), 8)
     finally: stop_service()
     return out
 
@@ -380,10 +398,11 @@ def bench_table(out:dict, s:Settings) -> Table:
     "The figures as a table, with the triage/echo ratios and the targets."
     t = Table('run', 'requests', 'errors', 'req/s', 'p50 ms', 'p99 ms', 'triage/echo', title='alliedium bench serve')
     for k, v in out.items():
+        if not isinstance(v, dict): t.add_row(k, '', '', '', f"{v:.2f} s", '', ''); continue
         c = k.split('c=')[-1]
-        ratio = f"{v['rps'] / out[f'echo c={c}']['rps']:.2f}x" if k.startswith('triage') and out.get(f'echo c={c}', {}).get('rps') else ''
+        ratio = f"{v['rps'] / out[f'echo c={c}']['rps']:.2f}x" if k.startswith('triage') and ':' not in k and out.get(f'echo c={c}', {}).get('rps') else ''
         t.add_row(k, str(v['n']), str(v['errors']), f"{v['rps']:.0f}" if k != 'cold_load' else '', f"{v['p50']:.1f}", f"{v['p99']:.1f}", ratio)
-    t.caption = (f"targets: triage >= 0.8x echo at c=8; warm p99 at c=1 <= 30 ms; cold load p99 <= 100 ms; "
+    t.caption = (f"targets: triage >= 0.8x echo at c=8; warm p99 at c=1 <= 30 ms; cold load p99 <= 100 ms; a promotion served within 5 s; "
                  f"<= {s.serve_models_per_replica} models per replica (ALLIEDIUM_SERVE_MODELS_PER_REPLICA)")
     return t
 
@@ -392,7 +411,7 @@ def bench_serve(requests: int = typer.Option(300, help="requests per run"),
                 tenants: int = typer.Option(100, help="tenants in the churn run (>= 8)"),
                 cold: int = typer.Option(10, help="tenants whose models are loaded cold in this process (load time from Ignite)"),
                 as_json: bool = typer.Option(False, '--json', help="print JSON")):
-    "Ray Serve echo vs the triage route at concurrency 1/8/32, 100-tenant churn, cold model loads."
+    "Ray Serve echo vs the triage route (models in their own deployment, and in the ingress) at concurrency 1/8/32, tenant churn, promotion, cold loads."
     from alliedium.ignite import free_port, start_local_node
     from alliedium.schema import ensure_schema
     s = get_settings()

@@ -29,10 +29,10 @@ def urgency(name:str|None) -> float:
 class PriorityModel:
     "Per-class priority scores and a queue `rank_score`."
     task = 'priority'
-    def __init__(self, C:float=5.0, # inverse regularisation (alpha = 1 / (C * n) for `sgd`)
+    def __init__(self, C:float=2.0, # inverse regularisation (alpha = 1 / (C * n) for `sgd`)
                  half_life_days:float|None=730, # recency weighting of training tickets
                  class_weight:str|None='balanced', # rare priorities count as much as frequent ones
-                 solver:str='sgd', # 'sgd' (fast) or 'lbfgs' (exact logistic regression)
+                 solver:str='lbfgs', # 'lbfgs' (exact logistic regression) or 'sgd' (faster, a little weaker)
                  epochs:int=20, seed:int=0, average:bool=False):
         self.C, self.half_life_days, self.class_weight, self.solver = C, half_life_days, class_weight, solver
         self.epochs, self.seed, self.average = epochs, seed, average
@@ -40,8 +40,11 @@ class PriorityModel:
     def _X(self, df:pd.DataFrame, X:sp.csr_matrix|None=None, fit:bool=False):
         "The feature blocks of `df` (text, reporter, components); stacked into one matrix when fitting."
         if fit: self.reporters, self.components = OneHot(2).fit(df['reporter'].tolist()), OneHot().fit(df['components'].tolist())
+        if fit: self.types = OneHot().fit(df['issue_type'].tolist())
         X = self.vectorizer.transform(ticket_text(df)) if X is None else X
-        blocks = [X, self.reporters.transform(df['reporter'].tolist()), self.components.transform(df['components'].tolist())]
+        blocks = [X, self.reporters.transform(df['reporter'].tolist()), self.components.transform(df['components'].tolist()),
+                  self.types.transform(df['issue_type'].tolist())]
+
         return sp.hstack(blocks).tocsr() if fit else blocks
 
 # %% ../../nbs/30_models/33_priority.ipynb #21e007db
