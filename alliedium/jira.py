@@ -64,7 +64,8 @@ class Ticket(BaseModel):
 
     def raw_utf8(self) -> bytes:
         "`raw_json()` encoded as UTF-8 (the bytes as read, without decoding them, when there are some)."
-        return self._raw_utf8 if self._raw_utf8 is not None else self.raw_json().encode('utf-8')
+        raw = self.__pydantic_private__.get('_raw_utf8')  # (pydantic's attribute lookup of a private field is slow)
+        return raw if raw is not None else self.raw_json().encode('utf-8')
 
 # %% ../nbs/10_jira.ipynb #e37011e9
 class Deletion(BaseModel):
@@ -251,7 +252,7 @@ def _read_jsonl(fh, tenant_id:str, source:str, max_text:int) -> Iterator[Ticket|
             try: t = parse_issue(doc, tenant_id, max_text)
             except BadIssue as e: t = Rejected(source, n, str(e), doc['key'] if isinstance(doc.get('key'), str) else None)
             else:
-                if strict: t._raw_utf8 = b.strip()  # valid UTF-8 JSON (orjson checked it): stored as read
+                if strict: t.__pydantic_private__['_raw_utf8'] = b.strip()  # valid UTF-8 JSON (orjson checked it): stored as read
             yield t
         else: yield from parse_document(doc, tenant_id, source, n, max_text)
 
