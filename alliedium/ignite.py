@@ -22,8 +22,8 @@ from .config import AlliediumError, ConfigError, Settings, get_settings
 # %% auto #0
 __all__ = ['JAVA17_OPENS', 'JavaNotFound', 'IgniteJarsMissing', 'PortBusy', 'IgniteStartFailed', 'IgniteUnavailable',
            'java_major', 'LocalNode', 'node_config', 'job_python', 'java_command', 'node_pid', 'local_nodes',
-           'running_nodes', 'port_free', 'free_port', 'client_addresses', 'ignite_client', 'sql_ready', 'StartResult',
-           'start_local_node', 'stop_local_node', 'cluster_status']
+           'running_nodes', 'port_free', 'free_port', 'client_addresses', 'ignite_client', 'sql_time', 'sql_ready',
+           'StartResult', 'start_local_node', 'stop_local_node', 'cluster_status']
 
 # %% ../nbs/05_ignite.ipynb #42d7bc51
 class JavaNotFound(AlliediumError): "No usable `java` (JDK 17) to run the node."
@@ -180,6 +180,11 @@ def ignite_client(settings:Settings|None=None, timeout:float|None=None):
     finally: log.setLevel(level)
     try: yield client
     finally: client.close()
+
+# %% ../nbs/05_ignite.ipynb #9b1d4e7a
+def sql_time(v):
+    "A TIMESTAMP value as pyignite's SQL returns it (`(datetime, nanoseconds)`) as a plain `datetime` (None stays None)."
+    return v[0] if isinstance(v, tuple) else v
 
 # %% ../nbs/05_ignite.ipynb #449da651
 def sql_ready(settings:Settings) -> bool:

@@ -10,7 +10,7 @@ import json, uuid
 from datetime import datetime, timezone
 
 from .config import AlliediumError, Settings, get_settings
-from .ignite import ignite_client
+from .ignite import ignite_client, sql_time
 from .schema import SCHEMA
 
 # %% auto #0
@@ -28,6 +28,8 @@ def _now() -> datetime: return datetime.now(timezone.utc).replace(tzinfo=None)
 def _row(r:list) -> dict:
     d = dict(zip(COLUMNS, r))
     d['metrics'] = json.loads(d['metrics']) if d['metrics'] else {}
+    d['started_at'], d['finished_at'] = sql_time(d['started_at']), sql_time(d['finished_at'])
+
     return d
 
 # %% ../nbs/45_runs.ipynb #74e1c843

@@ -13,7 +13,7 @@ from pyignite import Client
 from pyignite.exceptions import SQLError
 
 from .config import AlliediumError, Settings, get_settings
-from .ignite import ignite_client
+from .ignite import ignite_client, sql_time
 from .schema import SCHEMA
 
 # %% auto #0
@@ -110,4 +110,4 @@ def list_tenants(settings:Settings|None=None, client:Client|None=None) -> list[d
     with _client(settings, client) as c:
         keys = dict(c.sql(f'SELECT tenant_id, COUNT(*) FROM {SCHEMA}.API_KEY WHERE revoked_at IS NULL GROUP BY tenant_id'))
         rows = list(c.sql(f'SELECT id, name, created_at FROM {SCHEMA}.TENANT ORDER BY id'))
-    return [dict(id=i, name=n, created_at=t, api_keys=keys.get(i, 0)) for i, n, t in rows]
+    return [dict(id=i, name=n, created_at=sql_time(t), api_keys=keys.get(i, 0)) for i, n, t in rows]

@@ -16,7 +16,9 @@ def test_create_tenant_stores_only_the_key_hash(ignite, tenant_id):
     assert rows == [[key_hash(key), tenant_id]]
     assert not any(key in v for v in stored)
     assert tenant_for_key(key, ignite) == tenant_id and tenant_exists(tenant_id, ignite)
-    assert {'id': tenant_id, 'name': 'Acme'}.items() <= next(t for t in list_tenants(ignite) if t['id'] == tenant_id).items()
+    listed = next(t for t in list_tenants(ignite) if t['id'] == tenant_id)
+    assert {'id': tenant_id, 'name': 'Acme'}.items() <= listed.items()
+    assert type(listed['created_at']).__name__ == 'datetime'   # not pyignite's (datetime, nanoseconds) pair
 
 
 def test_concurrent_creation_has_one_winner(ignite, tenant_id):
