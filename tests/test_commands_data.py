@@ -44,3 +44,12 @@ def test_ingest_into_an_unknown_tenant_is_one_clear_line(ignite, tenant_id, tmp_
     r = run('ingest', '--tenant', tenant_id, write_jsonl(tmp_path/'x.jsonl', []))
     assert r.returncode == 2
     assert f'unknown tenant {tenant_id!r}' in r.stderr and 'alliedium tenants create' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_bench_ingest_warms_up_then_times_first_and_repeated_ingestion(ignite):
+    from fixtures_data import SAMPLE
+    r = run('bench', 'ingest', '--data', SAMPLE, '--file', 'Storm', '--json')
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads(r.stdout)
+    assert res['counts_match'] and res['issues'] == res['rows'] == res['reingest_unchanged'] == 1507
+    assert res['warmup_issues'] == 1827 + 1507 and res['ratio'] > 0 and 'load_average' in res
