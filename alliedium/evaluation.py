@@ -52,7 +52,9 @@ def multilabel_metrics(model, test:pd.DataFrame) -> dict:
     pred = model.predict_sets(asked(test, model.task)); truth = [_as_list(v) for v in test[model.field]]
     mlb = MultiLabelBinarizer().fit(truth + pred + [[]])
     T, P = mlb.transform(truth), mlb.transform(pred)
-    return dict(micro_f1=float(f1_score(T, P, average='micro', zero_division=0)),
+    f1 = float(f1_score(T, P, average='micro', zero_division=0)) if T.shape[1] else None  # no value used nor suggested: undefined
+    return dict(micro_f1=f1,
+
                 predicted_share=float(np.mean([bool(p) for p in pred])), n_test=int(len(test)))
 
 def priority_metrics(model, test:pd.DataFrame) -> dict:

@@ -26,3 +26,14 @@ def test_cross_validation_and_nested_cv(zk_tickets):
     assert len(cv['folds']) == 3 and 0 <= cv['mean'] <= 1
     n = nested_cv(small, 'priority', {'C': [1.0, 5.0]}, outer=2, inner=2)
     assert len(n['folds']) == 2 and all(f['chosen'] in (1.0, 5.0) for f in n['folds'])
+
+
+def test_multilabel_metrics_of_a_month_without_any_value(zk_tickets):
+    "A rolling month where nobody used a label and none was suggested: F1 is undefined (None), not an error."
+    from alliedium.evaluation import multilabel_metrics
+    from alliedium.models import new_model
+    df = zk_tickets.head(300).copy()
+    df['labels'] = [[] for _ in range(len(df))]
+    m = new_model('labels').fit(df.head(250))
+    r = multilabel_metrics(m, df.tail(50))
+    assert r['micro_f1'] is None and r['predicted_share'] == 0 and r['n_test'] == 50
