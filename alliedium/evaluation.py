@@ -23,7 +23,8 @@ from .models.priority import urgency
 
 # %% auto #0
 __all__ = ['TASK_METRICS', 'PRIMARY', 'asked', 'assignee_metrics', 'multilabel_metrics', 'priority_metrics', 'fit_tasks',
-           'evaluate_split', 'evaluate_tenant', 'evaluate_rolling', 'cross_validate', 'nested_cv', 'plot_report']
+           'evaluate_split', 'evaluate_tenant', 'reference_assignee', 'evaluate_rolling', 'cross_validate', 'nested_cv',
+           'plot_report']
 
 # %% ../nbs/40_evaluation.ipynb #7f2ceadd
 def asked(df:pd.DataFrame, task:str) -> pd.DataFrame:
@@ -96,6 +97,29 @@ def evaluate_tenant(df:pd.DataFrame, tasks:list[str]|None=None, test_share:float
     train, test = temporal_split(df, test_share)
     return dict(split=dict(train=len(train), test=len(test), test_from=str(test['created_at'].min())),
                 **evaluate_split(train, test, tasks, params))
+
+# %% ../nbs/40_evaluation.ipynb #9e7d3b15
+def reference_assignee(train:pd.DataFrame, test:pd.DataFrame, window_days:int=730, min_tickets:int=3,
+                       half_life_days:float=365, ks=(1, 3, 5), seed:int=0) -> dict:
+    "Top-k accuracy of the quick reference assignee model on `test`'s assigned tickets."
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import SGDClassifier
+    import scipy.sparse as sp
+    from alliedium.features import OneHot, active_people, recency_weights
+    first = lambda c: c[0] if isinstance(c, (list, tuple, np.ndarray)) and len(c) else None
+    text = lambda df: (df['summary'].fillna('').astype(str) + ' ' + df['description'].fillna('').astype(str)).tolist()
+    tr = train[train['assignee'].isin(set(active_people(train, train['created_at'].max(), window_days, min_tickets)))]
+    te = test[test['assignee'].notna()]
+    with threadpool_limits(1):
+        vec = TfidfVectorizer(sublinear_tf=True, min_df=2, dtype=np.float32).fit(text(tr))
+        rep, comp = OneHot().fit(tr['reporter'].tolist()), OneHot().fit(tr['components'].map(first).tolist())
+        X = lambda df: sp.hstack([vec.transform(text(df)), rep.transform(df['reporter'].tolist()),
+                                  comp.transform(df['components'].map(first).tolist())]).tocsr()
+        clf = SGDClassifier(loss='log_loss', alpha=1e-5, max_iter=15, tol=None, random_state=seed).fit(
+            X(tr), tr['assignee'].to_numpy(), sample_weight=recency_weights(tr['created_at'], train['created_at'].max(), half_life_days))
+        top = np.argsort(-clf.predict_proba(X(te)), axis=1)[:, :max(ks)]
+    names, truth = clf.classes_[top], te['assignee'].to_numpy()
+    return {f'top{k}': float(np.mean([t in n[:k] for n, t in zip(names, truth)])) for k in ks}
 
 # %% ../nbs/40_evaluation.ipynb #5d396831
 def evaluate_rolling(df:pd.DataFrame, tasks:list[str]|None=None, months:int=12, params:dict|None=None, progress=None) -> dict:
