@@ -120,3 +120,38 @@ def test_two_tenants_ingest_train_triage_promote(service, ignite):
         time.sleep(0.1)
     print(f"promoted version served after {time.monotonic() - t0:.2f}s (poll interval 0.5s)")
     assert seen == new
+
+
+def test_models_held_by_the_ingress(serve_url, ignite):
+    "The one-hop layout (`serve_models_in_ingress`): no TenantModels deployment; triage, promotion and auth as before."
+    from ray import serve
+    from alliedium.ingest import ingest_files
+    from alliedium.jira import sample_dir
+    from alliedium.registry import active_versions, load_model, promote, register_model
+    from alliedium.training import train_tenant
+    uid = uuid.uuid4().hex[:6]
+    (a, ka), (b, kb) = [(t, create_tenant(t, settings=ignite)) for t in (f'ing-zk-{uid}', f'ing-other-{uid}')]
+    ingest_files(a, [sample_dir(ignite)/'Zookeeper.jsonl.gz'], settings=ignite)
+    train_tenant(a, settings=ignite)
+    s = Settings(**{**settings_overrides(ignite), 'serve_models_in_ingress': True, 'serve_poll_seconds': 0.5,
+                    'serve_models_per_replica': 4, 'serve_replica_cpus': 0.1})
+    serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name='in-ingress', route_prefix='/in-ingress')
+    try:
+        assert set(serve.status().applications['in-ingress'].deployments) == {'TriageAPI'}
+        raw = sample_issues('Zookeeper', 1)[0]
+        issue = {'fields': {k: raw['fields'][k] for k in ('summary', 'description', 'reporter', 'components')}}
+        with httpx.Client(base_url=f'{serve_url}/in-ingress', timeout=120) as http:
+            r = http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(ka))
+            assert r.status_code == 200 and r.json()['versions'] == active_versions(a, ignite), r.text
+            assert http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(kb)).status_code == 403
+            assert http.post(f'/v1/tenants/{b}/triage', json=issue, headers=bearer(kb)).json()['status'] == 'untrained'
+            _, model, metrics = load_model(a, 'priority', settings=ignite)
+            new = register_model(a, 'priority', model, metrics, settings=ignite)
+            promote(a, 'priority', new, settings=ignite)
+            t0, seen = time.monotonic(), None
+            while time.monotonic() - t0 < 60 and seen != new:
+                seen = http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(ka)).json()['versions']['priority']
+                time.sleep(0.1)
+            print(f"\nmodels in the ingress: promoted version served after {time.monotonic() - t0:.2f}s")
+            assert seen == new
+    finally: serve.delete('in-ingress')
