@@ -30,7 +30,9 @@ __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promot
 FORMAT = 'skops/2'
 TRUSTED_TYPES = {'alliedium.features.OneHot', 'alliedium.features.ReporterHistory', 'alliedium.features.TextEncoder',
                  'alliedium.features.Linear', 'alliedium.models.assignee.AssigneeModel',
-                 'alliedium.models.multilabel.MultiLabelModel', 'alliedium.models.priority.PriorityModel'}
+                 'alliedium.models.multilabel.MultiLabelModel', 'alliedium.models.multilabel.KnnIndex',
+                 'alliedium.models.priority.PriorityModel'}
+
 
 
 class RegistryError(AlliediumError): "A model version cannot be stored, found or loaded."
@@ -188,10 +190,12 @@ class TenantModels:
     "The active models of one tenant; `triage(issue)` answers one Jira issue."
     def __init__(self, tenant_id:str, models:dict, versions:dict[str, int], metrics:dict|None=None):
         self.tenant_id, self.models, self.versions, self.metrics = tenant_id, models, versions, metrics or {}
-        shared = {}  # models trained together carry equal text encoders: keep one, so a request encodes its text once
-        for m in models.values():
-            enc = getattr(m, 'vectorizer', None)
-            if getattr(enc, 'digest', None): m.vectorizer = shared.setdefault(enc.digest, enc)
+        shared = {}  # models trained together carry equal text encoders (and components/labels equal neighbour indexes):
+        for m in models.values():  # keep one of each, so a request encodes its text and finds its neighbours once
+            for attr in ('vectorizer', 'index_'):
+                part = getattr(m, attr, None)
+                if getattr(part, 'digest', None): setattr(m, attr, shared.setdefault((attr, part.digest), part))
+
 
     def triage(self, issue:dict) -> dict:
         "Versions, assignee top-k, components, labels, priority, rank_score and abstain for one issue."

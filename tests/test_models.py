@@ -85,6 +85,7 @@ def test_tenant_models_encode_a_ticket_once_per_request(zk_split, zk_models):
     assert len({id(m.vectorizer) for m in loaded.values()}) == 4
     tm = TenantModels('zk', loaded, {t: 1 for t in loaded})
     assert len({id(m.vectorizer) for m in tm.models.values()}) == 1   # one encoder for the four tasks
+    assert tm.models['components'].index_ is tm.models['labels'].index_   # one neighbour index for both list fields
     issue = {'key': 'ZOOKEEPER-1', 'fields': {'summary': 'Leader election hangs after a network partition',
                                              'description': 'The ensemble never recovers', 'reporter': {'name': 'phunt'}}}
     answer = tm.triage(issue)

@@ -6,6 +6,8 @@ Docs: https://alliedium.github.io/alliedium/30_models/multilabel.html.md"""
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #6f3c570d
 from __future__ import annotations
+import hashlib
+
 
 import numpy as np
 import pandas as pd
@@ -16,7 +18,7 @@ from ..features import (OneHot, RowTable, TextMatrix, _as_list, pack_values, rec
                                 ticket_text, unpack_values)
 
 # %% auto #0
-__all__ = ['knn_scores', 'MultiLabelModel', 'scores', 'fit', 'predict_sets', 'predict']
+__all__ = ['KnnIndex', 'knn_scores', 'MultiLabelModel', 'scores', 'fit', 'predict_sets', 'predict']
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #26d4172e
 def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18)) -> float:
@@ -26,20 +28,48 @@ def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18))
     return float(grid[int(np.argmax(f1))])
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #416736df
+class KnnIndex:
+    "Past tickets' TF-IDF rows as an inverted index (terms x tickets) with their recency weights: the neighbours of new tickets."
+    def __init__(self, X:sp.csr_matrix, # past tickets' rows (L2-normalised TF-IDF)
+                 w:np.ndarray): # past tickets' weights (recency)
+        self.XT, self.w = X.T.tocsr(), np.asarray(w, np.float32)
+        self.digest = hashlib.sha1(b''.join(np.ascontiguousarray(a).tobytes() for a in
+                                            (self.XT.indptr, self.XT.indices, self.XT.data.astype(np.float16), self.w))).hexdigest()
+        self._memo = None
+
+    def neighbours(self, Q:sp.csr_matrix, k:int) -> tuple[np.ndarray, np.ndarray]:
+        "Per query row, the `k` most similar past tickets and their weighted similarities (the last small query is remembered:"
+        " a request's components and labels models share one index and one query)."
+        if (m := self._memo) is not None and m[0] is Q and m[1] == k: return m[2], m[3]
+        S = (Q @ self.XT).toarray() * self.w[None, :]
+        top = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        sims = np.take_along_axis(S, top, 1)
+        if Q.shape[0] <= 8: self._memo = (Q, k, top, sims)
+        return top, sims
+
+    def __getstate__(self) -> dict:  # half-precision similarities' inputs; ticket ids as uint16 when they fit
+        XT = self.XT
+        return dict(shape=tuple(XT.shape), data=XT.data.astype(np.float16), indptr=XT.indptr.astype(np.int64),
+                    indices=XT.indices.astype(np.uint16 if XT.shape[1] < 2**16 else np.int32), w=self.w, digest=self.digest)
+
+    def __setstate__(self, s:dict):
+        self.XT = sp.csr_matrix((np.asarray(s['data'], np.float32), np.asarray(s['indices'], np.int32), s['indptr']),
+                                shape=tuple(s['shape']))
+        self.w, self.digest, self._memo = np.asarray(s['w'], np.float32), s['digest'], None
+
+    @property
+    def n(self) -> int: return self.XT.shape[1]
+
 def knn_scores(Q:sp.csr_matrix, # query rows (L2-normalised TF-IDF)
-               XT:sp.csr_matrix, # past tickets' rows, transposed (terms x past tickets): an inverted index
+               index:KnnIndex, # the past tickets
                Y:np.ndarray, # past tickets' values (n_past x n_values, 0/1)
-               w:np.ndarray, # past tickets' weights (recency)
                k:int=30, chunk:int=512) -> np.ndarray:
     "Per query, the similarity-and-weight-averaged values of its `k` most similar past tickets."
     out = np.zeros((Q.shape[0], Y.shape[1]), np.float32)
-    if XT.shape[1] == 0: return out
-    k = min(k, XT.shape[1])
-
+    if index.n == 0: return out
+    k = min(k, index.n)
     for s in range(0, Q.shape[0], chunk):
-        S = (Q[s:s + chunk] @ XT).toarray() * w[None, :]
-        top = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        sims = np.take_along_axis(S, top, 1)
+        top, sims = index.neighbours(Q[s:s + chunk] if Q.shape[0] > chunk else Q, k)
         out[s:s + chunk] = np.einsum('qk,qkv->qv', sims, Y[top]) / np.clip(sims.sum(1, keepdims=True), 1e-9, None)
     return out
 
@@ -71,39 +101,33 @@ def _reporter_prior(self:MultiLabelModel, df:pd.DataFrame, Y:np.ndarray, a:float
 
 def _store(self:MultiLabelModel, df:pd.DataFrame, X:sp.csr_matrix):
     "Remember the history the neighbours come from."
-    self.XT_, self.Y_ = X.T.tocsr(), self._Y(df).astype(np.float32)
+    self.Y_ = self._Y(df).astype(np.float32)
+    self.index_ = KnnIndex(X, recency_weights(df['created_at'], df['created_at'].max(), self.half_life_days))
 
-    self.w_ = recency_weights(df['created_at'], df['created_at'].max(), self.half_life_days).astype(np.float32)
     self.prior_ = self._reporter_prior(df, self.Y_)
     self.base_ = self.Y_.mean(0) if len(self.Y_) else np.zeros(self.Y_.shape[1], np.float32)
 MultiLabelModel._Y, MultiLabelModel._reporter_prior, MultiLabelModel._store = _Y, _reporter_prior, _store
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #5b7c9d21
 def _ml_getstate(self:MultiLabelModel) -> dict:
-    "Compact arrays: the inverted index in half precision (row ids as uint16 when they fit), values as bytes, priors as one matrix."
-    s = {k: v for k, v in self.__dict__.items() if k not in ('XT_', 'Y_', 'prior_')}
-    if hasattr(self, 'XT_'):
-        XT = self.XT_
-        s.update(XT_shape=tuple(XT.shape), XT_data=XT.data.astype(np.float16), XT_indptr=XT.indptr.astype(np.int64),
-                 XT_indices=XT.indices.astype(np.uint16 if XT.shape[1] < 2**16 else np.int32), Y_=self.Y_.astype(np.uint8),
-                 prior_names=pack_values(list(self.prior_)),
+    "Compact arrays: values as bytes, reporter priors as one matrix (the neighbours' index packs itself)."
+    s = {k: v for k, v in self.__dict__.items() if k not in ('Y_', 'prior_')}
+    if hasattr(self, 'Y_'):
+        s.update(Y_=self.Y_.astype(np.uint8), prior_names=pack_values(list(self.prior_)),
                  prior_M=np.stack(list(self.prior_.values())).astype(np.float16) if self.prior_ else np.zeros((0, self.Y_.shape[1]), np.float16))
     return s
 
 def _ml_setstate(self:MultiLabelModel, s:dict):
     s = dict(s)
-    if 'XT_shape' in s:
-        self.XT_ = sp.csr_matrix((np.asarray(s.pop('XT_data'), np.float32), np.asarray(s.pop('XT_indices'), np.int32),
-                                  s.pop('XT_indptr')), shape=tuple(s.pop('XT_shape')))
+    if 'prior_names' in s:
         self.Y_ = np.asarray(s.pop('Y_'), np.float32)
         self.prior_ = RowTable(unpack_values(s.pop('prior_names')), np.asarray(s.pop('prior_M'), np.float32))
-
     self.__dict__.update(s)
 MultiLabelModel.__getstate__, MultiLabelModel.__setstate__ = _ml_getstate, _ml_setstate
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #e07fd4b0
 def _scores(self:MultiLabelModel, df:pd.DataFrame, Q:sp.csr_matrix) -> np.ndarray:
-    S = knn_scores(Q, self.XT_, self.Y_, self.w_, self.k)
+    S = knn_scores(Q, self.index_, self.Y_, self.k)
 
     P = np.stack([self.prior_.get(str(r) if r is not None and r == r else '?', self.base_) for r in df['reporter']]) \
         if len(df) else np.zeros_like(S)
