@@ -26,11 +26,12 @@ from .config import AlliediumError, Settings, get_settings
 from .jira import read_issues, sample_dir, tickets_frame
 
 # %% auto #0
-__all__ = ['TASKS', 'SKLEARN_SOLVERS', 'MAX_ITER', 'BACKENDS', 'BUDGET_S', 'TABLE_COLUMNS', 'BenchDataMissing',
-           'BackendUnavailable', 'default_datasets', 'load_frame', 'BenchTask', 'featurize', 'BenchRow',
-           'row_from_runs', 'failed_row', 'measure', 'sklearn_rows', 'sklearn_capabilities', 'sklearn_check',
-           'backend_fn', 'check_backend', 'Comparison', 'add_ratios', 'run_compare', 'markdown_table',
-           'plot_comparison', 'write_comparison']
+__all__ = ['TASKS', 'SKLEARN_SOLVERS', 'MAX_ITER', 'NEWTON_CHOLESKY_MAX_COEF', 'BACKENDS', 'BUDGET_S', 'TABLE_COLUMNS',
+           'BenchDataMissing', 'BackendUnavailable', 'default_datasets', 'load_frame', 'BenchTask', 'featurize',
+           'BenchRow', 'over_budget_note', 'join_notes', 'row_from_runs', 'skipped_row', 'failed_row', 'report',
+           'measure', 'unsuitable', 'sklearn_rows', 'sklearn_capabilities', 'sklearn_check', 'backend_fn',
+           'check_backend', 'Comparison', 'add_ratios', 'run_compare', 'markdown_table', 'plot_comparison',
+           'write_comparison']
 
 # %% ../nbs/70_bench_compare.ipynb #ae8857f4
 class BenchDataMissing(AlliediumError): "A Jira file the comparison needs is not there."
@@ -130,19 +131,33 @@ class BenchRow:
     n_features: int = 0
     runs: int = 0  # fits timed (fewer than asked when the time budget ran out)
     device: str = 'cpu'
-    status: str = 'ok'  # 'ok', 'unavailable: ...' or 'failed: ...'
+    status: str = 'ok'  # 'ok', 'skipped: <why the solver does not suit the task>', 'unavailable: ...' or 'failed: ...'
     note: str = ''
 
 # %% ../nbs/70_bench_compare.ipynb #9d168687
+def over_budget_note(timed:int, asked:int|None, budget:float|None) -> str:
+    "'over budget: 2 of 5 runs (fits took more than 45 s)' when the time budget cut a row short, else ''."
+    if not asked or timed >= asked: return ''
+    return f"over budget: {timed} of {asked} runs (fits took more than {budget:g} s)"
+
+def join_notes(*notes:str) -> str: return ', '.join(n for n in notes if n)
+
 def row_from_runs(task:BenchTask, backend:str, solver:str, fits:list[float], preds:list[float], yhat:np.ndarray,
-                  device:str='cpu', note:str='') -> BenchRow:
+                  device:str='cpu', note:str='',
+                  asked:int|None=None, budget:float|None=None # runs asked for and the time budget (the note says when it cut the row short)
+                 ) -> BenchRow:
     "A `BenchRow` from measured fit and predict seconds and the last predictions."
     row = BenchRow(task.tenant, task.task, backend, solver, n_train=len(task.y_train), n_test=len(task.y_test),
-                   n_features=task.n_features, device=device, note=note)
+                   n_features=task.n_features, device=device, note=join_notes(note, over_budget_note(len(fits), asked, budget)))
     row.fit_s, row.predict_ms, row.runs = statistics.median(fits), 1000*statistics.median(preds), len(fits)
     row.accuracy = float(accuracy_score(task.y_test, yhat))
     row.macro_f1 = float(f1_score(task.y_test, yhat, average='macro', labels=range(len(task.classes)), zero_division=0))
     return row
+
+def skipped_row(task:BenchTask, backend:str, solver:str, why:str, device:str='cpu') -> BenchRow:
+    "The row of a solver that does not suit the task: status 'skipped: <why>' (no timing)."
+    return BenchRow(task.tenant, task.task, backend, solver, n_train=len(task.y_train), n_test=len(task.y_test),
+                    n_features=task.n_features, device=device, status=f"skipped: {why}")
 
 def failed_row(task:BenchTask, backend:str, solver:str, e:BaseException, device:str='cpu', note:str='') -> BenchRow:
     "The row of a run that raised: status 'failed: <error>'."
@@ -151,6 +166,12 @@ def failed_row(task:BenchTask, backend:str, solver:str, e:BaseException, device:
                     n_features=task.n_features, device=device, status=f"failed: {type(e).__name__}: {msg}", note=note)
 
 # %% ../nbs/70_bench_compare.ipynb #9cc6bf3e
+_progress: Callable[[str], None]|None = None  # set by `run_compare` while it runs: shows what is being timed
+
+def report(what:str):
+    "Tell the running comparison's progress bar what is being timed now (nothing outside `run_compare`)."
+    if _progress is not None: _progress(what)
+
 def measure(task:BenchTask, backend:str, solver:str,
             fit:Callable, # (X, y) -> model
             predict:Callable, # (model, X) -> class codes
@@ -161,14 +182,25 @@ def measure(task:BenchTask, backend:str, solver:str,
     try:
         fits, preds = [], []
         while len(fits) < runs and not (fits and budget and sum(fits) > budget):
+            report(f"{task.tenant} {task.task} {backend} {solver}: fit {len(fits)+1}/{runs}")
             t = time.perf_counter(); model = fit(task.X_train, task.y_train); fits.append(time.perf_counter() - t)
             t = time.perf_counter(); yhat = np.asarray(predict(model, task.X_test)); preds.append(time.perf_counter() - t)
     except Exception as e: return failed_row(task, backend, solver, e, device, note)
-    return row_from_runs(task, backend, solver, fits, preds, yhat, device, note)
+    return row_from_runs(task, backend, solver, fits, preds, yhat, device, note, asked=runs, budget=budget)
 
 # %% ../nbs/70_bench_compare.ipynb #056277df
 SKLEARN_SOLVERS = ('lbfgs', 'newton-cg', 'newton-cholesky', 'liblinear', 'sag', 'saga')
 MAX_ITER = 200  # the same iteration budget for every iterative backend
+NEWTON_CHOLESKY_MAX_COEF = 2000  # classes x features above which newton-cholesky is skipped (its Hessian is that squared)
+
+def unsuitable(solver:str, n_classes:int, n_features:int) -> str:
+    "Why `solver` does not suit a task of this shape ('' when it does)."
+    coef = (n_classes if n_classes > 2 else 1) * n_features
+    if solver == 'newton-cholesky' and coef > NEWTON_CHOLESKY_MAX_COEF:
+        return (f"{n_classes} classes: newton-cholesky builds and factorises a dense Hessian of ({n_classes} classes x "
+                f"{n_features} features)^2 = {coef**2/1e6:.1f}M entries every Newton step (it suits n_samples >> "
+                f"n_features x n_classes; limit {NEWTON_CHOLESKY_MAX_COEF} coefficients)")
+    return ''
 
 def _quiet_fit(make:Callable) -> Callable:
     "A fit function that records whether the last fit converged (`.state['converged']`) instead of printing warnings."
@@ -191,11 +223,13 @@ def sklearn_rows(task:BenchTask, runs:int=5, budget:float|None=None, solvers:tup
     models['SGDClassifier'] = lambda: SGDClassifier(loss='log_loss', alpha=1e-4, max_iter=max_iter, tol=1e-3, random_state=0)
     rows = []
     for name, make in models.items():
+        if why := unsuitable(name, len(task.classes), task.n_features):
+            rows.append(skipped_row(task, 'scikit-learn', name, why)); continue
         fit = _quiet_fit(make)
         row = measure(task, 'scikit-learn', name, fit, lambda m, X: m.predict(X), runs, budget=budget)
         ovr = name == 'SGDClassifier' or (name == 'liblinear' and multi)
-        row.note = ', '.join(x for x in ('one-vs-rest' if ovr else '',
-                                          '' if fit.state.get('converged', True) else f'stopped at max_iter={max_iter}') if x)
+        row.note = join_notes('one-vs-rest' if ovr else '',
+                              '' if fit.state.get('converged', True) else f'stopped at max_iter={max_iter}', row.note)
         rows.append(row)
     return rows
 
@@ -230,7 +264,7 @@ def check_backend(backend:str) -> tuple[bool, str]:
     except ImportError as e: return False, f"unavailable: {e}"
 
 # %% ../nbs/70_bench_compare.ipynb #451b21f7
-BUDGET_S = 60  # a row whose fits already took this long stops there (its `runs` says how many were timed)
+BUDGET_S = 45  # a row whose fits already took this long stops there (its `runs` and note say how many were timed)
 
 @dataclass
 class Comparison:
@@ -262,26 +296,35 @@ def run_compare(datasets:dict[str, str|Path]|None=None, # tenant -> Jira file; d
     datasets = datasets or default_datasets()
     backends = tuple(backends or BACKENDS)
     checks, t0 = {b: check_backend(b) for b in backends}, time.monotonic()
-    rows, bar = [], tqdm(total=len(datasets)*len(tasks)*len(backends), disable=not progress, desc='bench compare')
+    env = _environment({b: v[1] for b, v in checks.items()})  # before the run: its start time and load average
+    global _progress
+    rows, bar = [], tqdm(total=len(datasets)*len(tasks)*len(backends), disable=not progress, desc='bench compare',
+                         unit='backend')
+    if progress: _progress = lambda what: bar.set_postfix_str(what, refresh=True)
     try:
         for tenant, path in datasets.items():
+            bar.set_postfix_str(f"{tenant}: reading {Path(path).name}", refresh=True)
             df = load_frame(path, tenant)
             if max_rows: df = df.iloc[-max_rows:]
             for task in tasks:
+                bar.set_postfix_str(f"{tenant} {task}: featurising", refresh=True)
                 bt = featurize(df, task, n_components=n_components)
                 for b in backends:
-                    bar.set_postfix_str(f"{tenant} {task} {b}")
+                    bar.set_postfix_str(f"{tenant} {task} {b}", refresh=True)
                     ok, info = checks[b]
-                    rows += backend_fn(b, 'rows')(bt, runs, budget=budget) if ok else [BenchRow(
+                    new = backend_fn(b, 'rows')(bt, runs, budget=budget) if ok else [BenchRow(
                         tenant, task, b, '-', status=info, n_train=len(bt.y_train), n_test=len(bt.y_test))]
+                    for r in new:  # a line per finished row above the bar
+                        if progress: bar.write(f"{r.tenant} {r.task} {r.backend} {r.solver}: " + (
+                            f"fit {r.fit_s:.3g}s (median of {r.runs}), macro-F1 {r.macro_f1:.3f}" if r.status == 'ok' else r.status[:100]))
+                    rows += new
                     bar.update()
                 if partial: pd.DataFrame(map(asdict, rows)).to_csv(partial, index=False)
     finally:
-        bar.close()
+        bar.close(); _progress = None
         for b in backends:  # e.g. the Ignite backend's gateway
             if checks[b][0] and hasattr(importlib.import_module(BACKENDS[b][0]), f'{BACKENDS[b][1]}_close'): backend_fn(b, 'close')()
     caps = pd.DataFrame([backend_fn(b, 'capabilities')() for b in backends])
-    env = _environment({b: v[1] for b, v in checks.items()})
     env['load_after'], env['seconds'] = os.getloadavg(), round(time.monotonic() - t0, 1)
     return Comparison(add_ratios(pd.DataFrame(map(asdict, rows))), caps, env)
 

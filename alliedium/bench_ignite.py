@@ -10,7 +10,7 @@ import time, uuid
 
 import numpy as np
 
-from .bench_compare import BackendUnavailable, BenchRow, BenchTask, failed_row, row_from_runs
+from .bench_compare import BackendUnavailable, BenchRow, BenchTask, failed_row, report, row_from_runs
 from .config import AlliediumError, Settings, get_settings
 
 # %% auto #0
@@ -84,9 +84,10 @@ def _runs(task:BenchTask, solver:str, start, runs:int, budget:float|None, timeou
     try:
         fits, preds, yhat = [], [], None
         while len(fits) < runs and not (fits and budget and sum(fits) > budget):
+            report(f"{task.tenant} {task.task} ignite-ml {solver}: fit {len(fits)+1}/{runs}")
             f, p, yhat = _decode(_await(start(), timeout)); fits.append(f); preds.append(p)
     except Exception as e: return failed_row(task, 'ignite-ml', solver, e, device, note)
-    return row_from_runs(task, 'ignite-ml', solver, fits, preds, yhat, device, note)
+    return row_from_runs(task, 'ignite-ml', solver, fits, preds, yhat, device, note, asked=runs, budget=budget)
 
 # %% ../nbs/76_bench_ignite.ipynb #28f1d134
 def ignite_rows(task:BenchTask, runs:int=5, budget:float|None=None, max_iterations:int=IGNITE_MAX_ITER, parts:int=IGNITE_PARTS,

@@ -56,7 +56,8 @@ def fit_logistic_adam(X:np.ndarray, y:np.ndarray, n_classes:int, epochs:int=20, 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(epochs):
         for idx in torch.randperm(len(yt), generator=g).split(batch):
-            opt.zero_grad(); _logistic_loss(torch, model, Xt[idx], yt[idx], C*len(idx)/len(yt)).backward(); opt.step()
+            # the batch's share of the full objective: mean loss + |W|^2/(2*C*n), so C scales by n/batch
+            opt.zero_grad(); _logistic_loss(torch, model, Xt[idx], yt[idx], C*len(yt)/len(idx)).backward(); opt.step()
     return model.eval()
 
 def predict_linear(model, X:np.ndarray) -> np.ndarray:

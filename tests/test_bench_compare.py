@@ -39,6 +39,17 @@ def test_sklearn_every_solver(small_task):
     check_rows(sklearn_rows(small_task, runs=1), small_task, 7)
 
 
+def test_unsuitable_solver_is_a_skipped_row_with_its_reason(small_task):
+    "newton-cholesky on 20 classes: not timed, the row says why (its Hessian is (classes x features)^2)."
+    from alliedium.bench_compare import NEWTON_CHOLESKY_MAX_COEF, BenchTask
+    t = small_task
+    wide = lambda X: np.tile(X, (1, NEWTON_CHOLESKY_MAX_COEF // (20*X.shape[1]) + 1))
+    task = BenchTask('t', 'assignee', wide(t.X_train), t.y_train, wide(t.X_test), t.y_test, [str(i) for i in range(20)], [], [])
+    nc, lbfgs = sklearn_rows(task, runs=1, solvers=('newton-cholesky', 'lbfgs'))[:2]
+    assert nc.status.startswith('skipped: 20 classes: newton-cholesky') and nc.runs == 0 and nc.fit_s != nc.fit_s
+    assert lbfgs.status == 'ok' and lbfgs.runs == 1
+
+
 def test_torch_logistic_and_bag_of_embeddings(small_task):
     if importlib.util.find_spec('torch') is None:
         pytest.skip("PyTorch is not installed (the optional extra [dl]: `make setup-dl`)")
