@@ -119,7 +119,13 @@ def _ml_getstate(self:MultiLabelModel) -> dict:
 
 def _ml_setstate(self:MultiLabelModel, s:dict):
     s = dict(s)
+    if 'XT_shape' in s:  # written before the index had a class of its own (same arrays)
+        idx = KnnIndex.__new__(KnnIndex)
+        idx.__setstate__(dict(shape=s.pop('XT_shape'), data=s.pop('XT_data'), indices=s.pop('XT_indices'), indptr=s.pop('XT_indptr'),
+                              w=s.pop('w_'), digest=None))
+        s['index_'] = idx
     if 'prior_names' in s:
+
         self.Y_ = np.asarray(s.pop('Y_'), np.float32)
         self.prior_ = RowTable(unpack_values(s.pop('prior_names')), np.asarray(s.pop('prior_M'), np.float32))
     self.__dict__.update(s)
