@@ -161,7 +161,9 @@ def skipped_row(task:BenchTask, backend:str, solver:str, why:str, device:str='cp
 
 def failed_row(task:BenchTask, backend:str, solver:str, e:BaseException, device:str='cpu', note:str='') -> BenchRow:
     "The row of a run that raised: status 'failed: <error>'."
-    msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+    try: text = str(e).strip()
+    except Exception: text = ''  # e.g. a py4j error whose Java side is gone
+    msg = text.splitlines()[0][:200] if text else ''
     return BenchRow(task.tenant, task.task, backend, solver, n_train=len(task.y_train), n_test=len(task.y_test),
                     n_features=task.n_features, device=device, status=f"failed: {type(e).__name__}: {msg}", note=note)
 
