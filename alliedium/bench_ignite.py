@@ -43,9 +43,11 @@ def _gateway(settings:Settings|None=None):
     s = settings or get_settings()
     gw = current_gateway()
     if gw is None:
-        if not s.external_cluster:
+        if not s.external_cluster:  # a node started here gets 2 GB at least: a full run's Ignite ML datasets outgrew 1 GB
             from alliedium.ignite import start_local_node
-            start_local_node(s)
+            mb = int(s.ignite_heap[:-1]) * {'k': 1 / 1024, 'm': 1, 'g': 1024}[s.ignite_heap[-1].lower()]
+            start_local_node(s if mb >= 2048 else s.model_copy(update={'ignite_heap': '2g'}))
+
         gw = _started = Gateway(s).start()
     return gw
 
