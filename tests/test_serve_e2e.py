@@ -70,10 +70,23 @@ def _wait_jobs(http, jobs: dict, timeout=1200) -> dict:
     return done
 
 
+def _promote_and_wait(http, tenant:str, key:str, issue:dict, settings, timeout:float) -> tuple[int, int|None, float]:
+    "Register the active priority model again, promote it, and poll triage until it answers with it: (new, last seen, seconds)."
+    from alliedium.registry import load_model, promote, register_model
+    _, model, metrics = load_model(tenant, 'priority', settings=settings)
+    new = register_model(tenant, 'priority', model, metrics, settings=settings)
+    promote(tenant, 'priority', new, settings=settings)
+    t0, seen = time.monotonic(), None
+    while time.monotonic() - t0 < timeout and seen != new:
+        seen = http.post(f'/v1/tenants/{tenant}/triage', json=issue, headers=bearer(key)).json()['versions']['priority']
+        time.sleep(0.1)
+    return new, seen, time.monotonic() - t0
+
+
 def test_two_tenants_ingest_train_triage_promote(service, ignite):
     from alliedium.ingest import ingest_files
     from alliedium.jira import sample_dir
-    from alliedium.registry import active_versions, load_model, promote, register_model
+    from alliedium.registry import active_versions
     http, uid = service, uuid.uuid4().hex[:6]
     (a, ka), (b, kb) = [(t, create_tenant(t, settings=ignite)) for t in (f'e2e-zk-{uid}', f'e2e-storm-{uid}')]
     ingest_files(a, [sample_dir(ignite)/'Zookeeper.jsonl.gz'], settings=ignite)
@@ -111,14 +124,8 @@ def test_two_tenants_ingest_train_triage_promote(service, ignite):
     assert {m['task']: m['version'] for m in models if m['active']} == active_versions(a, ignite)
 
     # A new version is promoted (here: the priority model registered again); the replicas serve it without a restart.
-    _, model, metrics = load_model(a, 'priority', settings=ignite)
-    new = register_model(a, 'priority', model, metrics, settings=ignite)
-    promote(a, 'priority', new, settings=ignite)
-    t0, seen = time.monotonic(), None
-    while time.monotonic() - t0 < 120 and seen != new:
-        seen = http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(ka)).json()['versions']['priority']
-        time.sleep(0.1)
-    print(f"promoted version served after {time.monotonic() - t0:.2f}s (poll interval 0.5s)")
+    new, seen, secs = _promote_and_wait(http, a, ka, issue, ignite, timeout=120)
+    print(f"promoted version served after {secs:.2f}s (poll interval 0.5s)")
     assert seen == new
 
 
@@ -127,7 +134,7 @@ def test_models_held_by_the_ingress(serve_url, ignite):
     from ray import serve
     from alliedium.ingest import ingest_files
     from alliedium.jira import sample_dir
-    from alliedium.registry import active_versions, load_model, promote, register_model
+    from alliedium.registry import active_versions
     from alliedium.training import train_tenant
     uid = uuid.uuid4().hex[:6]
     (a, ka), (b, kb) = [(t, create_tenant(t, settings=ignite)) for t in (f'ing-zk-{uid}', f'ing-other-{uid}')]
@@ -145,13 +152,7 @@ def test_models_held_by_the_ingress(serve_url, ignite):
             assert r.status_code == 200 and r.json()['versions'] == active_versions(a, ignite), r.text
             assert http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(kb)).status_code == 403
             assert http.post(f'/v1/tenants/{b}/triage', json=issue, headers=bearer(kb)).json()['status'] == 'untrained'
-            _, model, metrics = load_model(a, 'priority', settings=ignite)
-            new = register_model(a, 'priority', model, metrics, settings=ignite)
-            promote(a, 'priority', new, settings=ignite)
-            t0, seen = time.monotonic(), None
-            while time.monotonic() - t0 < 60 and seen != new:
-                seen = http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(ka)).json()['versions']['priority']
-                time.sleep(0.1)
-            print(f"\nmodels in the ingress: promoted version served after {time.monotonic() - t0:.2f}s")
+            new, seen, secs = _promote_and_wait(http, a, ka, issue, ignite, timeout=60)
+            print(f"\nmodels in the ingress: promoted version served after {secs:.2f}s")
             assert seen == new
     finally: serve.delete('in-ingress')
