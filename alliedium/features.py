@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 
 
 from .config import AlliediumError
-from .jira import FRAME_COLUMNS, parse_issue, tickets_frame
+from .jira import parse_issue, tickets_frame
 
 # %% auto #0
 __all__ = ['INPUTS', 'TARGETS', 'POST_FILING', 'check_inputs', 'issue_frame', 'ticket_text', 'pack_values', 'unpack_values',
@@ -54,8 +54,7 @@ def issue_frame(issue:dict, # a Jira issue as the REST API or a webhook sends it
         fields.setdefault('created', datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.000+0000'))
         issue['fields'] = fields
     issue.setdefault('key', 'NEW-0')
-    t = parse_issue(issue, tenant_id)
-    return pd.DataFrame({c: [getattr(t, c)] for c in FRAME_COLUMNS})  # what tickets_frame([t]) gives, in half the time
+    return tickets_frame([parse_issue(issue, tenant_id)])
 
 # %% ../nbs/20_features.ipynb #369b8ded
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default word pattern

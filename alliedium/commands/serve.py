@@ -355,7 +355,8 @@ def cold_loads(tenants:list[str], s:Settings) -> dict:
 def promotion_seconds(url:str, tenant:str, key:str, issue:dict, s:Settings, prefix:str='', timeout:float=60) -> float:
     "Register a copy of `tenant`'s active priority model as a new version, promote it, and time until triage answers with it."
     from alliedium.registry import load_model, promote, register_model
-    v, model, metrics = load_model(tenant, 'priority', settings=s)
+    _, model, metrics = load_model(tenant, 'priority', settings=s)
+
     new = register_model(tenant, 'priority', model, metrics, settings=s)
     t0 = time.perf_counter(); promote(tenant, 'priority', new, settings=s)
     while time.perf_counter() - t0 < timeout:
