@@ -91,3 +91,15 @@ def test_tenant_models_encode_a_ticket_once_per_request(zk_split, zk_models):
     answer = tm.triage(issue)
     assert answer['versions'] == {t: 1 for t in loaded} and answer['priority']['label'] in set(zk_models['priority'].classes_)
     assert 0 <= answer['rank_score'] <= 1 and len(answer['assignee']) >= 1
+
+
+def test_one_ticket_rows_predict_what_the_frame_predicts(zk_split, zk_models):
+    "Serving predicts from `TicketRows` (plain lists, one ticket): the same answers as from the pandas frame, for every task."
+    from alliedium.features import TicketRows
+    from alliedium.jira import FRAME_COLUMNS
+    q = zk_split[1].head(40).reset_index(drop=True)
+    for task, m in zk_models.items():
+        batch = m.predict(q)
+        one_by_one = [m.predict(TicketRows({c: [q[c][i]] for c in FRAME_COLUMNS}))[0] for i in range(len(q))]
+        assert _close(one_by_one, batch), task
+        assert _close(m.predict(TicketRows({c: list(q[c]) for c in FRAME_COLUMNS})), batch), task

@@ -73,7 +73,8 @@ AssigneeModel._fit_others = _fit_others
 
 def _cats(self:AssigneeModel, df) -> list[sp.csr_matrix]:
     "The reporter and first-component indicator blocks."
-    return [self.reporters.transform(df['reporter'].tolist()), self.components.transform([_first(c) for c in df['components']])]
+    return [self.reporters.transform(list(df['reporter'])), self.components.transform([_first(c) for c in df['components']])]
+
 
 AssigneeModel._cats = _cats
 
@@ -82,13 +83,13 @@ def _raw_scores(self:AssigneeModel, df:pd.DataFrame) -> tuple[np.ndarray, np.nda
     "Uncalibrated: p_self per row, and the others' score matrix (reporter's column zeroed, rows summing to 1 - p_self)."
     X = self.vectorizer.transform(ticket_text(df))
     p_self = self.self_clf.predict_proba([X, self.history.transform(df)])[:, 1]
-    p_self = np.where(df['reporter'].isna().to_numpy(), 0.0, p_self)
+    rep = np.asarray(list(df['reporter']) + [None], dtype=object)[:-1]  # (a pandas column or `TicketRows`' list; the None keeps strings objects)
+    p_self = np.where([r is None or r != r for r in rep], 0.0, p_self)
     if self.others is None:
         P = np.ones((len(df), len(self.classes_)))
     else: P = self.others.predict_proba([X, *self._cats(df)])
-
-    rep = df['reporter'].to_numpy()
     P = P * (self.classes_[None, :] != rep[:, None])
+
     P = P / np.clip(P.sum(1, keepdims=True), 1e-12, None) * (1 - p_self)[:, None]
     return p_self, P, rep
 AssigneeModel._raw_scores = _raw_scores

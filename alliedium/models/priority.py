@@ -42,8 +42,9 @@ class PriorityModel:
         if fit: self.reporters, self.components = OneHot(2).fit(df['reporter'].tolist()), OneHot().fit(df['components'].tolist())
         if fit: self.types = OneHot().fit(df['issue_type'].tolist())
         X = self.vectorizer.transform(ticket_text(df)) if X is None else X
-        blocks = [X, self.reporters.transform(df['reporter'].tolist()), self.components.transform(df['components'].tolist())]
-        if getattr(self, 'types', None) is not None: blocks.append(self.types.transform(df['issue_type'].tolist()))  # absent in older models
+        blocks = [X, self.reporters.transform(list(df['reporter'])), self.components.transform(list(df['components']))]
+        if getattr(self, 'types', None) is not None: blocks.append(self.types.transform(list(df['issue_type'])))  # absent in older models
+
 
 
         return sp.hstack(blocks).tocsr() if fit else blocks
