@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     serve_port: int = Field(8000, gt=0, lt=65536)  # port of the HTTP API
     serve_models_per_replica: int = Field(16, ge=1)  # tenants' models kept loaded per model replica (LRU)
     serve_model_replicas: int = Field(1, ge=1)  # replicas of the tenant-model deployment
+    serve_ingress_replicas: int = Field(1, ge=1)  # replicas of the HTTP ingress (with models in the ingress: one process per core)
     serve_replica_cpus: float = Field(0.25, gt=0)  # CPUs reserved per replica (fractional on small machines)
     serve_poll_seconds: float = Field(1.0, gt=0)  # how often loaded tenants are checked for a promoted model
     serve_max_body_bytes: int = Field(1_048_576, gt=0)  # larger request bodies are refused with 413

@@ -24,7 +24,8 @@ from .schema import SCHEMA
 # %% auto #0
 __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promote', 'RegistryError', 'NoModelYet', 'UnknownModel',
            'ArtifactRefused', 'dump_artifact', 'load_artifact', 'ModelKey', 'ModelRow', 'register_model', 'list_models',
-           'active_versions', 'promote', 'rollback', 'load_model', 'TenantModels', 'load_tenant_models']
+           'active_versions', 'active_versions_of', 'promote', 'rollback', 'load_model', 'TenantModels',
+           'load_tenant_models']
 
 # %% ../nbs/50_registry.ipynb #e93c7b52
 FORMAT = 'skops/2'
@@ -129,6 +130,16 @@ def active_versions(tenant_id:str, settings:Settings|None=None, client:Client|No
     "Task -> active version of a tenant (cheap: serving polls it)."
     q = f"SELECT task, version FROM {SCHEMA}.MODEL WHERE tenant_id = ? AND active = TRUE"
     return _with_client(settings, client, lambda c: {t: v for t, v in c.sql(q, query_args=[tenant_id])})
+
+def active_versions_of(tenant_ids:list[str], settings:Settings|None=None, client:Client|None=None) -> dict[str, dict[str, int]]:
+    "Tenant -> task -> active version for many tenants in one query (what a serving replica polls; tenants without a model are left out)."
+    if not tenant_ids: return {}
+    q = f"SELECT tenant_id, task, version FROM {SCHEMA}.MODEL WHERE active = TRUE AND tenant_id IN ({', '.join('?' * len(tenant_ids))})"
+    def run(c):
+        out = {}
+        for t, task, v in c.sql(q, query_args=list(tenant_ids)): out.setdefault(t, {})[task] = v
+        return out
+    return _with_client(settings, client, run)
 
 # %% ../nbs/50_registry.ipynb #25ef1c31
 on_promote: list[Callable[[str, str, int], None]] = []

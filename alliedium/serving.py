@@ -190,11 +190,12 @@ class TenantSlot:
     @property
     def versions(self) -> dict[str, int]: return dict(self.models.versions)
 
-    def refresh(self) -> bool:
-        "Swap in the models promoted since they were loaded (only the tasks that changed); True if any."
+    def refresh(self, new:dict[str, int]|None=None) -> bool:
+        "Swap in the models promoted since they were loaded (only the tasks that changed); True if any. `new`: the active versions, when known."
         from alliedium.registry import TenantModels, active_versions, load_model, load_tenant_models
         self.checked, old = time.monotonic(), self.versions
-        new = active_versions(self.tenant, self.settings)
+        new = active_versions(self.tenant, self.settings) if new is None else new
+
         if new == old: return False
         if set(new) != set(old): self.models = load_tenant_models(self.tenant, self.settings); return True
         models, metrics = dict(self.models.models), dict(self.models.metrics)
@@ -208,16 +209,27 @@ class TenantSlot:
         return {'tenant': self.tenant, **self.models.triage(issue)}
 
 # %% ../nbs/60_serving.ipynb #266f0714
+async def _poll_round(held:dict, log=None):
+    "One round: the active versions of every held tenant in one query; refresh the slots whose versions changed."
+    from alliedium.registry import active_versions_of
+    if not held: return
+    try: active = await asyncio.to_thread(active_versions_of, list(held), next(iter(held.values())).settings)
+    except Exception as e:  # Ignite away: keep serving what is loaded
+        if log: log.warning(f"polling the active model versions failed: {e}")
+        return
+    for tenant, slot in held.items():
+        if active.get(tenant, {}) == slot.versions: slot.checked = time.monotonic(); continue
+        try: await asyncio.to_thread(slot.refresh, active.get(tenant, {}))
+        except Exception as e:  # the tenant's models deleted, or Ignite away: keep serving what is loaded
+            if log: log.warning(f"refreshing {tenant}'s models failed: {e}")
+
 async def poll_promotions(slots:weakref.WeakValueDictionary, # tenant -> TenantSlot held by a replica
                           seconds:float, # time between two rounds
                           log=None):
-    "Forever: every `seconds`, refresh each held slot (a promoted model is served from the next request on)."
+    "Forever: every `seconds`, check every held tenant for promoted models (one query per round, whatever the number of tenants)."
     while True:
         await asyncio.sleep(seconds)
-        for tenant, slot in list(slots.items()):
-            try: await asyncio.to_thread(slot.refresh)
-            except Exception as e:  # Ignite away or the tenant's models deleted: keep serving what is loaded
-                if log: log.warning(f"refreshing {tenant}'s models failed: {e}")
+        await _poll_round(dict(slots.items()), log)
 
 # %% ../nbs/60_serving.ipynb #462e3987
 def running_job(tenant:str, settings:Settings|None=None) -> str|None:

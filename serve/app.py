@@ -7,7 +7,8 @@
 whose replicas keep up to `serve_models_per_replica` tenants' models loaded (`@serve.multiplexed`,
 keyed by tenant, LRU) and swap in a newly promoted version within `serve_poll_seconds`.
 With `serve_models_in_ingress` the ingress replicas hold the multiplexed models themselves: one
-hop less per triage (what a small machine wants), at the price of scaling models and HTTP together.
+hop less per triage (what a small machine wants), at the price of scaling models and HTTP together;
+`serve_ingress_replicas` then sets how many processes answer (one per core is the usual choice).
 `echo` is a no-op deployment, the baseline of `alliedium bench serve`.
 """
 from __future__ import annotations
@@ -63,7 +64,7 @@ def tenant_models_deployment(settings: Settings):
 def triage_api_deployment(settings: Settings):
     "The HTTP ingress deployment (built per app, like `TenantModels`)."
 
-    @serve.deployment(name='TriageAPI', max_ongoing_requests=256)
+    @serve.deployment(name='TriageAPI', num_replicas=settings.serve_ingress_replicas, max_ongoing_requests=256)
     @serve.ingress()
     class TriageAPI(_ModelHolder):
         "The HTTP ingress: DESIGN.md's routes (`alliedium.serving.make_api`); triage forwarded to `TenantModels`, or answered here."

@@ -18,10 +18,10 @@ from ..config import AlliediumError, Settings, get_settings
 from ..serving import AppArgs, settings_overrides
 
 # %% auto #0
-__all__ = ['DEMO_TENANTS', 'ServeFailed', 'serve_config', 'load_app', 'ray_pythonpath', 'ray_env', 'start_ray', 'start_service',
-           'stop_service', 'wait_healthy', 'serve_background', 'serve_stop', 'serve_cmd', 'http_json', 'curl_line',
-           'serve_demo', 'percentile', 'stats', 'load', 'sample_issues', 'clone_models', 'bench_tenants', 'cold_loads',
-           'promotion_seconds', 'bench_serve_run', 'bench_table', 'bench_serve']
+__all__ = ['SERVE_ENV', 'DEMO_TENANTS', 'ServeFailed', 'serve_config', 'load_app', 'ray_pythonpath', 'ray_env', 'start_ray',
+           'start_service', 'stop_service', 'wait_healthy', 'serve_background', 'serve_stop', 'serve_cmd', 'http_json',
+           'curl_line', 'serve_demo', 'percentile', 'stats', 'load', 'sample_issues', 'clone_models', 'bench_tenants',
+           'cold_loads', 'promotion_seconds', 'bench_serve_run', 'bench_table', 'bench_serve']
 
 # %% ../../nbs/94_commands_serve.ipynb #5875acb8
 class ServeFailed(AlliediumError): "The service did not start or stop as asked."
@@ -47,10 +47,14 @@ def ray_pythonpath(settings:Settings) -> str:
     "PYTHONPATH of Ray processes: `serve/ray_pythonpath` (skips a slow import, see its module) and the checkout (`serve.app`)."
     return os.pathsep.join(filter(None, [str(settings.home/'serve'/'ray_pythonpath'), str(settings.home), os.environ.get('PYTHONPATH')]))
 
+SERVE_ENV = {  # Ray Serve knobs of the Ray processes alliedium starts (a value in the environment wins)
+    'RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD': '0',  # handlers run on the replica's own event loop: no thread hand-off per request
+    'RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP': '0'}  # the same for the router of a handle (the ingress -> tenant-model hop)
+
 def ray_env(settings:Settings) -> dict:
-    "Environment of Ray workers: these settings as `ALLIEDIUM_*`, and `ray_pythonpath`."
+    "Environment of Ray workers: these settings as `ALLIEDIUM_*`, `SERVE_ENV`, and `ray_pythonpath`."
     env = {f'ALLIEDIUM_{k.upper()}': str(v) for k, v in settings_overrides(settings).items() if v is not None}
-    return {**env, 'PYTHONPATH': ray_pythonpath(settings)}
+    return {**env, **{k: os.environ.get(k, v) for k, v in SERVE_ENV.items()}, 'PYTHONPATH': ray_pythonpath(settings)}
 
 @contextmanager
 def _priority(niceness:int):
@@ -72,8 +76,9 @@ def start_ray(settings:Settings|None=None, num_cpus:int|None=None, attempts:int=
     os.environ.setdefault('RAY_USAGE_STATS_ENABLED', '0')
     address = None if os.environ.get('RAY_ADDRESS') else 'local'  # 'local': never join someone else's instance
     local = dict(num_cpus=num_cpus or os.cpu_count(), **init_kwargs) if address == 'local' else {}
-    saved = os.environ.get('PYTHONPATH')
-    os.environ['PYTHONPATH'] = ray_pythonpath(s)  # the raylet and its agents start with this environment
+    env = {k: v for k, v in ray_env(s).items() if k == 'PYTHONPATH' or k in SERVE_ENV}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the raylet, its agents and Serve's controller and proxy start with this environment
     try:
         for attempt in range(attempts):
             # On a busy machine the raylet gives up when its agents take over 15 s to start (fixed in Ray):
@@ -85,8 +90,9 @@ def start_ray(settings:Settings|None=None, num_cpus:int|None=None, attempts:int=
                 ray.shutdown()
                 if attempt == attempts - 1: raise ServeFailed(f"Ray did not start: {e}") from None
     finally:
-        if saved is None: os.environ.pop('PYTHONPATH', None)
-        else: os.environ['PYTHONPATH'] = saved
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 # %% ../../nbs/94_commands_serve.ipynb #c9a04191
 def start_service(settings:Settings|None=None, config:str|Path|None=None) -> str:
@@ -376,12 +382,15 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
     out = dict(cold_load=cold_loads(names[:min(cold, len(names))], s))
     start_ray(s)
     serve.start(http_options=dict(host='127.0.0.1', port=s.serve_port))
-    variants = {'triage': '', 'triage, models in ingress': '/in-ingress'}
+    cores = os.cpu_count() or 1  # models in the ingress: one ingress process per core
+    variants = {'triage': '', f'triage, models in ingress x{cores}': '/in-ingress'}
     try:
         serve.run(load_app('serve.app:build_echo', dict(settings=settings_overrides(s)), s), name='echo', route_prefix='/echo')
         serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name='triage', route_prefix='/')
-        serve.run(load_app('serve.app:build_app', dict(settings={**settings_overrides(s), 'serve_models_in_ingress': True}), s),
+        serve.run(load_app('serve.app:build_app', dict(settings={**settings_overrides(s), 'serve_models_in_ingress': True,
+                                                                 'serve_ingress_replicas': cores}), s),
                   name='triage-in-ingress', route_prefix='/in-ingress')
+
         url, warm = f'http://127.0.0.1:{s.serve_port}', names[:8]
         load(url, [('/echo', {}, issues[0])] * 20, 4)  # warm-up: connections, models
         for prefix in variants.values(): load(url, triage_req(warm, 40, prefix), 4)
