@@ -7,6 +7,8 @@ Docs: https://alliedium.github.io/alliedium/config.html.md"""
 # %% ../nbs/00_config.ipynb #d3081bd2
 from __future__ import annotations
 from functools import lru_cache
+from typing import Literal
+
 from pathlib import Path
 
 from fastcore.basics import patch
@@ -45,6 +47,7 @@ class Settings(BaseSettings):
     ignite_communication_port: int = Field(47100, gt=0, lt=65536)  # node-to-node port
     ignite_heap: str = Field('1g', pattern=r'^\d+[kmgKMG]$')  # JVM -Xmx of the local node
     ignite_data_region_mb: int = Field(512, ge=64)  # off-heap page memory of the local node
+    ignite_page_size: Literal[4096, 8192, 16384] = 16384  # bytes per page of a new local node's store (an existing store keeps its own)
     ignite_backups: int = Field(0, ge=0)  # backup copies of partitioned tables (>=1 on a cluster)
     ignite_start_timeout: float = Field(120, gt=0)  # seconds to wait for SQL to answer
     ignite_stop_timeout: float = Field(60, gt=0)  # seconds to wait for a graceful stop

@@ -21,9 +21,9 @@ from .config import AlliediumError, ConfigError, Settings, get_settings
 
 # %% auto #0
 __all__ = ['JAVA17_OPENS', 'JavaNotFound', 'IgniteJarsMissing', 'PortBusy', 'IgniteStartFailed', 'IgniteUnavailable',
-           'java_major', 'LocalNode', 'node_config', 'job_python', 'java_command', 'node_pid', 'local_nodes',
-           'running_nodes', 'port_free', 'free_port', 'client_addresses', 'ignite_client', 'sql_time', 'sql_ready',
-           'StartResult', 'start_local_node', 'stop_local_node', 'cluster_status']
+           'java_major', 'LocalNode', 'store_page_size', 'node_config', 'job_python', 'java_command', 'node_pid',
+           'local_nodes', 'running_nodes', 'port_free', 'free_port', 'client_addresses', 'ignite_client', 'sql_time',
+           'sql_ready', 'StartResult', 'start_local_node', 'stop_local_node', 'cluster_status']
 
 # %% ../nbs/05_ignite.ipynb #42d7bc51
 class JavaNotFound(AlliediumError): "No usable `java` (JDK 17) to run the node."
@@ -81,6 +81,13 @@ class LocalNode:
     def communication_port(self): return self.settings.ignite_communication_port + self.index
 
 # %% ../nbs/05_ignite.ipynb #dbee2b4d
+def store_page_size(node:LocalNode) -> int|None:
+    "The page size `node`'s persistent store was created with (read from a page file's header), or None when it has none yet."
+    for f in sorted((node.dir/'db').glob('*/cache-*/*.bin')):  # header: signature (8 bytes), version (4), type (1), page size (4, LE)
+        with open(f, 'rb') as fh: head = fh.read(17)
+        if len(head) == 17: return int.from_bytes(head[13:17], 'little')
+    return None
+
 def node_config(node:LocalNode, nodes:int=1) -> str:
     "The Spring XML configuration of `node` in a local cluster of `nodes` nodes."
     s, tmpl = node.settings, node.settings.home/'ignite'/'node.xml.tmpl'
@@ -90,6 +97,7 @@ def node_config(node:LocalNode, nodes:int=1) -> str:
         node_name=node.name, work_dir=node.dir, host=s.ignite_host, client_port=node.client_port,
         discovery_port=node.discovery_port, communication_port=node.communication_port,
         discovery_addresses=addrs, data_region_mb=s.ignite_data_region_mb, failure_detection_ms=10000,
+        page_size=store_page_size(node) or s.ignite_page_size,  # a store cannot change its page size: an existing one keeps its own
         # one node activates itself; several start INACTIVE and are activated once all joined (the baseline)
         cluster_state='ACTIVE' if nodes == 1 else 'INACTIVE')
 

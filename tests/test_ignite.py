@@ -6,7 +6,7 @@ import pytest
 from alliedium.config import ConfigError, Settings
 from alliedium.ignite import (IgniteJarsMissing, IgniteStartFailed, IgniteUnavailable, JavaNotFound, LocalNode,
                               PortBusy, _alive, cluster_status, ignite_client, node_pid, start_local_node,
-                              stop_local_node)
+                              stop_local_node, store_page_size)
 from alliedium.schema import ensure_schema
 from conftest import node_settings
 
@@ -26,7 +26,7 @@ def test_second_start_leaves_node_alone(ignite):
 
 def test_row_survives_restart(tmp_path):
     s = node_settings(tmp_path)
-    first = start_local_node(s)
+    first = start_local_node(s.model_copy(update=dict(ignite_page_size=4096)))  # a store made with other pages than the default
     try:
         ensure_schema(s)
         with ignite_client(s) as c:
@@ -39,6 +39,7 @@ def test_row_survives_restart(tmp_path):
         with ignite_client(s) as c:
             assert list(c.sql("SELECT id, name FROM ALLIEDIUM.TENANT WHERE id = 'acme'")) == [['acme', 'Acme Corp']]
         assert cluster_status(s)['state'] == 'ACTIVE'
+        assert store_page_size(LocalNode(s)) == 4096 != s.ignite_page_size   # ... reopened with its own page size
     finally:
         stop_local_node(s)
 
