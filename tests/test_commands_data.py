@@ -52,4 +52,5 @@ def test_bench_ingest_warms_up_then_times_first_and_repeated_ingestion(ignite):
     assert r.returncode == 0, r.stderr
     (res,) = json.loads(r.stdout)
     assert res['counts_match'] and res['issues'] == res['rows'] == res['reingest_unchanged'] == 1507
-    assert res['warmup_issues'] == 1507 and res['ratio'] > 0 and 'load_average' in res
+    assert res['warmup_issues'] == 1507 and res['warmup_rounds'] == 3 and res['ratio'] > 0 and 'load_average' in res
+    assert res['node_cpu_s'] > 0   # the session's local node did the writing
