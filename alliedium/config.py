@@ -7,12 +7,11 @@ Docs: https://alliedium.github.io/alliedium/config.html.md"""
 # %% ../nbs/00_config.ipynb #d3081bd2
 from __future__ import annotations
 from functools import lru_cache
-from typing import Literal
 
 from pathlib import Path
 
 from fastcore.basics import patch
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import alliedium
@@ -47,7 +46,7 @@ class Settings(BaseSettings):
     ignite_communication_port: int = Field(47100, gt=0, lt=65536)  # node-to-node port
     ignite_heap: str = Field('1g', pattern=r'^\d+[kmgKMG]$')  # JVM -Xmx of the local node
     ignite_data_region_mb: int = Field(512, ge=64)  # off-heap page memory of the local node
-    ignite_page_size: Literal[4096, 8192, 16384] = 16384  # bytes per page of a new local node's store (an existing store keeps its own)
+    ignite_page_size: int = Field(16384, ge=1024, le=16384, multiple_of=1024)  # bytes per page of a new local node's store, a power of 2 (an existing store keeps its own)
     ignite_backups: int = Field(0, ge=0)  # backup copies of partitioned tables (>=1 on a cluster)
     ignite_start_timeout: float = Field(120, gt=0)  # seconds to wait for SQL to answer
     ignite_stop_timeout: float = Field(60, gt=0)  # seconds to wait for a graceful stop
@@ -84,6 +83,12 @@ class Settings(BaseSettings):
     assignee_min_tickets: int = Field(3, ge=1)  # ... on at least this many tickets
     assignee_target_precision: float = Field(0.8, gt=0, le=1)  # held-out top-1 precision the abstain threshold aims at
     assignee_abstain_threshold: float = Field(0.5, ge=0, le=1)  # abstain threshold when history is too short to choose one
+
+    @field_validator('ignite_page_size')
+    @classmethod
+    def _page_size(cls, v:int) -> int:
+        if v & (v - 1): raise ValueError(f"{v} is not a power of 2: Ignite pages are 1024 to 16384 bytes (4096, 8192, 16384)")
+        return v
 
 # %% ../nbs/00_config.ipynb #2cb717ed
 @patch(as_prop=True)
