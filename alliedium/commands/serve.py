@@ -7,7 +7,7 @@ Docs: https://alliedium.github.io/alliedium/commands_serve.html.md"""
 # %% ../../nbs/94_commands_serve.ipynb #83e97baf
 from __future__ import annotations
 import asyncio, gzip, importlib, itertools, json, math, os, signal, subprocess, sys, time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import typer, yaml
@@ -428,6 +428,8 @@ def bench_serve(requests: int = typer.Option(300, help="requests per run"),
     if not s.external_cluster: start_local_node(s)
     ensure_schema(s)
     s = Settings(**{**settings_overrides(s), 'serve_port': free_port()})
-    out = bench_serve_run(s, requests, max(tenants, 8), cold)
+    with redirect_stdout(sys.stderr):  # what Ray prints while Serve shuts down stays off the figures (and off --json)
+        out = bench_serve_run(s, requests, max(tenants, 8), cold)
+
     if as_json: print(json.dumps(out, indent=2)); return
     console.print(bench_table(out, s))
