@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     serve_retry_after: int = Field(5, ge=1)  # Retry-After seconds sent with 503 (Ignite unreachable)
     serve_key_cache_seconds: float = Field(5.0, ge=0)  # API key -> tenant lookups cached this long
     serve_train_cpus: float = Field(0.5, gt=0)  # CPUs of an online-training Ray task
+    train_timeout: float = Field(3600, gt=0)  # a training still 'running' after this many seconds counts as lost (it no longer blocks another)
     serve_models_in_ingress: bool = False  # hold tenants' models in the HTTP ingress replicas (one hop less; no separate model deployment)
     train_min_tickets: int = Field(200, ge=20)  # fewer tickets than this: NotEnoughHistory instead of a model
     train_eval_days: int = Field(90, ge=1)  # promotion check: the newest tickets of this many days are held out

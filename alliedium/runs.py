@@ -14,7 +14,8 @@ from .ignite import ignite_client, sql_time
 from .schema import SCHEMA
 
 # %% auto #0
-__all__ = ['COLUMNS', 'UnknownRun', 'start_run', 'finish_run', 'get_run', 'list_runs']
+__all__ = ['COLUMNS', 'TRAINING_CACHE', 'UnknownRun', 'start_run', 'finish_run', 'delete_run', 'TrainingRunning', 'live_run',
+           'claim_training', 'release_training', 'start_training', 'get_run', 'list_runs']
 
 # %% ../nbs/45_runs.ipynb #ce52eb36
 COLUMNS = ['run_id', 'tenant_id', 'kind', 'started_at', 'finished_at', 'status', 'metrics', 'notebook']
@@ -50,6 +51,57 @@ def finish_run(run_id:str, status:str, metrics:dict|None=None, notebook:str|None
         c.sql(f"UPDATE {SCHEMA}.RUN SET finished_at = ?, status = ?, metrics = ?, notebook = COALESCE(?, notebook) "
               "WHERE run_id = ?", query_args=[_now(), status, json.dumps(metrics or {}, default=str), notebook, run_id])
     return get_run(run_id, settings)
+
+def delete_run(run_id:str, settings:Settings|None=None) -> None:
+    "Forget a run (one recorded and then refused before it started)."
+    with ignite_client(settings or get_settings()) as c: c.sql(f"DELETE FROM {SCHEMA}.RUN WHERE run_id = ?", query_args=[run_id])
+
+class TrainingRunning(AlliediumError):
+    "Another training of the tenant is running."
+    exit_code = 2
+    def __init__(self, tenant:str, run_id:str):
+        self.tenant, self.run_id = tenant, run_id
+        super().__init__(f"a training of {tenant!r} is running (run {run_id}): wait for it to end")
+
+TRAINING_CACHE = 'ALLIEDIUM_TRAINING'  # Ignite key-value cache: tenant -> id of the training run that holds the tenant
+
+def _training_cache(client, s:Settings):
+    from pyignite.datatypes.prop_codes import PROP_BACKUPS_NUMBER, PROP_NAME
+    return client.get_or_create_cache({PROP_NAME: TRAINING_CACHE, PROP_BACKUPS_NUMBER: s.ignite_backups})
+
+def live_run(run_id:str, settings:Settings|None=None) -> bool:
+    "Whether a run is still going: its row says running, for less than `train_timeout` (an older one is marked failed: its process was lost)."
+    s = settings or get_settings()
+    try: run = get_run(run_id, settings=s)
+    except UnknownRun: return False
+    if run.get('status') != 'running': return False
+    if run.get('started_at') is not None and (_now() - run['started_at']).total_seconds() > s.train_timeout:
+        finish_run(run_id, 'failed', {'error': 'Abandoned', 'detail': f"still 'running' after {s.train_timeout:.0f} s: "
+                                      "its process was lost (a new training may start)"}, settings=s)
+        return False
+    return True
+
+def claim_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> None:
+    "Make the recorded run `run_id` the tenant's one training, atomically whichever process asks; `TrainingRunning` when a live run holds it."
+    s = settings or get_settings()
+    with ignite_client(s) as c:
+        claims = _training_cache(c, s)
+        while not claims.put_if_absent(tenant_id, run_id):  # held: by a live run, or by one that ended or was lost
+            held = claims.get(tenant_id)
+            if held is not None and live_run(held, s): raise TrainingRunning(tenant_id, held)
+            if held is not None and claims.replace_if_equals(tenant_id, held, run_id): return
+
+def release_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> None:
+    "Give the tenant's training claim back (when `run_id` still holds it)."
+    s = settings or get_settings()
+    with ignite_client(s) as c: _training_cache(c, s).remove_if_equals(tenant_id, run_id)
+
+def start_training(tenant_id:str, settings:Settings|None=None) -> str:
+    "Record a training run and claim the tenant for it; `TrainingRunning` (and no record) when another one runs."
+    run_id = start_run(tenant_id, 'train', settings=settings)  # recorded first: a claim always names a RUN row
+    try: claim_training(tenant_id, run_id, settings)
+    except BaseException: delete_run(run_id, settings); raise
+    return run_id
 
 # %% ../nbs/45_runs.ipynb #32816eba
 def get_run(run_id:str, settings:Settings|None=None) -> dict:

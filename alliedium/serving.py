@@ -22,8 +22,8 @@ from .ignite import IgniteUnavailable, ignite_client
 __all__ = ['HTTP_STATUS', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'TrainingInProgress', 'http_status',
            'http_error', 'IssueFields', 'JiraIssue', 'Scored', 'PriorityAnswer', 'TriageAnswer', 'WebhookIssue',
            'WebhookEvent', 'TrainRequest', 'Job', 'bearer_key', 'KeyCache', 'authorize', 'TenantSlot',
-           'poll_promotions', 'running_job', 'run_training_job', 'ServingBackend', 'LocalBackend', 'ignite_health',
-           'BodyLimit', 'tenant_model_versions', 'make_api', 'AppArgs', 'settings_overrides']
+           'poll_promotions', 'run_training_job', 'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit',
+           'tenant_model_versions', 'make_api', 'AppArgs', 'settings_overrides']
 
 # %% ../nbs/60_serving.ipynb #4c5ee9ed
 class Unauthorized(AlliediumError): "No API key, or one that matches no tenant."
@@ -232,25 +232,20 @@ async def poll_promotions(slots:weakref.WeakValueDictionary, # tenant -> TenantS
         await _poll_round(dict(slots.items()), log)
 
 # %% ../nbs/60_serving.ipynb #462e3987
-def running_job(tenant:str, settings:Settings|None=None) -> str|None:
-    "Id of the tenant's training job still running, if any."
-    from alliedium.runs import list_runs
-    for r in list_runs(tenant, settings=settings):
-        if r.get('kind') == 'train' and r.get('status') == 'running': return r['run_id']
-    return None
-
 def run_training_job(tenant:str, run_id:str, tasks:list[str]|None=None, settings:dict|None=None) -> dict:
-    "Train `tenant` and record the outcome in RUN `run_id` (called in a Ray task or a thread)."
-    from alliedium.runs import finish_run
+    "Train `tenant` and record the outcome in RUN `run_id` (called in a Ray task or a thread); then release the tenant's claim."
+    from alliedium.runs import finish_run, release_training
     from alliedium.training import train_tenant
     s = Settings(**settings) if isinstance(settings, dict) else settings or get_settings()
-    try: result = train_tenant(tenant, tasks=tasks, settings=s)
-    except AlliediumError as e:
-        finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': str(e)}, settings=s); return {}
-    except BaseException as e:
-        finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': repr(e)}, settings=s); raise
-    finish_run(run_id, 'succeeded', json.loads(json.dumps(result, default=str)), settings=s)
-    return result
+    try:
+        try: result = train_tenant(tenant, tasks=tasks, settings=s)
+        except AlliediumError as e:
+            finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': str(e)}, settings=s); return {}
+        except BaseException as e:
+            finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': repr(e)}, settings=s); raise
+        finish_run(run_id, 'succeeded', json.loads(json.dumps(result, default=str)), settings=s)
+        return result
+    finally: release_training(tenant, run_id, s)
 
 # %% ../nbs/60_serving.ipynb #d1b7a80c
 class ServingBackend(Protocol):
@@ -354,11 +349,12 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
     @api.post('/v1/tenants/{tenant}/train', status_code=202, response_model=Job, tags=['training'])
     async def train(body:TrainRequest|None=None, tenant:str=Depends(tenant_auth)):
         "Start training the tenant's models: 202 with the job id at once; 409 with the running job's id."
-        from alliedium.runs import get_run, start_run
-        async with locks.setdefault(tenant, asyncio.Lock()):
-            if (job := await asyncio.to_thread(running_job, tenant, s)): raise TrainingInProgress(tenant, job)
-            run_id = await asyncio.to_thread(start_run, tenant, 'train', settings=s)
+        from alliedium.runs import TrainingRunning, get_run, start_training
+        async with locks.setdefault(tenant, asyncio.Lock()):  # (one replica's requests queue here; replicas race for the claim in Ignite)
+            try: run_id = await asyncio.to_thread(start_training, tenant, s)
+            except TrainingRunning as e: raise TrainingInProgress(tenant, e.run_id) from None
             backend.launch_training(tenant, run_id, body.tasks if body else None)
+
         return _job(await asyncio.to_thread(get_run, run_id, settings=s))
 
     @api.get('/v1/tenants/{tenant}/jobs/{job_id}', response_model=Job, tags=['training'])

@@ -119,9 +119,9 @@ def test_ignite_unreachable_is_503_with_retry_after(ignite):
 
 
 def test_second_training_request_is_409_with_the_running_job(api, ignite):
-    from alliedium.runs import finish_run, start_run
+    from alliedium.runs import finish_run, release_training, start_training
     (t, key), (u, key_u) = new_tenant(ignite), new_tenant(ignite)
-    job = start_run(t, 'train', settings=ignite)  # a training of t that is still running
+    job = start_training(t, ignite)  # a training of t that is still running (say, `alliedium train` in a terminal)
     try:
         r = api.post(f'/v1/tenants/{t}/train', headers=bearer(key))
         assert r.status_code == 409 and r.json()['job_id'] == job and r.json()['status'] == 'training', r.text
@@ -130,8 +130,29 @@ def test_second_training_request_is_409_with_the_running_job(api, ignite):
         r = api.get(f'/v1/tenants/{u}/jobs/{job}', headers=bearer(key_u))  # another tenant's job id: not found
         assert r.status_code == 404 and r.json()['error'] == 'JobNotFound'
         assert api.get(f'/v1/tenants/{t}/jobs/no-such-job', headers=bearer(key)).status_code == 404
-    finally: finish_run(job, 'failed', {'error': 'test'}, settings=ignite)
+    finally: finish_run(job, 'failed', {'error': 'test'}, settings=ignite); release_training(t, job, ignite)
 
+
+def test_one_training_per_tenant_whatever_the_replica(ignite):
+    "Replicas (and the CLI) race for a tenant's training claim in Ignite: one run wins, the others learn its id and leave no record; an ended or lost run's claim is taken over."
+    from concurrent.futures import ThreadPoolExecutor
+    from alliedium.runs import TrainingRunning, finish_run, get_run, list_runs, release_training, start_training
+    t, _ = new_tenant(ignite)
+    def attempt(_):
+        try: return start_training(t, ignite), None
+        except TrainingRunning as e: return None, e.run_id
+    with ThreadPoolExecutor(6) as pool: answers = list(pool.map(attempt, range(6)))
+    winners = [r for r, _ in answers if r is not None]
+    assert len(winners) == 1 and all(held == winners[0] for r, held in answers if r is None), answers
+    assert [r['run_id'] for r in list_runs(t, settings=ignite)] == winners   # the refused ones left no RUN row
+    finish_run(winners[0], 'succeeded', {}, settings=ignite)   # ended without releasing (a worker killed after recording)
+    nxt = start_training(t, ignite)   # the claim of an ended run is taken over
+    with pytest.raises(TrainingRunning) as e: start_training(t, ignite)
+    assert e.value.run_id == nxt and len(list_runs(t, settings=ignite)) == 2
+    later = start_training(t, ignite.model_copy(update=dict(train_timeout=1e-3)))   # a run 'running' too long counts as lost
+    assert get_run(nxt, ignite)['status'] == 'failed' and get_run(nxt, ignite)['metrics']['error'] == 'Abandoned'
+    release_training(t, later, ignite)
+    finish_run(later, 'failed', {'error': 'test'}, settings=ignite)
 
 def test_serve_config_is_valid_and_builds_the_app():
     "serve/config.yaml passes Ray's own schema (`serve run`/`serve deploy`) and its import path builds the app."

@@ -43,13 +43,14 @@ def train(tenant: str = typer.Option(..., help="tenant id"),
           eval_days: int = typer.Option(None, help="newest days held out to check the new version (default: setting)"),
           as_json: bool = typer.Option(False, '--json', help="print JSON")):
     "Train, evaluate, register and promote (if not worse than the active version) a tenant's models."
-    from alliedium.runs import finish_run, start_run
+    from alliedium.runs import finish_run, release_training, start_training
     from alliedium.training import train_tenant
-    run_id = start_run(tenant, 'train')
+    run_id = start_training(tenant)  # one training per tenant at a time, CLI or API (`TrainingRunning` otherwise)
     try:
         with console.status(f"training {tenant} ..."): r = train_tenant(tenant, task or None, eval_days=eval_days, tolerance=tolerance)
     except BaseException as e:
         finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': str(e)}); raise
+    finally: release_training(tenant, run_id)
     finish_run(run_id, 'succeeded', json.loads(json.dumps(r, default=str)))
     if as_json: print(json.dumps(dict(run_id=run_id, tasks=r), default=str, indent=2)); return
     t = Table('task', 'version', 'promoted', 'check score', 'fit s', 'reason')
