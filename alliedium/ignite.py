@@ -6,24 +6,27 @@ Docs: https://alliedium.github.io/alliedium/ignite.html.md"""
 
 # %% ../nbs/05_ignite.ipynb #a3a0aefa
 from __future__ import annotations
-import logging, os, re, shutil, signal, socket, subprocess, sys, time
+import logging, os, re, shutil, signal, socket, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from typing import Any, Callable
+
 from pyignite import Client
 from pyignite.datatypes.cluster_state import ClusterState
-from pyignite.exceptions import CacheError, ClusterError, HandshakeError, ReconnectError, SQLError
+from pyignite.exceptions import CacheError, ClusterError, HandshakeError, ReconnectError, SocketError, SQLError
 
 from .config import AlliediumError, ConfigError, Settings, get_settings
 
 # %% auto #0
 __all__ = ['JAVA17_OPENS', 'JavaNotFound', 'IgniteJarsMissing', 'PortBusy', 'IgniteStartFailed', 'IgniteUnavailable',
            'java_major', 'LocalNode', 'store_page_size', 'node_config', 'job_python', 'java_command', 'node_pid',
-           'local_nodes', 'running_nodes', 'port_free', 'free_port', 'client_addresses', 'ignite_client', 'sql_time',
-           'sql_ready', 'StartResult', 'start_local_node', 'stop_local_node', 'cluster_status']
+           'local_nodes', 'running_nodes', 'port_free', 'free_port', 'client_addresses', 'ignite_client', 'KeptClient',
+           'kept_client', 'sql_time', 'sql_ready', 'StartResult', 'start_local_node', 'stop_local_node',
+           'cluster_status']
 
 # %% ../nbs/05_ignite.ipynb #42d7bc51
 class JavaNotFound(AlliediumError): "No usable `java` (JDK 17) to run the node."
@@ -188,6 +191,35 @@ def ignite_client(settings:Settings|None=None, timeout:float|None=None):
     finally: log.setLevel(level)
     try: yield client
     finally: client.close()
+
+# %% ../nbs/05_ignite.ipynb #kept01
+class KeptClient:
+    "One connected client kept for small, frequent calls (serving's key checks and promotion polls), shared by threads under a lock; a broken connection is dropped and the next call reconnects."
+    def __init__(self, settings:Settings): self.settings, self.lock, self._open = settings, threading.Lock(), None
+
+    def run(self, fn:Callable[[Client], Any]) -> Any:
+        "`fn(client)` on the kept connection (opened when needed); `IgniteUnavailable` when no node answers or the connection breaks."
+        with self.lock:
+            if self._open is None:
+                cm = ignite_client(self.settings)
+                self._open = (cm, cm.__enter__())
+            try: return fn(self._open[1])
+            except (ReconnectError, SocketError, OSError) as e:
+                self._close()
+                raise IgniteUnavailable(f"the connection to Ignite broke ({e}): retry in a moment") from None
+
+    def _close(self):
+        cm, self._open = (self._open or (None, None))[0], None
+        if cm is not None:
+            try: cm.__exit__(None, None, None)
+            except Exception: pass
+
+_KEPT: dict[tuple, KeptClient] = {}
+
+def kept_client(settings:Settings) -> KeptClient:
+    "This process's `KeptClient` for the cluster `settings` name."
+    key = (tuple(client_addresses(settings)), settings.ignite_timeout)
+    return _KEPT.get(key) or _KEPT.setdefault(key, KeptClient(settings))
 
 # %% ../nbs/05_ignite.ipynb #9b1d4e7a
 def sql_time(v):

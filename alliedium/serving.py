@@ -159,8 +159,10 @@ class KeyCache:
         "The key's tenant (None if unknown or revoked)."
         h, now = hashlib.sha256(key.encode()).hexdigest(), time.monotonic()
         if (hit := self.hits.get(h)) and hit[1] > now: return hit[0]
+        from alliedium.ignite import kept_client
         from alliedium.tenants import tenant_for_key
-        tenant = tenant_for_key(key, self.settings)
+        tenant = kept_client(self.settings).run(lambda c: tenant_for_key(key, self.settings, client=c))  # no connection per lookup
+
         if tenant is not None and self.settings.serve_key_cache_seconds > 0:
             self.hits[h] = (tenant, now + self.settings.serve_key_cache_seconds)
         return tenant
@@ -211,9 +213,12 @@ class TenantSlot:
 # %% ../nbs/60_serving.ipynb #266f0714
 async def _poll_round(held:dict, log=None):
     "One round: the active versions of every held tenant in one query; refresh the slots whose versions changed."
+    from alliedium.ignite import kept_client
     from alliedium.registry import active_versions_of
     if not held: return
-    try: active = await asyncio.to_thread(active_versions_of, list(held), next(iter(held.values())).settings)
+    s = next(iter(held.values())).settings
+    try: active = await asyncio.to_thread(kept_client(s).run, lambda c: active_versions_of(list(held), s, client=c))  # one kept connection
+
     except Exception as e:  # Ignite away: keep serving what is loaded
         if log: log.warning(f"polling the active model versions failed: {e}")
         return
