@@ -10,7 +10,7 @@ import json, uuid
 from datetime import datetime, timezone
 
 from .config import AlliediumError, Settings, get_settings
-from .ignite import ignite_client, sql_time
+from .ignite import IgniteUnavailable, ignite_client, sql_time
 from .schema import SCHEMA
 
 # %% auto #0
@@ -92,9 +92,12 @@ def claim_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> No
             if held is not None and claims.replace_if_equals(tenant_id, held, run_id): return
 
 def release_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> None:
-    "Give the tenant's training claim back (when `run_id` still holds it)."
+    "Give the tenant's training claim back (when `run_id` still holds it); best effort: a claim left behind is taken over once its run has ended."
     s = settings or get_settings()
-    with ignite_client(s) as c: _training_cache(c, s).remove_if_equals(tenant_id, run_id)
+    try:
+        with ignite_client(s) as c: _training_cache(c, s).remove_if_equals(tenant_id, run_id)
+    except IgniteUnavailable: pass
+
 
 def start_training(tenant_id:str, settings:Settings|None=None) -> str:
     "Record a training run and claim the tenant for it; `TrainingRunning` (and no record) when another one runs."
