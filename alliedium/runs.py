@@ -98,7 +98,6 @@ def release_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> 
         with ignite_client(s) as c: _training_cache(c, s).remove_if_equals(tenant_id, run_id)
     except IgniteUnavailable: pass
 
-
 def start_training(tenant_id:str, settings:Settings|None=None) -> str:
     "Record a training run and claim the tenant for it; `TrainingRunning` (and no record) when another one runs."
     run_id = start_run(tenant_id, 'train', settings=settings)  # recorded first: a claim always names a RUN row

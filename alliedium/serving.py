@@ -218,7 +218,6 @@ async def _poll_round(held:dict, log=None):
     if not held: return
     s = next(iter(held.values())).settings
     try: active = await asyncio.to_thread(kept_client(s).run, lambda c: active_versions_of(list(held), s, client=c))  # one kept connection
-
     except Exception as e:  # Ignite away: keep serving what is loaded
         if log: log.warning(f"polling the active model versions failed: {e}")
         return
