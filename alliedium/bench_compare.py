@@ -13,14 +13,6 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.decomposition import TruncatedSVD
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
-from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.multiclass import OneVsRestClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from .config import AlliediumError, Settings, get_settings
 from .jira import read_issues, sample_dir, tickets_frame
@@ -97,6 +89,10 @@ def featurize(df:pd.DataFrame, # tickets (`tickets_frame` columns)
               top_assignees:int=20, # candidate assignees (the most frequent in the training part)
               seed:int=0) -> BenchTask:
     "The shared dense representation of one (tenant, task): computed once, handed to every backend."
+    from sklearn.decomposition import TruncatedSVD  # (scikit-learn is imported where used: the CLI loads this module for its option defaults)
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
     train, test = _task_rows(df, task, test_fraction, top_assignees)
     text = lambda d: (d.summary.fillna('') + '\n' + d.description.fillna('')).tolist()
     tt, te = text(train), text(test)
@@ -147,6 +143,7 @@ def row_from_runs(task:BenchTask, backend:str, solver:str, fits:list[float], pre
                   asked:int|None=None, budget:float|None=None # runs asked for and the time budget (the note says when it cut the row short)
                  ) -> BenchRow:
     "A `BenchRow` from measured fit and predict seconds and the last predictions."
+    from sklearn.metrics import accuracy_score, f1_score
     row = BenchRow(task.tenant, task.task, backend, solver, n_train=len(task.y_train), n_test=len(task.y_test),
                    n_features=task.n_features, device=device, note=join_notes(note, over_budget_note(len(fits), asked, budget)))
     row.fit_s, row.predict_ms, row.runs = statistics.median(fits), 1000*statistics.median(preds), len(fits)
@@ -206,6 +203,7 @@ def unsuitable(solver:str, n_classes:int, n_features:int) -> str:
 
 def _quiet_fit(make:Callable) -> Callable:
     "A fit function that records whether the last fit converged (`.state['converged']`) instead of printing warnings."
+    from sklearn.exceptions import ConvergenceWarning
     state = {}
     def fit(X, y):
         with warnings.catch_warnings(record=True) as w:
@@ -219,6 +217,8 @@ def _quiet_fit(make:Callable) -> Callable:
 # %% ../nbs/70_bench_compare.ipynb #b48424d5
 def sklearn_rows(task:BenchTask, runs:int=5, budget:float|None=None, solvers:tuple=SKLEARN_SOLVERS, max_iter:int=MAX_ITER) -> list[BenchRow]:
     "scikit-learn `LogisticRegression` with each solver, plus `SGDClassifier(loss='log_loss')`."
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.multiclass import OneVsRestClassifier
     multi = len(task.classes) > 2
     lr = lambda s: lambda: LogisticRegression(solver=s, max_iter=max_iter, random_state=0)
     models = {s: (lambda s=s: OneVsRestClassifier(lr(s)())) if s == 'liblinear' and multi else lr(s) for s in solvers}
