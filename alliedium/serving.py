@@ -364,9 +364,12 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
     @api.get('/v1/tenants/{tenant}/jobs/{job_id}', response_model=Job, tags=['training'])
     async def job(job_id:str, tenant:str=Depends(tenant_auth)):
         "A training job's status (running, succeeded, failed) and, when done, its metrics."
-        from alliedium.runs import UnknownRun, get_run
+        from alliedium.runs import UnknownRun, get_run, live_run
         try: run = await asyncio.to_thread(get_run, job_id, settings=s)
         except UnknownRun: run = None
+        if run and run.get('status') == 'running' and not await asyncio.to_thread(live_run, job_id, s):  # lost: now marked failed
+            run = await asyncio.to_thread(get_run, job_id, settings=s)
+
         if not run or run.get('tenant_id') != tenant: raise JobNotFound(
             f"tenant {tenant!r} has no job {job_id!r}: use the job_id that POST /v1/tenants/{tenant}/train answered")
         return _job(run)

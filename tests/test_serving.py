@@ -137,7 +137,7 @@ def test_one_training_per_tenant_whatever_the_replica(ignite):
     "Replicas (and the CLI) race for a tenant's training claim in Ignite: one run wins, the others learn its id and leave no record; an ended or lost run's claim is taken over."
     from concurrent.futures import ThreadPoolExecutor
     from alliedium.runs import TrainingRunning, finish_run, get_run, list_runs, release_training, start_training
-    t, _ = new_tenant(ignite)
+    t, key = new_tenant(ignite)
     def attempt(_):
         try: return start_training(t, ignite), None
         except TrainingRunning as e: return None, e.run_id
@@ -149,7 +149,10 @@ def test_one_training_per_tenant_whatever_the_replica(ignite):
     nxt = start_training(t, ignite)   # the claim of an ended run is taken over
     with pytest.raises(TrainingRunning) as e: start_training(t, ignite)
     assert e.value.run_id == nxt and len(list_runs(t, settings=ignite)) == 2
-    later = start_training(t, ignite.model_copy(update=dict(train_timeout=1e-3)))   # a run 'running' too long counts as lost
+    slow = TestClient(make_api(LocalBackend(ignite.model_copy(update=dict(train_timeout=1e-3)))))
+    r = slow.get(f'/v1/tenants/{t}/jobs/{nxt}', headers=bearer(key))   # asked after train_timeout: the lost job reads failed
+    assert r.status_code == 200 and r.json()['status'] == 'failed' and r.json()['metrics']['error'] == 'Abandoned', r.text
+    later = start_training(t, ignite)   # ... and no longer blocks a new training
     assert get_run(nxt, ignite)['status'] == 'failed' and get_run(nxt, ignite)['metrics']['error'] == 'Abandoned'
     release_training(t, later, ignite)
     finish_run(later, 'failed', {'error': 'test'}, settings=ignite)
