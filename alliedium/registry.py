@@ -128,8 +128,7 @@ def list_models(tenant_id:str|None=None, task:str|None=None, settings:Settings|N
 
 def active_versions(tenant_id:str, settings:Settings|None=None, client:Client|None=None) -> dict[str, int]:
     "Task -> active version of a tenant (cheap: serving polls it)."
-    q = f"SELECT task, version FROM {SCHEMA}.MODEL WHERE tenant_id = ? AND active = TRUE"
-    return _with_client(settings, client, lambda c: {t: v for t, v in c.sql(q, query_args=[tenant_id])})
+    return active_versions_of([tenant_id], settings, client).get(tenant_id, {})
 
 def active_versions_of(tenant_ids:list[str], settings:Settings|None=None, client:Client|None=None) -> dict[str, dict[str, int]]:
     "Tenant -> task -> active version for many tenants in one query (what a serving replica polls; tenants without a model are left out)."

@@ -19,11 +19,11 @@ from .config import AlliediumError, Settings, get_settings
 from .ignite import IgniteUnavailable, ignite_client
 
 # %% auto #0
-__all__ = ['HTTP_STATUS', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'TrainingInProgress', 'http_status',
-           'http_error', 'IssueFields', 'JiraIssue', 'Scored', 'PriorityAnswer', 'TriageAnswer', 'WebhookIssue',
-           'WebhookEvent', 'TrainRequest', 'Job', 'bearer_key', 'KeyCache', 'authorize', 'TenantSlot',
-           'poll_promotions', 'run_training_job', 'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit',
-           'tenant_model_versions', 'make_api', 'AppArgs', 'settings_overrides']
+__all__ = ['HTTP_STATUS', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'http_status', 'http_error', 'IssueFields',
+           'JiraIssue', 'Scored', 'PriorityAnswer', 'TriageAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest',
+           'Job', 'bearer_key', 'KeyCache', 'authorize', 'TenantSlot', 'poll_promotions', 'run_training_job',
+           'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit', 'tenant_model_versions', 'make_api',
+           'AppArgs', 'settings_overrides']
 
 # %% ../nbs/60_serving.ipynb #4c5ee9ed
 class Unauthorized(AlliediumError): "No API key, or one that matches no tenant."
@@ -31,17 +31,10 @@ class Forbidden(AlliediumError): "The API key belongs to another tenant."
 class JobNotFound(AlliediumError): "No training job with this id for this tenant."
 class BodyTooLarge(AlliediumError): "The request body is over the configured limit."
 
-class TrainingInProgress(AlliediumError):
-    "A training job for this tenant is still running."
-    def __init__(self, tenant:str, job_id:str):
-        super().__init__(f"tenant {tenant!r} is already training (job {job_id}): "
-                         f"poll GET /v1/tenants/{tenant}/jobs/{job_id} and retry when it has finished")
-        self.job_id = job_id
-
 # %% ../nbs/60_serving.ipynb #fb9169f6
 HTTP_STATUS = {  # error class name -> status; the first match along the class's MRO wins
     'Unauthorized': 401, 'Forbidden': 403, 'JobNotFound': 404, 'UnknownTenant': 404, 'BodyTooLarge': 413,
-    'NoModelYet': 409, 'TrainingInProgress': 409, 'NotEnoughHistory': 409, 'TenantExists': 409,
+    'NoModelYet': 409, 'TrainingRunning': 409, 'NotEnoughHistory': 409, 'TenantExists': 409,
     'JiraError': 422, 'IgniteUnavailable': 503, 'ReconnectError': 503, 'HandshakeError': 503,
     'ConfigError': 500, 'AlliediumError': 400}
 
@@ -67,7 +60,8 @@ def http_error(exc:BaseException, # the error raised while answering
     body, headers = dict(error=name, detail=str(e) if status != 500 or isinstance(e, AlliediumError) else 'internal error'), {}
     if name == 'NoModelYet': body.update(status='untrained', todo=f"POST /v1/tenants/{tenant}/train (202 with a job id), "
                                          f"then poll GET /v1/tenants/{tenant}/jobs/{{job_id}}")
-    if isinstance(e, TrainingInProgress): body.update(status='training', job_id=e.job_id)
+    if name == 'TrainingRunning': body.update(status='training', job_id=e.run_id, todo=f"poll GET /v1/tenants/{tenant}/jobs/{e.run_id} "
+                                             "and retry when it has finished")
     if status == 401: headers['WWW-Authenticate'] = 'Bearer'
     if status == 503: headers['Retry-After'] = str(s.serve_retry_after); body['retry_after'] = s.serve_retry_after
     return JSONResponse(body, status_code=status, headers=headers)
@@ -196,8 +190,9 @@ class TenantSlot:
         "Swap in the models promoted since they were loaded (only the tasks that changed); True if any. `new`: the active versions, when known."
         from alliedium.registry import TenantModels, active_versions, load_model, load_tenant_models
         self.checked, old = time.monotonic(), self.versions
-        new = active_versions(self.tenant, self.settings) if new is None else new
-
+        if new is None:  # (asked on the process's kept connection: serving asks this often)
+            from alliedium.ignite import kept_client
+            new = kept_client(self.settings).run(lambda c: active_versions(self.tenant, self.settings, client=c))
         if new == old: return False
         if set(new) != set(old): self.models = load_tenant_models(self.tenant, self.settings); return True
         models, metrics = dict(self.models.models), dict(self.models.metrics)
@@ -241,12 +236,12 @@ def run_training_job(tenant:str, run_id:str, tasks:list[str]|None=None, settings
     from alliedium.runs import finish_run, release_training
     from alliedium.training import train_tenant
     s = Settings(**settings) if isinstance(settings, dict) else settings or get_settings()
-    try:
-        try: result = train_tenant(tenant, tasks=tasks, settings=s)
-        except AlliediumError as e:
-            finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': str(e)}, settings=s); return {}
-        except BaseException as e:
-            finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': repr(e)}, settings=s); raise
+    try: result = train_tenant(tenant, tasks=tasks, settings=s)
+    except AlliediumError as e:
+        finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': str(e)}, settings=s); return {}
+    except BaseException as e:
+        finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': repr(e)}, settings=s); raise
+    else:
         finish_run(run_id, 'succeeded', json.loads(json.dumps(result, default=str)), settings=s)
         return result
     finally: release_training(tenant, run_id, s)
@@ -353,12 +348,10 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
     @api.post('/v1/tenants/{tenant}/train', status_code=202, response_model=Job, tags=['training'])
     async def train(body:TrainRequest|None=None, tenant:str=Depends(tenant_auth)):
         "Start training the tenant's models: 202 with the job id at once; 409 with the running job's id."
-        from alliedium.runs import TrainingRunning, get_run, start_training
+        from alliedium.runs import get_run, start_training
         async with locks.setdefault(tenant, asyncio.Lock()):  # (one replica's requests queue here; replicas race for the claim in Ignite)
-            try: run_id = await asyncio.to_thread(start_training, tenant, s)
-            except TrainingRunning as e: raise TrainingInProgress(tenant, e.run_id) from None
+            run_id = await asyncio.to_thread(start_training, tenant, s)  # `TrainingRunning`: 409 with the running job's id
             backend.launch_training(tenant, run_id, body.tasks if body else None)
-
         return _job(await asyncio.to_thread(get_run, run_id, settings=s))
 
     @api.get('/v1/tenants/{tenant}/jobs/{job_id}', response_model=Job, tags=['training'])
