@@ -10,6 +10,7 @@ import hashlib, json, re, weakref
 
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,10 +23,23 @@ from .config import AlliediumError
 from .jira import FRAME_COLUMNS, parse_issue, tickets_frame
 
 # %% auto #0
-__all__ = ['INPUTS', 'TARGETS', 'POST_FILING', 'check_inputs', 'issue_frame', 'TicketRows', 'issue_rows', 'ticket_text',
-           'pack_values', 'unpack_values', 'TextEncoder', 'transform', 'text_vectorizer', 'recency_weights',
-           'active_people', 'temporal_split', 'OneHot', 'Linear', 'TextMatrix', 'text_rows', 'ReporterHistory',
-           'RowTable']
+__all__ = ['INPUTS', 'TARGETS', 'POST_FILING', 'SparseRow', 'check_inputs', 'issue_frame', 'TicketRows', 'issue_rows',
+           'ticket_text', 'pack_values', 'unpack_values', 'TextEncoder', 'transform', 'transform_one',
+           'text_vectorizer', 'recency_weights', 'active_people', 'temporal_split', 'OneHot', 'encode_rows', 'Linear',
+           'TextMatrix', 'text_rows', 'ReporterHistory', 'RowTable']
+
+# %% ../nbs/20_features.ipynb #b1c2d3e5
+class SparseRow(NamedTuple):
+    "One ticket's sparse features: the non-zero columns, their values and the block's width (what a one-row CSR matrix holds)."
+    indices: np.ndarray  # int32
+    data: np.ndarray  # float32
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]: return (1, self.width)
+
+    def toarray(self) -> np.ndarray:
+        out = np.zeros((1, self.width), self.data.dtype); np.add.at(out[0], self.indices, self.data); return out
 
 # %% ../nbs/20_features.ipynb #a1e75c64
 INPUTS = {
@@ -149,6 +163,20 @@ def transform(self:TextEncoder, texts:list[str]) -> sp.csr_matrix:
     return X
 TextEncoder.transform = transform
 
+def transform_one(self:TextEncoder, text:str) -> SparseRow:
+    "One text's L2-normalised TF-IDF row (the numbers of `transform`) as a `SparseRow`; the last text is remembered."
+    memo = getattr(self, '_row_memo', None)  # a request's tasks share one encoder: its text is encoded once
+    if memo is not None and memo[0] == text: return memo[1]
+    c = Counter(j for j in map(self.vocabulary_.get, _TOKEN.findall(text.lower())) if j is not None)
+    idx = np.fromiter(c.keys(), np.int32, len(c))
+    data = (np.log(np.fromiter(c.values(), np.float32, len(c))) + np.float32(1)) * self.idf_[idx]
+    norm = np.sqrt(np.dot(data.astype(np.float64), data))
+    row = SparseRow(idx, (data / norm).astype(np.float32) if norm else data, len(self.terms))
+    self._row_memo = (text, row)
+    return row
+TextEncoder.transform_one = transform_one
+
+
 def text_vectorizer(max_features:int=50000) -> TextEncoder:
     "The text encoder every model uses (word unigrams, sublinear tf, float32)."
     return TextEncoder(max_features)
@@ -190,6 +218,14 @@ class OneHot:
             indptr.append(len(cols))
         return sp.csr_matrix((np.ones(len(cols), np.float32), np.asarray(cols, np.int32), np.asarray(indptr, np.int32)),
                              shape=(len(indptr) - 1, len(self.index)))
+    def transform_one(self, value) -> SparseRow:
+        "One value's (or list's) indicator row as a `SparseRow`."
+        cols = [j for j in (self.index.get(str(x)) for x in _as_list(value)) if j is not None]
+        return SparseRow(np.asarray(cols, np.int32), np.ones(len(cols), np.float32), len(self.index))
+
+def encode_rows(encoder:TextEncoder|OneHot, values:list) -> sp.csr_matrix|SparseRow:
+    "What prediction feeds the models: a `SparseRow` for one ticket, the matrix for several."
+    return encoder.transform_one(values[0]) if len(values) == 1 else encoder.transform(values)
 
 # %% ../nbs/20_features.ipynb #8c2f4a90
 def _onehot_getstate(self:OneHot) -> dict:
@@ -215,7 +251,7 @@ class Linear:
         if not isinstance(X, (list, tuple)): return np.asarray(X @ self.W) + self.b
         d, o = self.b[None, :], 0
         for B in X:
-            if sp.issparse(B) and B.shape[0] == 1: d = d + B.data @ self.W[o + B.indices]  # one ticket: its few non-zeros' rows
+            if isinstance(B, SparseRow) or (sp.issparse(B) and B.shape[0] == 1): d = d + B.data @ self.W[o + B.indices]  # one ticket: its non-zeros' rows
             else: d = d + np.asarray(B @ self.W[o:o + B.shape[1]])
             o += B.shape[1]
         return d

@@ -6,14 +6,15 @@ Docs: https://alliedium.github.io/alliedium/30_models/assignee.html.md"""
 
 # %% ../../nbs/30_models/31_assignee.ipynb #473e2ffb
 from __future__ import annotations
+import math
 
 import numpy as np
+
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression, SGDClassifier
-from ..features import (Linear, OneHot, ReporterHistory, TextMatrix, active_people, recency_weights, text_rows,
-
-                                text_vectorizer, ticket_text)
+from ..features import (Linear, OneHot, ReporterHistory, TextMatrix, active_people, encode_rows, recency_weights,
+                                text_rows, text_vectorizer, ticket_text)
 
 # %% auto #0
 __all__ = ['AssigneeModel', 'rank', 'fit', 'predict']
@@ -71,25 +72,22 @@ def _fit_others(self:AssigneeModel, df, X, a, w, y_self, end):
     self.classes_ = self.others.classes_
 AssigneeModel._fit_others = _fit_others
 
-def _cats(self:AssigneeModel, df) -> list[sp.csr_matrix]:
-    "The reporter and first-component indicator blocks."
-    return [self.reporters.transform(list(df['reporter'])), self.components.transform([_first(c) for c in df['components']])]
-
-
+def _cats(self:AssigneeModel, df, encode=lambda enc, values: enc.transform(values)) -> list:
+    "The reporter and first-component indicator blocks (`encode`: `encode_rows` when predicting)."
+    return [encode(self.reporters, list(df['reporter'])), encode(self.components, [_first(c) for c in df['components']])]
 AssigneeModel._cats = _cats
 
 # %% ../../nbs/30_models/31_assignee.ipynb #a13da03a
 def _raw_scores(self:AssigneeModel, df:pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Uncalibrated: p_self per row, and the others' score matrix (reporter's column zeroed, rows summing to 1 - p_self)."
-    X = self.vectorizer.transform(ticket_text(df))
+    X = encode_rows(self.vectorizer, ticket_text(df))
     p_self = self.self_clf.predict_proba([X, self.history.transform(df)])[:, 1]
     rep = np.asarray(list(df['reporter']) + [None], dtype=object)[:-1]  # (a pandas column or `TicketRows`' list; the None keeps strings objects)
     p_self = np.where([r is None or r != r for r in rep], 0.0, p_self)
     if self.others is None:
         P = np.ones((len(df), len(self.classes_)))
-    else: P = self.others.predict_proba([X, *self._cats(df)])
+    else: P = self.others.predict_proba([X, *self._cats(df, encode_rows)])
     P = P * (self.classes_[None, :] != rep[:, None])
-
     P = P / np.clip(P.sum(1, keepdims=True), 1e-12, None) * (1 - p_self)[:, None]
     return p_self, P, rep
 AssigneeModel._raw_scores = _raw_scores
@@ -100,7 +98,8 @@ def rank(self:AssigneeModel, df:pd.DataFrame, k:int|None=None, calibrated:bool=T
     k = k or self.top_k
     p_self, P, rep = self._raw_scores(df)
     a, b = self.platt if calibrated else (1.0, 0.0)
-    cal = lambda s: float(1 / (1 + np.exp(-(a * _logit(s) + b))))
+    def cal(s) -> float:  # one score, in floats (numpy's per-call cost was most of it); the sigmoid as tanh cannot overflow
+        s = min(max(float(s), 1e-6), 1 - 1e-6); return 0.5 * (1 + math.tanh((a * math.log(s / (1 - s)) + b) / 2))
     out = []
     for i in range(len(df)):
         top = np.argsort(-P[i])[:k]

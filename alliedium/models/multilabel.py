@@ -8,14 +8,12 @@ Docs: https://alliedium.github.io/alliedium/30_models/multilabel.html.md"""
 from __future__ import annotations
 import hashlib
 
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..features import (OneHot, RowTable, TextMatrix, _as_list, pack_values, recency_weights, text_rows, text_vectorizer,
-
-                                ticket_text, unpack_values)
+from ..features import (OneHot, RowTable, SparseRow, TextMatrix, _as_list, encode_rows, pack_values, recency_weights,
+                                text_rows, text_vectorizer, ticket_text, unpack_values)
 
 # %% auto #0
 __all__ = ['KnnIndex', 'knn_scores', 'MultiLabelModel', 'scores', 'fit', 'predict_sets', 'predict']
@@ -37,11 +35,20 @@ class KnnIndex:
                                             (self.XT.indptr, self.XT.indices, self.XT.data.astype(np.float16), self.w))).hexdigest()
         self._memo = None
 
-    def neighbours(self, Q:sp.csr_matrix, k:int) -> tuple[np.ndarray, np.ndarray]:
+    def similarities(self, Q:sp.csr_matrix|SparseRow) -> np.ndarray:
+        "Weighted similarity of each query row to each past ticket (one ticket: summed from its terms' postings, no scipy product)."
+        if not isinstance(Q, SparseRow): return (Q @ self.XT).toarray() * self.w[None, :]
+        XT = self.XT
+        starts, lens = XT.indptr[Q.indices], np.diff(XT.indptr)[Q.indices]
+        pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())  # the query terms' postings, one after another
+        S = np.bincount(XT.indices[pos], weights=XT.data[pos] * np.repeat(Q.data, lens), minlength=XT.shape[1])
+        return (S.astype(np.float32) * self.w)[None, :]
+
+    def neighbours(self, Q:sp.csr_matrix|SparseRow, k:int) -> tuple[np.ndarray, np.ndarray]:
         "Per query row, the `k` most similar past tickets and their weighted similarities (the last small query is remembered:"
         " a request's components and labels models share one index and one query)."
         if (m := self._memo) is not None and m[0] is Q and m[1] == k: return m[2], m[3]
-        S = (Q @ self.XT).toarray() * self.w[None, :]
+        S = self.similarities(Q)
         top = np.argpartition(-S, k - 1, axis=1)[:, :k]
         sims = np.take_along_axis(S, top, 1)
         if Q.shape[0] <= 8: self._memo = (Q, k, top, sims)
@@ -70,7 +77,7 @@ def knn_scores(Q:sp.csr_matrix, # query rows (L2-normalised TF-IDF)
     k = min(k, index.n)
     for s in range(0, Q.shape[0], chunk):
         top, sims = index.neighbours(Q[s:s + chunk] if Q.shape[0] > chunk else Q, k)
-        out[s:s + chunk] = np.einsum('qk,qkv->qv', sims, Y[top]) / np.clip(sims.sum(1, keepdims=True), 1e-9, None)
+        out[s:s + chunk] = (sims[:, None, :] @ Y[top])[:, 0] / np.clip(sims.sum(1, keepdims=True), 1e-9, None)
     return out
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #716294aa
@@ -132,9 +139,8 @@ def _ml_setstate(self:MultiLabelModel, s:dict):
 MultiLabelModel.__getstate__, MultiLabelModel.__setstate__ = _ml_getstate, _ml_setstate
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #e07fd4b0
-def _scores(self:MultiLabelModel, df:pd.DataFrame, Q:sp.csr_matrix) -> np.ndarray:
+def _scores(self:MultiLabelModel, df:pd.DataFrame, Q:sp.csr_matrix|SparseRow) -> np.ndarray:
     S = knn_scores(Q, self.index_, self.Y_, self.k)
-
     P = np.stack([self.prior_.get(str(r) if r is not None and r == r else '?', self.base_) for r in df['reporter']]) \
         if len(df) else np.zeros_like(S)
     return (1 - self.reporter_weight) * S + self.reporter_weight * P
@@ -142,7 +148,7 @@ MultiLabelModel._scores = _scores
 
 def scores(self:MultiLabelModel, df:pd.DataFrame) -> np.ndarray:
     "Score of each value (columns: `classes_`) per ticket."
-    return self._scores(df, self.vectorizer.transform(ticket_text(df)).tocsr())
+    return self._scores(df, encode_rows(self.vectorizer, ticket_text(df)))
 MultiLabelModel.scores = scores
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #22353b58
@@ -168,7 +174,9 @@ MultiLabelModel.fit = fit
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #aaae2452
 def _chosen(self:MultiLabelModel, s:np.ndarray) -> list[int]:
-    return [j for j in np.argsort(-s) if s[j] >= self.thresholds_[j]][:self.max_values]
+    order = np.argsort(-s)
+    return order[s[order] >= self.thresholds_[order]][:self.max_values].tolist()
+
 
 def predict_sets(self:MultiLabelModel, df:pd.DataFrame) -> list[list[str]]:
     "The values over their thresholds per ticket (at most `max_values`, best first)."
