@@ -25,8 +25,8 @@ from .jira import FRAME_COLUMNS, parse_issue, tickets_frame
 # %% auto #0
 __all__ = ['INPUTS', 'TARGETS', 'POST_FILING', 'SparseRow', 'check_inputs', 'issue_frame', 'TicketRows', 'issue_rows',
            'ticket_text', 'pack_values', 'unpack_values', 'TextEncoder', 'transform', 'transform_one',
-           'text_vectorizer', 'recency_weights', 'active_people', 'temporal_split', 'OneHot', 'encode_rows', 'Linear',
-           'TextMatrix', 'text_rows', 'ReporterHistory', 'RowTable']
+           'text_vectorizer', 'recency_weights', 'active_people', 'temporal_split', 'OneHot', 'encode_rows',
+           'encode_all', 'Linear', 'TextMatrix', 'text_rows', 'ReporterHistory', 'RowTable']
 
 # %% ../nbs/20_features.ipynb #b1c2d3e5
 class SparseRow(NamedTuple):
@@ -37,9 +37,6 @@ class SparseRow(NamedTuple):
 
     @property
     def shape(self) -> tuple[int, int]: return (1, self.width)
-
-    def toarray(self) -> np.ndarray:
-        out = np.zeros((1, self.width), self.data.dtype); np.add.at(out[0], self.indices, self.data); return out
 
 # %% ../nbs/20_features.ipynb #a1e75c64
 INPUTS = {
@@ -148,12 +145,11 @@ def transform(self:TextEncoder, texts:list[str]) -> sp.csr_matrix:
     texts = list(texts)
     memo = self._memo  # a request's tasks share one encoder: the same few texts are transformed once
     if memo is not None and len(texts) <= 8 and memo[0] == texts: return memo[1]
-    voc, idx, cnt, indptr = self.vocabulary_, [], [], [0]
+    idx, cnt, indptr = [], [], [0]
     for t in texts:
-        c = Counter(j for j in map(voc.get, _TOKEN.findall(t.lower())) if j is not None)
-        idx.extend(c.keys()); cnt.extend(c.values()); indptr.append(len(idx))
+        c = self._term_counts(t); idx.extend(c.keys()); cnt.extend(c.values()); indptr.append(len(idx))
     idx, indptr = np.asarray(idx, np.int32), np.asarray(indptr, np.int64)
-    data = (np.log(np.asarray(cnt, np.float32)) + np.float32(1)) * self.idf_[idx]
+    data = self._tfidf(idx, cnt)
     row = np.repeat(np.arange(len(texts)), np.diff(indptr))
     norm = np.sqrt(np.bincount(row, data.astype(np.float64) ** 2, minlength=len(texts)))
     data = (data / np.where(norm == 0, 1, norm)[row]).astype(np.float32)
@@ -163,13 +159,22 @@ def transform(self:TextEncoder, texts:list[str]) -> sp.csr_matrix:
     return X
 TextEncoder.transform = transform
 
+def _term_counts(self:TextEncoder, text:str) -> Counter:
+    "Term id -> count of one text's known terms."
+    return Counter(j for j in map(self.vocabulary_.get, _TOKEN.findall(text.lower())) if j is not None)
+
+def _tfidf(self:TextEncoder, idx:np.ndarray, counts) -> np.ndarray:
+    "Sublinear tf times idf of the terms `idx` counted `counts` times (float32, not normalised)."
+    return (np.log(np.asarray(counts, np.float32)) + np.float32(1)) * self.idf_[idx]
+TextEncoder._term_counts, TextEncoder._tfidf = _term_counts, _tfidf
+
 def transform_one(self:TextEncoder, text:str) -> SparseRow:
     "One text's L2-normalised TF-IDF row (the numbers of `transform`) as a `SparseRow`; the last text is remembered."
     memo = getattr(self, '_row_memo', None)  # a request's tasks share one encoder: its text is encoded once
     if memo is not None and memo[0] == text: return memo[1]
-    c = Counter(j for j in map(self.vocabulary_.get, _TOKEN.findall(text.lower())) if j is not None)
+    c = self._term_counts(text)
     idx = np.fromiter(c.keys(), np.int32, len(c))
-    data = (np.log(np.fromiter(c.values(), np.float32, len(c))) + np.float32(1)) * self.idf_[idx]
+    data = self._tfidf(idx, np.fromiter(c.values(), np.float32, len(c)))
     norm = np.sqrt(np.dot(data.astype(np.float64), data))
     row = SparseRow(idx, (data / norm).astype(np.float32) if norm else data, len(self.terms))
     self._row_memo = (text, row)
@@ -227,6 +232,10 @@ def encode_rows(encoder:TextEncoder|OneHot, values:list) -> sp.csr_matrix|Sparse
     "What prediction feeds the models: a `SparseRow` for one ticket, the matrix for several."
     return encoder.transform_one(values[0]) if len(values) == 1 else encoder.transform(values)
 
+def encode_all(encoder:TextEncoder|OneHot, values:list) -> sp.csr_matrix:
+    "What fitting feeds the models: the matrix, whatever the number of tickets."
+    return encoder.transform(values)
+
 # %% ../nbs/20_features.ipynb #8c2f4a90
 def _onehot_getstate(self:OneHot) -> dict:
     return dict(min_count=self.min_count, keys=pack_values(sorted(self.index, key=self.index.get)))
@@ -251,7 +260,8 @@ class Linear:
         if not isinstance(X, (list, tuple)): return np.asarray(X @ self.W) + self.b
         d, o = self.b[None, :], 0
         for B in X:
-            if isinstance(B, SparseRow) or (sp.issparse(B) and B.shape[0] == 1): d = d + B.data @ self.W[o + B.indices]  # one ticket: its non-zeros' rows
+            if isinstance(B, SparseRow) or (sp.issparse(B) and B.shape[0] == 1):
+                d = d + B.data @ self.W[o + B.indices]  # one ticket: its few non-zeros' rows
             else: d = d + np.asarray(B @ self.W[o:o + B.shape[1]])
             o += B.shape[1]
         return d

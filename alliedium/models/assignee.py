@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression, SGDClassifier
-from ..features import (Linear, OneHot, ReporterHistory, TextMatrix, active_people, encode_rows, recency_weights,
-                                text_rows, text_vectorizer, ticket_text)
+from ..features import (Linear, OneHot, ReporterHistory, TextMatrix, active_people, encode_all, encode_rows,
+                                recency_weights, text_rows, text_vectorizer, ticket_text)
 
 # %% auto #0
 __all__ = ['AssigneeModel', 'rank', 'fit', 'predict']
@@ -72,7 +72,7 @@ def _fit_others(self:AssigneeModel, df, X, a, w, y_self, end):
     self.classes_ = self.others.classes_
 AssigneeModel._fit_others = _fit_others
 
-def _cats(self:AssigneeModel, df, encode=lambda enc, values: enc.transform(values)) -> list:
+def _cats(self:AssigneeModel, df, encode=encode_all) -> list:
     "The reporter and first-component indicator blocks (`encode`: `encode_rows` when predicting)."
     return [encode(self.reporters, list(df['reporter'])), encode(self.components, [_first(c) for c in df['components']])]
 AssigneeModel._cats = _cats

@@ -12,7 +12,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 
-from ..features import Linear, OneHot, TextMatrix, encode_rows, recency_weights, text_rows, text_vectorizer, ticket_text
+from ..features import (Linear, OneHot, TextMatrix, encode_all, encode_rows, recency_weights, text_rows, text_vectorizer,
+                                ticket_text)
 
 # %% auto #0
 __all__ = ['URGENCY', 'urgency', 'PriorityModel', 'fit', 'proba', 'rank_score', 'predict']
@@ -41,7 +42,7 @@ class PriorityModel:
         "The feature blocks of `df` (text, reporter, components); stacked into one matrix when fitting."
         if fit: self.reporters, self.components = OneHot(2).fit(df['reporter'].tolist()), OneHot().fit(df['components'].tolist())
         if fit: self.types = OneHot().fit(df['issue_type'].tolist())
-        enc = (lambda e, values: e.transform(values)) if fit else encode_rows  # predicting one ticket: `SparseRow`s
+        enc = encode_all if fit else encode_rows  # predicting one ticket: `SparseRow`s
         X = enc(self.vectorizer, ticket_text(df)) if X is None else X
         blocks = [X, enc(self.reporters, list(df['reporter'])), enc(self.components, list(df['components']))]
         if getattr(self, 'types', None) is not None: blocks.append(enc(self.types, list(df['issue_type'])))  # absent in older models
