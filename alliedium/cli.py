@@ -6,7 +6,7 @@ Docs: https://alliedium.github.io/alliedium/cli.html.md"""
 
 # %% ../nbs/90_cli.ipynb #aa606c0a
 from __future__ import annotations
-import importlib, json, pkgutil, sys
+import importlib, json, os, pkgutil, sys
 from typing import Annotated
 
 import typer
@@ -29,7 +29,7 @@ ignite_app = typer.Typer(help="The local Ignite node (the embedded default) and 
 bench_app = typer.Typer(help="Benchmarks: they print figures and ratios against baselines.", no_args_is_help=True)
 app.add_typer(ignite_app, name='ignite')
 app.add_typer(bench_app, name='bench')
-console = Console()
+console = Console(width=None if sys.stdout.isatty() or 'COLUMNS' in os.environ else 140)  # piped (logs, CI): rich would wrap tables at 80
 
 # %% ../nbs/90_cli.ipynb #ed9f29b6
 @ignite_app.command('start')
