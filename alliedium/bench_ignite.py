@@ -47,7 +47,6 @@ def _gateway(settings:Settings|None=None):
             from alliedium.ignite import start_local_node
             mb = int(s.ignite_heap[:-1]) * {'k': 1 / 1024, 'm': 1, 'g': 1024}[s.ignite_heap[-1].lower()]
             start_local_node(s if mb >= 2048 else s.model_copy(update={'ignite_heap': '2g'}))
-
         gw = _started = Gateway(s).start()
     return gw
 

@@ -7,7 +7,6 @@ Docs: https://alliedium.github.io/alliedium/config.html.md"""
 # %% ../nbs/00_config.ipynb #d3081bd2
 from __future__ import annotations
 from functools import lru_cache
-
 from pathlib import Path
 
 from fastcore.basics import patch

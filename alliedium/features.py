@@ -266,7 +266,6 @@ class Linear:
             o += B.shape[1]
         return d
 
-
     def predict_proba(self, X) -> np.ndarray:
         d = self.decision_function(X)
         if self.softmax:

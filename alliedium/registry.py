@@ -211,7 +211,6 @@ class TenantModels:
         "Versions, assignee top-k, components, labels, priority, rank_score and abstain for one issue."
         from alliedium.features import issue_rows
         row = issue_rows(issue, self.tenant_id)
-
         out = dict(versions=dict(self.versions), assignee=[], components=[], labels=[], priority=None, rank_score=None, abstain=True)
         if 'assignee' in self.models: out.update(self.models['assignee'].predict(row)[0])
         for task in ('components', 'labels'):

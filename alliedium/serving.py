@@ -156,7 +156,6 @@ class KeyCache:
         from alliedium.ignite import kept_client
         from alliedium.tenants import tenant_for_key
         tenant = kept_client(self.settings).run(lambda c: tenant_for_key(key, self.settings, client=c))  # no connection per lookup
-
         if tenant is not None and self.settings.serve_key_cache_seconds > 0:
             self.hits[h] = (tenant, now + self.settings.serve_key_cache_seconds)
         return tenant
@@ -362,7 +361,6 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
         except UnknownRun: run = None
         if run and run.get('status') == 'running' and not await asyncio.to_thread(live_run, job_id, s):  # lost: now marked failed
             run = await asyncio.to_thread(get_run, job_id, settings=s)
-
         if not run or run.get('tenant_id') != tenant: raise JobNotFound(
             f"tenant {tenant!r} has no job {job_id!r}: use the job_id that POST /v1/tenants/{tenant}/train answered")
         return _job(run)

@@ -152,7 +152,6 @@ def bench_report(r:dict) -> str:
             f"(target >= 1,000 issues/s: {met(r['ingest_per_s'] >= 1000)}; <= 3x: {met(r['ratio'] <= 3)})\n"
             f"  this process's CPU time for the first ingest: {r['client_cpu_ratio']}x its parse-only CPU time"
             + (f"; the Ignite node's: {r['node_cpu_s']:.2f}s" if r.get('node_cpu_s') is not None else '') + f"; load average {r['load_average']}\n"
-
             f"  re-ingest, unchanged: {r['reingest_s']:.2f}s = {r['reingest_per_s']:,} issues/s, {r['reingest_unchanged']:,} unchanged "
             f"(target: at least as fast as the first: {met(r['reingest_s'] <= r['ingest_s'])})")
 
@@ -178,7 +177,6 @@ def bench_ingest(file: str = typer.Option('Hive', help="project file name (witho
     w = warm_up(path, rounds=warmup, progress=said)
     results = [bench_file(p, f"bench-{p.name.split('.')[0].lower()}") for p in ([path] + [p for p in paths if p != path])]
     for r in results: r['warmup_issues'], r['warmup_rounds'] = (w.inserted if w else 0), warmup
-
     if as_json: print(json.dumps(results, indent=2)); return
     for r in results: console.print(bench_report(r), highlight=False)
 

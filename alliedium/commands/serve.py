@@ -373,7 +373,6 @@ def promotion_seconds(url:str, tenant:str, key:str, issue:dict, s:Settings, pref
     "Register a copy of `tenant`'s active priority model as a new version, promote it, and time until triage answers with it."
     from alliedium.registry import load_model, promote, register_model
     _, model, metrics = load_model(tenant, 'priority', settings=s)
-
     new = register_model(tenant, 'priority', model, metrics, settings=s)
     t0 = time.perf_counter(); promote(tenant, 'priority', new, settings=s)
     while time.perf_counter() - t0 < timeout:
@@ -401,7 +400,6 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
         serve.run(load_app('serve.app:build_app', dict(settings={**settings_overrides(s), 'serve_models_in_ingress': True,
                                                                  'serve_ingress_replicas': cores}), s),
                   name='triage-in-ingress', route_prefix='/in-ingress')
-
         url, warm = f'http://127.0.0.1:{s.serve_port}', names[:8]
         load(url, [('/echo', {}, issues[0])] * 20, 4)  # warm-up: connections, models
         for prefix in variants.values(): load(url, triage_req(warm, 40, prefix), 4)
@@ -426,7 +424,6 @@ def bench_table(out:dict, s:Settings) -> Table:
         t.add_row(k, str(v['n']), str(v['errors']), f"{v['rps']:.0f}" if k != 'cold_load' else '', f"{v['p50']:.1f}", f"{v['p99']:.1f}", cpu, ratio)
     t.caption = (f"CPU ms/req: the whole machine's busy CPU time per answered request (every process, the load generator too). "
                  f"targets: triage >= 0.8x echo at c=8; warm p99 at c=1 <= 30 ms; cold load p99 <= 100 ms; a promotion served within 5 s; "
-
                  f"<= {s.serve_models_per_replica} models per replica (ALLIEDIUM_SERVE_MODELS_PER_REPLICA)")
     return t
 
@@ -444,6 +441,5 @@ def bench_serve(requests: int = typer.Option(300, help="requests per run"),
     s = Settings(**{**settings_overrides(s), 'serve_port': free_port()})
     with redirect_stdout(sys.stderr):  # what Ray prints while Serve shuts down stays off the figures (and off --json)
         out = bench_serve_run(s, requests, max(tenants, 8), cold)
-
     if as_json: print(json.dumps(out, indent=2)); return
     console.print(bench_table(out, s))
