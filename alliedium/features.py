@@ -106,7 +106,6 @@ def unpack_values(b:bytes) -> list[str]: return json.loads(bytes(b).decode())
 _ENCODERS = weakref.WeakValueDictionary()  # digest -> a loaded encoder
 
 class TextEncoder:
-
     "TF-IDF of ticket texts (word unigrams, sublinear tf, idf, L2 rows, float32): fitted with scikit-learn, stored as a term list and an idf array."
     def __init__(self, max_features:int=50000, # most frequent terms kept
                  min_df:int=2): # terms in fewer tickets are dropped

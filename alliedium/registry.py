@@ -58,7 +58,6 @@ def load_artifact(data:bytes, fmt:str|None, what:str='artifact'):
     kind, _, digest = (fmt or '').partition(';sha256=')
     if kind.startswith('skops/') and kind != FORMAT and digest: raise ArtifactRefused(
         f"{what}: format {kind!r} was written by an older alliedium (this one reads {FORMAT!r}): retrain with `alliedium train`")
-
     if kind != FORMAT or not digest: raise ArtifactRefused(
         f"{what}: format {fmt!r} is not {FORMAT!r}: it was not written by alliedium; retrain with `alliedium train`")
     if hashlib.sha256(bytes(data or b'')).hexdigest() != digest: raise ArtifactRefused(
@@ -205,7 +204,6 @@ class TenantModels:
             for attr in ('vectorizer', 'index_'):
                 part = getattr(m, attr, None)
                 if getattr(part, 'digest', None): setattr(m, attr, shared.setdefault((attr, part.digest), part))
-
 
     def triage(self, issue:dict) -> dict:
         "Versions, assignee top-k, components, labels, priority, rank_score and abstain for one issue."

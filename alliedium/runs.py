@@ -30,7 +30,6 @@ def _row(r:list) -> dict:
     d = dict(zip(COLUMNS, r))
     d['metrics'] = json.loads(d['metrics']) if d['metrics'] else {}
     d['started_at'], d['finished_at'] = sql_time(d['started_at']), sql_time(d['finished_at'])
-
     return d
 
 # %% ../nbs/45_runs.ipynb #74e1c843

@@ -181,7 +181,6 @@ def bench_train(data: Path = typer.Option(None, help="folder of <Project>.jsonl.
                   ', '.join(f"{k} {v:.2f} ms" for k, v in r['predict_ms'].items()) + f"; sum {r['predict_ms_all']:.2f} ms", highlight=False)
     console.print(f"one Jira issue triaged in-process as serving does (JSON parsed, text encoded once, every task): "
                   f"{r['triage_ms']:.2f} ms (target 5 ms: {r['triage_ms'] / 5:.2f}x)", highlight=False)
-
     if all_tenants: print_table(d)
 
 # %% ../../nbs/92_commands_models.ipynb #1b99416d

@@ -344,7 +344,6 @@ def clone_models(src:str, dst:str, s:Settings):
     if _current(dst, s): return
     with ignite_client(s) as c:
         c.sql(f'DELETE FROM {SCHEMA}.MODEL WHERE tenant_id = ?', query_args=[dst])
-
         c.sql(f'INSERT INTO {SCHEMA}.MODEL (tenant_id, task, version, created_at, metrics, artifact, format, active) '
               f'SELECT ?, task, version, created_at, metrics, artifact, format, active FROM {SCHEMA}.MODEL '
               'WHERE tenant_id = ? AND active = TRUE', query_args=[dst, src])

@@ -54,7 +54,6 @@ def _fit_core(self:AssigneeModel, df:pd.DataFrame, text:TextMatrix|None=None):
     w = recency_weights(df['created_at'][a], end, self.half_life_days)
     y_self = (df['assignee'][a] == df['reporter'][a]).to_numpy()
     self.self_clf = Linear.of(LogisticRegression(C=1.0, solver='liblinear').fit(sp.hstack([X, H[a]]).tocsr(), y_self, sample_weight=w))
-
     self._fit_others(df, X, a, w, y_self, end)
     return self
 AssigneeModel._fit_core = _fit_core

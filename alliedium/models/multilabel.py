@@ -110,7 +110,6 @@ def _store(self:MultiLabelModel, df:pd.DataFrame, X:sp.csr_matrix):
     "Remember the history the neighbours come from."
     self.Y_ = self._Y(df).astype(np.float32)
     self.index_ = KnnIndex(X, recency_weights(df['created_at'], df['created_at'].max(), self.half_life_days))
-
     self.prior_ = self._reporter_prior(df, self.Y_)
     self.base_ = self.Y_.mean(0) if len(self.Y_) else np.zeros(self.Y_.shape[1], np.float32)
 MultiLabelModel._Y, MultiLabelModel._reporter_prior, MultiLabelModel._store = _Y, _reporter_prior, _store
@@ -132,7 +131,6 @@ def _ml_setstate(self:MultiLabelModel, s:dict):
                               w=s.pop('w_'), digest=None))
         s['index_'] = idx
     if 'prior_names' in s:
-
         self.Y_ = np.asarray(s.pop('Y_'), np.float32)
         self.prior_ = RowTable(unpack_values(s.pop('prior_names')), np.asarray(s.pop('prior_M'), np.float32))
     self.__dict__.update(s)

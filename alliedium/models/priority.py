@@ -62,7 +62,6 @@ def fit(self:PriorityModel, df:pd.DataFrame, # the tenant's tickets (training hi
     else: self.clf = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=300, tol=1e-3)
     self.clf = Linear.of(self.clf.fit(self._X(df, text_rows(df, text, self.vectorizer), fit=True), df['priority'].astype(str).to_numpy(),
                                       sample_weight=w))
-
     self.classes_ = self.clf.classes_
     u = np.array([urgency(c) for c in self.classes_]); self._urgency = (u - 1) / 4
     return self
