@@ -124,8 +124,9 @@ class Echo:
 
 
 def build_echo(args: AppArgs) -> serve.Application:
-    "The echo baseline app."
-    return Echo.options(ray_actor_options=dict(num_cpus=args.resolved().serve_replica_cpus)).bind()
+    "The echo baseline app (in `serve_ingress_replicas` replicas: one unless set)."
+    s = args.resolved()
+    return Echo.options(num_replicas=s.serve_ingress_replicas, ray_actor_options=dict(num_cpus=s.serve_replica_cpus)).bind()
 
 
 app = build_app(AppArgs())

@@ -6,7 +6,7 @@ Docs: https://alliedium.github.io/alliedium/commands_serve.html.md"""
 
 # %% ../../nbs/94_commands_serve.ipynb #83e97baf
 from __future__ import annotations
-import asyncio, gzip, importlib, itertools, json, math, os, signal, subprocess, sys, time
+import asyncio, gzip, importlib, itertools, json, math, os, re, signal, subprocess, sys, time
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
@@ -393,17 +393,20 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
     serve.start(http_options=dict(host='127.0.0.1', port=s.serve_port))
     cores = os.cpu_count() or 1  # models in the ingress: one ingress process per core
     variants = {'triage': '', f'triage, models in ingress x{cores}': '/in-ingress'}
+    echoes = {'echo': 1, f'echo x{cores}': cores} if cores > 1 else {'echo': 1}  # the baseline; the same in as many replicas as that ingress
     try:
-        serve.run(load_app('serve.app:build_echo', dict(settings=settings_overrides(s)), s), name='echo', route_prefix='/echo')
+        for name, n in echoes.items():
+            serve.run(load_app('serve.app:build_echo', dict(settings={**settings_overrides(s), 'serve_ingress_replicas': n}), s),
+                      name=name.replace(' ', '-'), route_prefix='/' + name.replace(' ', '-'))
         serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name='triage', route_prefix='/')
         serve.run(load_app('serve.app:build_app', dict(settings={**settings_overrides(s), 'serve_models_in_ingress': True,
                                                                  'serve_ingress_replicas': cores}), s),
                   name='triage-in-ingress', route_prefix='/in-ingress')
         url, warm = f'http://127.0.0.1:{s.serve_port}', names[:8]
-        load(url, [('/echo', {}, issues[0])] * 20, 4)  # warm-up: connections, models
+        for name in echoes: load(url, [('/' + name.replace(' ', '-'), {}, issues[0])] * 20, 4)  # warm-up: connections, models
         for prefix in variants.values(): load(url, triage_req(warm, 40, prefix), 4)
         for c in levels:
-            out[f'echo c={c}'] = load(url, [('/echo', {}, issues[i % len(issues)]) for i in range(requests)], c)
+            for name in echoes: out[f'{name} c={c}'] = load(url, [('/' + name.replace(' ', '-'), {}, issues[i % len(issues)]) for i in range(requests)], c)
             for name, prefix in variants.items(): out[f'{name} c={c}'] = load(url, triage_req(warm, requests, prefix), c)
         for name, prefix in variants.items():  # promotion first, while the tenant's models are warm (polled, not reloaded by churn)
             out[f'{name}: promotion served after (s)'] = promotion_seconds(url, warm[0], keys[warm[0]], issues[0], s, prefix)
@@ -414,14 +417,19 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
 # %% ../../nbs/94_commands_serve.ipynb #d3efbdc3
 def bench_table(out:dict, s:Settings) -> Table:
     "The figures as a table, with the triage/echo ratios and the targets."
-    t = Table('run', 'requests', 'errors', 'req/s', 'p50 ms', 'p99 ms', 'CPU ms/req', 'triage/echo', title='alliedium bench serve')
+    t = Table('run', 'requests', 'errors', 'req/s', 'p50 ms', 'p99 ms', 'CPU ms/req', 'triage/echo', 'vs echo xN', title='alliedium bench serve')
+    def ratio(k:str, echo:str) -> str:
+        e = out.get(f"{echo} c={k.split('c=')[-1]}", {}).get('rps')
+        return f"{out[k]['rps'] / e:.2f}x" if e and k.startswith('triage') and ':' not in k else ''
     for k, v in out.items():
-        if not isinstance(v, dict): t.add_row(k, '', '', '', f"{v:.2f} s", '', '', ''); continue
-        c = k.split('c=')[-1]
-        ratio = f"{v['rps'] / out[f'echo c={c}']['rps']:.2f}x" if k.startswith('triage') and ':' not in k and out.get(f'echo c={c}', {}).get('rps') else ''
+        if not isinstance(v, dict): t.add_row(k, '', '', '', f"{v:.2f} s", '', '', '', ''); continue
+        same = re.search(r' (x\d+) c=', k)  # triage in N ingress replicas, against echo in N replicas
         cpu = f"{v['cpu_ms']:.1f}" if v.get('cpu_ms') is not None and k != 'cold_load' else ''
-        t.add_row(k, str(v['n']), str(v['errors']), f"{v['rps']:.0f}" if k != 'cold_load' else '', f"{v['p50']:.1f}", f"{v['p99']:.1f}", cpu, ratio)
+        t.add_row(k, str(v['n']), str(v['errors']), f"{v['rps']:.0f}" if k != 'cold_load' else '', f"{v['p50']:.1f}", f"{v['p99']:.1f}", cpu,
+                  ratio(k, 'echo'), ratio(k, f'echo {same[1]}') if same else '')
     t.caption = (f"CPU ms/req: the whole machine's busy CPU time per answered request (every process, the load generator too). "
+                 f"triage/echo: against the one-replica echo (the target's ratio); vs echo xN: against echo in as many replicas as "
+                 f"that triage's ingress (what Serve's extra replicas cost is then on both sides). "
                  f"targets: triage >= 0.8x echo at c=8; warm p99 at c=1 <= 30 ms; cold load p99 <= 100 ms; a promotion served within 5 s; "
                  f"<= {s.serve_models_per_replica} models per replica (ALLIEDIUM_SERVE_MODELS_PER_REPLICA)")
     return t
