@@ -20,9 +20,9 @@ from ..serving import AppArgs, settings_overrides
 # %% auto #0
 __all__ = ['SERVE_ENV', 'DEMO_TENANTS', 'ServeFailed', 'serve_config', 'load_app', 'ray_pythonpath', 'ray_env', 'start_ray',
            'start_service', 'stop_service', 'wait_healthy', 'serve_background', 'serve_stop', 'serve_cmd', 'http_json',
-           'curl_line', 'serve_demo', 'percentile', 'stats', 'machine_cpu_seconds', 'load', 'sample_issues',
-           'clone_models', 'bench_tenants', 'cold_loads', 'promotion_seconds', 'bench_serve_run', 'bench_table',
-           'bench_serve']
+           'curl_line', 'serve_demo', 'percentile', 'stats', 'machine_cpu_seconds', 'load', 'load_interleaved',
+           'sample_issues', 'clone_models', 'bench_tenants', 'cold_loads', 'promotion_seconds', 'bench_serve_run',
+           'bench_table', 'bench_serve']
 
 # %% ../../nbs/94_commands_serve.ipynb #5875acb8
 class ServeFailed(AlliediumError): "The service did not start or stop as asked."
@@ -285,7 +285,7 @@ def machine_cpu_seconds() -> float|None:
 
 # %% ../../nbs/94_commands_serve.ipynb #77abaaaf
 async def _load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int) -> dict:
-    "Send `requests` (path, headers, JSON body) with `concurrency` in flight; their stats."
+    "Send `requests` (path, headers, JSON body) with `concurrency` in flight; the raw figures (`lat`, `seconds`, `errors`, machine `cpu` seconds)."
     import aiohttp
     lat, errors, todo = [], 0, iter(requests)
     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=concurrency)) as http:
@@ -300,12 +300,24 @@ async def _load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int)
         t0, c0 = time.perf_counter(), machine_cpu_seconds()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         c1 = machine_cpu_seconds()
-        return stats(lat, time.perf_counter() - t0, errors, None if c0 is None or c1 is None else c1 - c0)
-
+        return dict(lat=lat, seconds=time.perf_counter() - t0, errors=errors, cpu=None if c0 is None or c1 is None else c1 - c0)
 
 def load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int) -> dict:
-    "Blocking `_load`."
-    return asyncio.run(_load(url, requests, concurrency))
+    "The stats of `requests` sent with `concurrency` in flight (blocking)."
+    r = asyncio.run(_load(url, requests, concurrency))
+    return stats(r['lat'], r['seconds'], r['errors'], r['cpu'])
+
+def load_interleaved(url:str, runs:dict[str, list[tuple[str, dict, dict]]], concurrency:int, rounds:int=3) -> dict[str, dict]:
+    "The stats of each named list of requests, sent in `rounds` alternating slices (a, b, a, b, ...):"
+    " the machine's speed drifts by seconds, and each drift then falls on every run alike."
+    raw = {k: dict(lat=[], seconds=0.0, errors=0, cpu=0.0) for k in runs}
+    for i in range(rounds):
+        for k, reqs in runs.items():
+            r = asyncio.run(_load(url, reqs[len(reqs) * i // rounds:len(reqs) * (i + 1) // rounds], concurrency))
+            acc = raw[k]
+            acc['lat'] += r['lat']; acc['seconds'] += r['seconds']; acc['errors'] += r['errors']
+            acc['cpu'] = None if acc['cpu'] is None or r['cpu'] is None else acc['cpu'] + r['cpu']
+    return {k: stats(v['lat'], v['seconds'], v['errors'], v['cpu']) for k, v in raw.items()}
 
 # %% ../../nbs/94_commands_serve.ipynb #6663e135
 def sample_issues(project:str='Zookeeper', n:int=50, settings:Settings|None=None) -> list[dict]:
@@ -380,7 +392,7 @@ def promotion_seconds(url:str, tenant:str, key:str, issue:dict, s:Settings, pref
         time.sleep(0.05)
     return float('inf')
 
-def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=100, cold:int=10, levels=(1, 8, 32)) -> dict:
+def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=100, cold:int=10, levels=(1, 8, 32), rounds:int=3) -> dict:
     "Deploy echo and the triage API (models in their own deployment, and in the ingress) on a local Ray Serve, load them, return every figure."
     from ray import serve
     s = settings or get_settings()
@@ -405,9 +417,10 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
         url, warm = f'http://127.0.0.1:{s.serve_port}', names[:8]
         for name in echoes: load(url, [('/' + name.replace(' ', '-'), {}, issues[0])] * 20, 4)  # warm-up: connections, models
         for prefix in variants.values(): load(url, triage_req(warm, 40, prefix), 4)
-        for c in levels:
-            for name in echoes: out[f'{name} c={c}'] = load(url, [('/' + name.replace(' ', '-'), {}, issues[i % len(issues)]) for i in range(requests)], c)
-            for name, prefix in variants.items(): out[f'{name} c={c}'] = load(url, triage_req(warm, requests, prefix), c)
+        for c in levels:  # echo and triage alternate in `rounds` slices of their requests
+            runs = {name: [('/' + name.replace(' ', '-'), {}, issues[i % len(issues)]) for i in range(requests)] for name in echoes}
+            runs.update({name: triage_req(warm, requests, prefix) for name, prefix in variants.items()})
+            out.update({f'{name} c={c}': st for name, st in load_interleaved(url, runs, c, rounds).items()})
         for name, prefix in variants.items():  # promotion first, while the tenant's models are warm (polled, not reloaded by churn)
             out[f'{name}: promotion served after (s)'] = promotion_seconds(url, warm[0], keys[warm[0]], issues[0], s, prefix)
             out[f'{name}: churn over {tenants} tenants c=8'] = load(url, triage_req(names, max(requests, 2 * tenants), prefix), 8)
@@ -438,6 +451,7 @@ def bench_table(out:dict, s:Settings) -> Table:
 def bench_serve(requests: int = typer.Option(300, help="requests per run"),
                 tenants: int = typer.Option(100, help="tenants in the churn run (>= 8)"),
                 cold: int = typer.Option(10, help="tenants whose models are loaded cold in this process (load time from Ignite)"),
+                rounds: int = typer.Option(3, min=1, help="slices each concurrency level's runs alternate in (echo, triage, echo, ...)"),
                 as_json: bool = typer.Option(False, '--json', help="print JSON")):
     "Ray Serve echo vs the triage route (models in their own deployment, and in the ingress) at concurrency 1/8/32, tenant churn, promotion, cold loads."
     from alliedium.ignite import free_port, start_local_node
@@ -447,6 +461,6 @@ def bench_serve(requests: int = typer.Option(300, help="requests per run"),
     ensure_schema(s)
     s = Settings(**{**settings_overrides(s), 'serve_port': free_port()})
     with redirect_stdout(sys.stderr):  # what Ray prints while Serve shuts down stays off the figures (and off --json)
-        out = bench_serve_run(s, requests, max(tenants, 8), cold)
+        out = bench_serve_run(s, requests, max(tenants, 8), cold, rounds=rounds)
     if as_json: print(json.dumps(out, indent=2)); return
     console.print(bench_table(out, s))
