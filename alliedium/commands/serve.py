@@ -20,7 +20,7 @@ from ..serving import AppArgs, settings_overrides
 # %% auto #0
 __all__ = ['SERVE_ENV', 'DEMO_TENANTS', 'ServeFailed', 'serve_config', 'load_app', 'ray_pythonpath', 'ray_env', 'start_ray',
            'start_service', 'stop_service', 'wait_healthy', 'serve_background', 'serve_stop', 'serve_cmd', 'http_json',
-           'curl_line', 'serve_demo', 'percentile', 'stats', 'machine_cpu_seconds', 'load', 'load_interleaved',
+           'curl_line', 'serve_demo', 'percentile', 'stats', 'machine_cpu_seconds', 'load_interleaved', 'load',
            'sample_issues', 'clone_models', 'bench_tenants', 'cold_loads', 'promotion_seconds', 'bench_serve_run',
            'bench_table', 'bench_serve']
 
@@ -302,11 +302,6 @@ async def _load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int)
         c1 = machine_cpu_seconds()
         return dict(lat=lat, seconds=time.perf_counter() - t0, errors=errors, cpu=None if c0 is None or c1 is None else c1 - c0)
 
-def load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int) -> dict:
-    "The stats of `requests` sent with `concurrency` in flight (blocking)."
-    r = asyncio.run(_load(url, requests, concurrency))
-    return stats(r['lat'], r['seconds'], r['errors'], r['cpu'])
-
 def load_interleaved(url:str, runs:dict[str, list[tuple[str, dict, dict]]], concurrency:int, rounds:int=3) -> dict[str, dict]:
     "The stats of each named list of requests, sent in `rounds` alternating slices (a, b, a, b, ...):"
     " the machine's speed drifts by seconds, and each drift then falls on every run alike."
@@ -318,6 +313,10 @@ def load_interleaved(url:str, runs:dict[str, list[tuple[str, dict, dict]]], conc
             acc['lat'] += r['lat']; acc['seconds'] += r['seconds']; acc['errors'] += r['errors']
             acc['cpu'] = None if acc['cpu'] is None or r['cpu'] is None else acc['cpu'] + r['cpu']
     return {k: stats(v['lat'], v['seconds'], v['errors'], v['cpu']) for k, v in raw.items()}
+
+def load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int) -> dict:
+    "The stats of `requests` sent with `concurrency` in flight (blocking)."
+    return load_interleaved(url, {'': requests}, concurrency, 1)['']
 
 # %% ../../nbs/94_commands_serve.ipynb #6663e135
 def sample_issues(project:str='Zookeeper', n:int=50, settings:Settings|None=None) -> list[dict]:
@@ -405,20 +404,21 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
     serve.start(http_options=dict(host='127.0.0.1', port=s.serve_port))
     cores = os.cpu_count() or 1  # models in the ingress: one ingress process per core
     variants = {'triage': '', f'triage, models in ingress x{cores}': '/in-ingress'}
-    echoes = {'echo': 1, f'echo x{cores}': cores} if cores > 1 else {'echo': 1}  # the baseline; the same in as many replicas as that ingress
+    echoes = {'echo': (1, '/echo')}  # name -> (replicas, route): the baseline, and the same in as many replicas as that ingress
+    if cores > 1: echoes[f'echo x{cores}'] = (cores, f'/echo-x{cores}')
     try:
-        for name, n in echoes.items():
+        for n, route in echoes.values():
             serve.run(load_app('serve.app:build_echo', dict(settings={**settings_overrides(s), 'serve_ingress_replicas': n}), s),
-                      name=name.replace(' ', '-'), route_prefix='/' + name.replace(' ', '-'))
+                      name=route[1:], route_prefix=route)
         serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name='triage', route_prefix='/')
         serve.run(load_app('serve.app:build_app', dict(settings={**settings_overrides(s), 'serve_models_in_ingress': True,
                                                                  'serve_ingress_replicas': cores}), s),
                   name='triage-in-ingress', route_prefix='/in-ingress')
         url, warm = f'http://127.0.0.1:{s.serve_port}', names[:8]
-        for name in echoes: load(url, [('/' + name.replace(' ', '-'), {}, issues[0])] * 20, 4)  # warm-up: connections, models
+        for _, route in echoes.values(): load(url, [(route, {}, issues[0])] * 20, 4)  # warm-up: connections, models
         for prefix in variants.values(): load(url, triage_req(warm, 40, prefix), 4)
         for c in levels:  # echo and triage alternate in `rounds` slices of their requests
-            runs = {name: [('/' + name.replace(' ', '-'), {}, issues[i % len(issues)]) for i in range(requests)] for name in echoes}
+            runs = {name: [(route, {}, issues[i % len(issues)]) for i in range(requests)] for name, (_, route) in echoes.items()}
             runs.update({name: triage_req(warm, requests, prefix) for name, prefix in variants.items()})
             out.update({f'{name} c={c}': st for name, st in load_interleaved(url, runs, c, rounds).items()})
         for name, prefix in variants.items():  # promotion first, while the tenant's models are warm (polled, not reloaded by churn)
