@@ -109,7 +109,7 @@ class TextEncoder:
     "TF-IDF of ticket texts (word unigrams, sublinear tf, idf, L2 rows, float32): fitted with scikit-learn, stored as a term list and an idf array."
     def __init__(self, max_features:int=50000, # most frequent terms kept
                  min_df:int=2): # terms in fewer tickets are dropped
-        self.max_features, self.min_df, self._memo = max_features, min_df, None
+        self.max_features, self.min_df, self._memo, self._row_memo = max_features, min_df, None, None
 
     def fit_transform(self, texts:list[str]) -> sp.csr_matrix:
         "Learn terms and idf from `texts`; their matrix."
@@ -124,13 +124,13 @@ class TextEncoder:
         self.terms, self.idf_ = list(terms), idf
         self.vocabulary_ = {t: i for i, t in enumerate(self.terms)}
         self.digest = hashlib.sha1(pack_values(self.terms) + idf.tobytes()).hexdigest()
-        self._memo = None
+        self._memo = self._row_memo = None  # rows of the old terms are no longer right
 
     def __getstate__(self) -> dict:
         return dict(max_features=self.max_features, min_df=self.min_df, terms=pack_values(self.terms), idf=self.idf_, digest=self.digest)
 
     def __setstate__(self, state:dict):
-        self.max_features, self.min_df, self._memo = state['max_features'], state['min_df'], None
+        self.max_features, self.min_df, self._memo, self._row_memo = state['max_features'], state['min_df'], None, None
         same = _ENCODERS.get(state.get('digest'))  # a tenant's four models carry one encoder: build its dictionary once
         if same is not None: self.terms, self.idf_, self.vocabulary_, self.digest = same.terms, same.idf_, same.vocabulary_, same.digest
         else: self._set(unpack_values(state['terms']), np.asarray(state['idf'], np.float32)); _ENCODERS[self.digest] = self
@@ -169,7 +169,7 @@ TextEncoder._term_counts, TextEncoder._tfidf = _term_counts, _tfidf
 
 def transform_one(self:TextEncoder, text:str) -> SparseRow:
     "One text's L2-normalised TF-IDF row (the numbers of `transform`) as a `SparseRow`; the last text is remembered."
-    memo = getattr(self, '_row_memo', None)  # a request's tasks share one encoder: its text is encoded once
+    memo = self._row_memo  # a request's tasks share one encoder: its text is encoded once
     if memo is not None and memo[0] == text: return memo[1]
     c = self._term_counts(text)
     idx = np.fromiter(c.keys(), np.int32, len(c))
