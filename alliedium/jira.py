@@ -20,8 +20,8 @@ from .config import AlliediumError, Settings, get_settings
 
 # %% auto #0
 __all__ = ['MAX_TEXT_CHARS', 'WEBHOOK_EVENTS', 'CSV_REQUIRED', 'FRAME_COLUMNS', 'JiraError', 'BadIssue', 'BadFile', 'Ticket',
-           'Deletion', 'Rejected', 'jira_time', 'adf_to_text', 'parse_issue', 'sample_dir', 'parse_event',
-           'parse_document', 'read_issues', 'tickets_frame']
+           'Deletion', 'Rejected', 'jira_time', 'adf_to_text', 'parse_issue', 'DataMissing', 'sample_dir', 'shared_dir',
+           'jira_file', 'parse_event', 'parse_document', 'read_issues', 'tickets_frame']
 
 # %% ../nbs/10_jira.ipynb #03960885
 class JiraError(AlliediumError): "A Jira payload alliedium cannot use."
@@ -193,9 +193,26 @@ def parse_issue(obj:dict, # one issue as the REST API (v2 or v3) returns it
     except ValidationError as e: raise BadIssue(f"{key}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
 
 # %% ../nbs/10_jira.ipynb #543c72b4
+class DataMissing(JiraError):
+    "A data file the caller needs is in neither data folder."
+    exit_code = 2
+
 def sample_dir(settings:Settings|None=None) -> Path:
-    "The bundled demo sample (real ZooKeeper and Storm issues, see its README for provenance)."
+    "The bundled demo sample: real ZooKeeper and Storm issues (provenance in its README)."
     return (settings or get_settings()).home/'data'/'sample'
+
+def shared_dir(settings:Settings|None=None) -> Path:
+    "The eight Apache projects' dumps in `../shared/data/jira/apache`, beside the checkout."
+    return (settings or get_settings()).home.parent/'shared'/'data'/'jira'/'apache'
+
+def jira_file(project:str, # e.g. 'Zookeeper', 'Hive': the file is <project>.jsonl.gz
+              settings:Settings|None=None) -> Path:
+    "The dump of `project`: the bundled sample's, else ../shared's; `DataMissing` when neither has it."
+    name = f'{project}.jsonl.gz'
+    for d in (sample_dir(settings), shared_dir(settings)):
+        if (d/name).exists(): return d/name
+    raise DataMissing(f"{name} is in neither {sample_dir(settings)} nor {shared_dir(settings)}: "
+                      "check out the project with its shared data beside it (../shared)")
 
 # %% ../nbs/10_jira.ipynb #834817e1
 WEBHOOK_EVENTS = ('jira:issue_created', 'jira:issue_updated', 'jira:issue_deleted')
