@@ -11,7 +11,7 @@ THICK_JAR := ignite/lib/alliedium-ignite.jar
 JAVA_SRC := $(shell find ignite/src -name '*.java' 2>/dev/null)
 MVN := mvn -q -B
 
-.PHONY: setup setup-dl demo test lab bench export clean distclean help
+.PHONY: setup setup-dl demo lint test lab bench export clean distclean help
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -52,7 +52,10 @@ $(DL_STAMP): $(PY_STAMP)
 demo: setup  ## install, then run the main job on the embedded default (local Ignite node)
 	@$(BIN)/alliedium demo
 
-test: setup setup-dl  ## install (with PyTorch), then run the whole test suite (real Ignite node, notebooks too)
+lint: setup  ## ruff (pyflakes, syntax, 120 columns) on the package, serve/ and tests/
+	@$(BIN)/ruff check alliedium serve tests
+
+test: setup setup-dl lint  ## install (with PyTorch), lint, then run the whole test suite (real Ignite node, notebooks too)
 	@$(BIN)/python -m pytest tests nbs/index.ipynb --nbval-lax
 
 lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
