@@ -29,20 +29,21 @@ def asked(df:pd.DataFrame, task:str) -> pd.DataFrame:
     "The test tickets as a model of `task` sees them: inputs only."
     return df[['issue_key', 'created_at', *INPUTS[task]]].copy()
 
-def assignee_metrics(model, test:pd.DataFrame, ks=(1, 3, 5)) -> dict:
-    "Top-k accuracy, candidate ceiling, coverage and accuracy at the abstain threshold (assigned tickets)."
+def assignee_metrics(model, test:pd.DataFrame, ks=(1, 3, 5), curve:int=10) -> dict:
+    "Top-k hits and curve, candidate ceiling, coverage and accuracy at the threshold, on assigned tickets."
     test = test[test['assignee'].notna()]
     if not len(test): return {}
-    ranked = model.rank(asked(test, 'assignee'), k=max(ks)); truth = test['assignee'].to_numpy()
-    out = {f'top{k}': float(np.mean([t in [n for n, _ in r[:k]] for r, t in zip(ranked, truth)])) for k in ks}
+    ranked = model.rank(asked(test, 'assignee'), k=max(*ks, curve)); truth = test['assignee'].to_numpy()
+    hits = lambda k: float(np.mean([t in [n for n, _ in r[:k]] for r, t in zip(ranked, truth)]))
+    out = {f'top{k}': hits(k) for k in ks}
     cands = set(model.candidates)
     out['candidate_share'] = float(np.mean([t in cands or t == r for t, r in zip(truth, test['reporter'])]))
     keep = np.array([bool(r) and r[0][1] >= model.threshold for r in ranked])
     out['coverage'] = float(keep.mean())
-    out['accuracy_at_threshold'] = float(np.mean([r[0][0] == t for r, t, k in zip(ranked, truth, keep) if k])) if keep.any() else None
+    out['accuracy_at_threshold'] = (float(np.mean([r[0][0] == t for r, t, k in zip(ranked, truth, keep) if k]))
+                                    if keep.any() else None)
     out['threshold'] = float(model.threshold); out['n_test'] = int(len(test))
-    out['topk_curve'] = [float(np.mean([t in [n for n, _ in r[:k]] for r, t in zip(ranked, truth)])) for k in range(1, 11)] \
-        if max(ks) >= 10 else None
+    out['topk_curve'] = [hits(k) for k in range(1, curve + 1)]  # plot_report draws it
     return out
 
 # %% ../nbs/40_evaluation.ipynb #e2c19319

@@ -1,31 +1,109 @@
-"Evaluation: the JSON metrics the issue lists, rolling months, cross-validation, and the report plots."
+"""Evaluation: the metrics' values (against computations of the test's own and hand-built cases), rolling months
+(every month, trained on the past only), cross-validation, and the report plots."""
 import json
 
-from alliedium.evaluation import cross_validate, evaluate_rolling, evaluate_tenant, nested_cv, plot_report
+import numpy as np
+import pandas as pd
+import pytest
+
+from alliedium.evaluation import (asked, cross_validate, evaluate_rolling, evaluate_split, evaluate_tenant, fit_tasks,
+                                  nested_cv, plot_report)
+from alliedium.features import temporal_split
+from alliedium.jira import Ticket, tickets_frame
 
 
-def test_temporal_split_json_has_every_metric(storm_tickets):
-    r = json.loads(json.dumps(evaluate_tenant(storm_tickets, params={'assignee': {'top_k': 10}})))
-    a, p = r['assignee'], r['priority']
-    assert {'top1', 'top3', 'top5', 'candidate_share', 'coverage', 'accuracy_at_threshold'} <= set(a)
-    assert {'macro_f1', 'accuracy', 'rank_correlation'} <= set(p)
-    assert 'micro_f1' in r['components'] and 'micro_f1' in r['labels']
+def frame(rows, start='2024-01-01', hours=1):
+    "Tickets from (summary, reporter, assignee, priority) rows, one every `hours` from `start`."
+    t0 = pd.Timestamp(start)
+    return tickets_frame([Ticket(tenant_id='t', issue_key=f'T-{start}-{i}', created_at=t0 + pd.Timedelta(hours=hours*i),
+                                 updated_at=t0 + pd.Timedelta(hours=hours*i), summary=s, description=s, reporter=r,
+                                 issue_type='Bug', priority=p, assignee=a) for i, (s, r, a, p) in enumerate(rows)])
+
+
+def micro_f1(truth, pred):
+    "Micro-F1 of lists of sets, counted by hand."
+    tp = sum(len(set(t) & set(p)) for t, p in zip(truth, pred))
+    fp = sum(len(set(p) - set(t)) for t, p in zip(truth, pred))
+    fn = sum(len(set(t) - set(p)) for t, p in zip(truth, pred))
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def macro_f1(truth, pred):
+    "Macro-F1 over every label that is true or predicted, counted by hand."
+    f1 = []
+    for c in set(truth) | set(pred):
+        tp = sum(t == c and p == c for t, p in zip(truth, pred))
+        f1.append(2 * tp / (sum(t == c for t in truth) + sum(p == c for p in pred)))
+    return float(np.mean(f1))
+
+
+def test_temporal_split_metrics_are_the_models_scores_on_the_newest_tickets(storm_tickets):
+    params = {'assignee': {'top_k': 10}}
+    r = json.loads(json.dumps(evaluate_tenant(storm_tickets, params=params)))
+    train, test = temporal_split(storm_tickets, 0.2)
+    assert r['split'] == dict(train=len(train), test=len(test), test_from=str(test['created_at'].min()))
+    assert train['created_at'].max() <= test['created_at'].min() and len(test) == round(0.2 * len(storm_tickets))
+    models, _ = fit_tasks(train, params=params)  # the fits are seeded: the same models as evaluate_tenant's
+    assigned = test[test['assignee'].notna()]
+    ranked = models['assignee'].rank(asked(assigned, 'assignee'), k=10)
+    top = lambda k: np.mean([t in [n for n, _ in x[:k]] for x, t in zip(ranked, assigned['assignee'])])
+    a = r['assignee']
+    assert a['n_test'] == len(assigned) and a['top1'] == pytest.approx(top(1)) and a['top3'] == pytest.approx(top(3))
+    assert a['topk_curve'] == pytest.approx([top(k) for k in range(1, 11)]) and a['top5'] == a['topk_curve'][4]
+    assert 0.5 < a['top1'] <= a['top3'] <= a['top5'] <= a['candidate_share'] <= 1
+    p, m = test[test['priority'].notna()], models['priority']
+    pred = m.classes_[m.proba(asked(p, 'priority')).argmax(1)]
+    assert r['priority']['accuracy'] == pytest.approx(np.mean(pred == p['priority'].to_numpy()))
+    assert r['priority']['macro_f1'] == pytest.approx(macro_f1(list(p['priority']), list(pred)))
+    assert sum(map(sum, r['priority']['confusion']['matrix'])) == r['priority']['n_test'] == len(p)
+    for task in ('components', 'labels'):
+        truth, sets = list(test[task]), models[task].predict_sets(asked(test, task))
+        assert r[task]['micro_f1'] == pytest.approx(micro_f1(truth, sets)) and r[task]['n_test'] == len(test)
     assert set(r['fit_seconds']) >= {'assignee', 'components', 'labels', 'priority', 'total'}
-    fig = plot_report(r, 'Storm')
-    assert len(fig.axes) >= 2
+    assert len(plot_report(r, 'Storm').axes) >= 2
 
 
-def test_rolling_trains_on_everything_before_each_month(zk_tickets):
-    r = evaluate_rolling(zk_tickets, ['priority'], months=2)
-    assert 1 <= len(r) <= 2 and all('macro_f1' in m['priority'] for m in r.values())
+def test_assignee_metrics_of_a_hand_built_case():
+    "Disk tickets go to alice and dialog tickets to bob; the test asks about 4 assigned tickets and 1 unassigned."
+    train = frame([('disk full on broker', f'r{i % 3}', 'alice', 'Major') if i % 2 else
+                   ('button misaligned in dialog', f'r{i % 3}', 'bob', 'Major') for i in range(120)]
+                  + [('release notes', 'dave', 'dave', 'Major')] * 6)  # some self-assignment, as in every tenant
+    test = frame([('disk full again', 'r0', 'alice', 'Major'),  # top-1 right
+                  ('broker disk full', 'r1', 'alice', 'Major'),  # top-1 right
+                  ('dialog button misaligned', 'r2', 'alice', 'Major'),  # bob first, alice second
+                  ('disk full', 'r0', 'carol', 'Major'),  # carol never took a ticket: no model can name her
+                  ('button misaligned', 'r1', None, 'Major')], start='2024-02-01')  # unassigned: not counted
+    a = evaluate_split(train, test, ['assignee'])['assignee']
+    assert (a['n_test'], a['top1'], a['top3'], a['top5'], a['candidate_share']) == (4, 0.5, 0.75, 0.75, 0.75), a
+    assert a['coverage'] < 1 or a['accuracy_at_threshold'] == 0.5
+
+
+def test_rolling_has_every_month_each_trained_on_the_months_before_it():
+    "Each month's priority is new and comes back the month after: a month trained on itself or a later one scores."
+    past = [(f'2024-0{k}', 'disk full broker' if k % 2 else 'typo in docs', 'Major' if k % 2 else 'Trivial')
+            for k in range(1, 7)]
+    months = {m: [(words, 'r0', None, prio)] * 40 for m, words, prio in past}
+    months['2024-07'] = [('alpha beta', 'r1', None, 'Minor')] * 30
+    months['2024-08'] = [('alpha beta', 'r1', None, 'Minor')] * 10 + [('gamma delta', 'r2', None, 'Critical')] * 10
+    df = pd.concat([frame(rows, start=f'{m}-01', hours=6) for m, rows in months.items()], ignore_index=True)
+    r = evaluate_rolling(df, ['priority'], months=3)
+    assert list(r) == ['2024-06', '2024-07', '2024-08']  # the newest three months, none dropped
+    assert [r[m]['priority']['n_test'] for m in r] == [40, 30, 20]  # each month's tickets, and only them
+    f1 = [r[m]['priority']['macro_f1'] for m in r]
+    assert f1[0] == 1.0  # June's Trivial docs typos were learned from January to May
+    assert f1[1] == 0.0  # July's Minor is in neither the past nor July's training set (nor August, which has it)
+    assert 0 < f1[2] < 1  # August: July's Minor is learned from the past, its own Critical is not
 
 
 def test_cross_validation_and_nested_cv(zk_tickets):
     small = zk_tickets.tail(500)
     cv = cross_validate(small, 'priority', k=3)
-    assert len(cv['folds']) == 3 and 0 <= cv['mean'] <= 1
+    assert len(cv['folds']) == 3 and all(0 < f < 1 for f in cv['folds'])
+    assert (cv['metric'], cv['mean'], cv['std']) == ('macro_f1', pytest.approx(np.mean(cv['folds'])),
+                                                     pytest.approx(np.std(cv['folds'])))
     n = nested_cv(small, 'priority', {'C': [1.0, 5.0]}, outer=2, inner=2)
-    assert len(n['folds']) == 2 and all(f['chosen'] in (1.0, 5.0) for f in n['folds'])
+    assert len(n['folds']) == 2 and n['mean'] == pytest.approx(np.mean([f['outer'] for f in n['folds']]))
+    assert all(f['chosen'] == max(f['inner'], key=f['inner'].get) for f in n['folds'])
 
 
 def test_multilabel_metrics_of_a_month_without_any_value(zk_tickets):
