@@ -83,17 +83,23 @@ def test_body_over_limit_is_413(api, two_tenants):
     assert r.status_code == 413 and r.json()['error'] == 'BodyTooLarge'
 
 
-def test_webhooks_ingest_idempotently(api, two_tenants):
+def test_webhooks_ingest_idempotently(api, two_tenants, ignite):
+    from alliedium.ingest import load_tickets
     (t, key), _ = two_tenants
     issue = sample_issues(n=1)[0]
+    post = lambda ev: api.post(f'/v1/tenants/{t}/webhooks/jira', json=ev, headers=bearer(key))
     event = {'webhookEvent': 'jira:issue_created', 'issue': issue}
-    r1 = api.post(f'/v1/tenants/{t}/webhooks/jira', json=event, headers=bearer(key))
-    r2 = api.post(f'/v1/tenants/{t}/webhooks/jira', json=event, headers=bearer(key))
+    r1, r2 = post(event), post(event)
     assert (r1.status_code, r2.status_code) == (200, 200), r1.text + r2.text
     assert (r1.json()['result'], r2.json()['result']) == ('inserted', 'unchanged')
-    gone = {'webhookEvent': 'jira:issue_deleted', 'timestamp': int(time.time() * 1000), 'issue': {'key': issue['key'], 'fields': {}}}
-    r3 = api.post(f'/v1/tenants/{t}/webhooks/jira', json=gone, headers=bearer(key))
-    assert r3.status_code == 200, r3.text
+    assert issue['key'] in set(load_tickets(t, ignite).issue_key)
+    gone = {'webhookEvent': 'jira:issue_deleted', 'timestamp': int(time.time() * 1000),
+            'issue': {'key': issue['key'], 'fields': {}}}
+    r3, r4 = post(gone), post(gone)  # the second is Jira retrying the same delivery
+    assert (r3.status_code, r4.status_code) == (200, 200), r3.text + r4.text
+    assert (r3.json()['event'], r3.json()['issue_key']) == ('jira:issue_deleted', issue['key'])
+    assert (r3.json()['result'], r4.json()['result']) == ('deleted', 'unchanged')
+    assert issue['key'] not in set(load_tickets(t, ignite).issue_key)
 
 
 def test_unusable_webhook_issue_is_422(api, two_tenants):
