@@ -1,6 +1,5 @@
 "Ingestion into the session's Ignite node: idempotent upserts by updated_at, deletions, every kind of bad input."
 import gzip, json, threading
-from datetime import datetime
 
 import pytest
 
@@ -17,7 +16,8 @@ def _with_updated(issue, updated, **fields):
 
 def _stored(ignite, tenant, key):
     with ignite_client(ignite) as c:
-        rows = list(c.sql('SELECT summary, updated_at FROM ALLIEDIUM.TICKET WHERE tenant_id = ? AND issue_key = ?', query_args=[tenant, key]))
+        rows = list(c.sql('SELECT summary, updated_at FROM ALLIEDIUM.TICKET WHERE tenant_id = ? AND issue_key = ?',
+                          query_args=[tenant, key]))
     return rows[0][0] if rows else None
 
 
@@ -25,7 +25,8 @@ def test_small_tenant_ingests_with_matching_counts_and_replay_changes_nothing(ig
     path = SAMPLE/'Storm.jsonl.gz'
     with gzip.open(path, 'rb') as fh: lines = sum(1 for _ in fh)
     first = ingest_files(tenant, [path], ignite)
-    assert first.counts() == dict(read=lines, inserted=lines, updated=0, unchanged=0, older_skipped=0, deleted=0, rejected=0)
+    assert first.counts() == dict(read=lines, inserted=lines, updated=0, unchanged=0, older_skipped=0, deleted=0,
+                                  rejected=0)
     fp = tickets_fingerprint(tenant, ignite)
     again = ingest_files(tenant, [path], ignite)
     assert (again.inserted, again.updated, again.unchanged, again.deleted) == (0, 0, lines, 0)
@@ -51,37 +52,42 @@ def test_newer_wins_older_is_skipped_in_any_order(ignite, tenant, zk_issues):
     assert (s.inserted, s.older_skipped) == (1, 2) and _stored(ignite, tenant, base['key']) == 'v3'
     s = ingest_tickets(tenant, [parse_issue(v1, tenant)], ignite)
     assert s.older_skipped == 1 and _stored(ignite, tenant, base['key']) == 'v3'
-    s = ingest_tickets(tenant, [parse_issue(_with_updated(base, '2030-01-04T00:00:00.000+0000', summary='v4'), tenant)], ignite)
+    v4 = parse_issue(_with_updated(base, '2030-01-04T00:00:00.000+0000', summary='v4'), tenant)
+    s = ingest_tickets(tenant, [v4], ignite)
     assert s.updated == 1 and _stored(ignite, tenant, base['key']) == 'v4'
 
 
 def test_webhooks_are_idempotent_and_deletes_are_honoured(ignite, tenant, v3_issue):
     ev = lambda kind, updated, ts=0: {'timestamp': ts, 'webhookEvent': kind, 'issue_event_type_name': 'issue_generic',
                                       'issue': _with_updated(v3_issue, updated)}
-    assert ingest_webhook(tenant, ev('jira:issue_created', '2026-11-20T09:15:02.311+0100'), ignite)['result'] == 'inserted'
-    assert ingest_webhook(tenant, ev('jira:issue_created', '2026-11-20T09:15:02.311+0100'), ignite)['result'] == 'unchanged'
-    assert ingest_webhook(tenant, ev('jira:issue_updated', '2026-11-21T09:00:00.000+0100'), ignite)['result'] == 'updated'
+    result = lambda *a: ingest_webhook(tenant, ev(*a), ignite)['result']
+    assert result('jira:issue_created', '2026-11-20T09:15:02.311+0100') == 'inserted'
+    assert result('jira:issue_created', '2026-11-20T09:15:02.311+0100') == 'unchanged'
+    assert result('jira:issue_updated', '2026-11-21T09:00:00.000+0100') == 'updated'
     fp = tickets_fingerprint(tenant, ignite)
-    assert ingest_webhook(tenant, ev('jira:issue_deleted', '2026-11-21T09:00:00.000+0100', 1795305600000), ignite)['result'] == 'deleted'
+    assert result('jira:issue_deleted', '2026-11-21T09:00:00.000+0100', 1795305600000) == 'deleted'
     assert tickets_fingerprint(tenant, ignite) != fp
     assert load_tickets(tenant, ignite).empty
     # a late update (older than the deletion) does not bring the ticket back; replaying the deletion changes nothing
-    assert ingest_webhook(tenant, ev('jira:issue_updated', '2026-11-21T10:00:00.000+0100'), ignite)['result'] == 'older_skipped'
-    assert ingest_webhook(tenant, ev('jira:issue_deleted', '2026-11-21T09:00:00.000+0100', 1795305600000), ignite)['result'] == 'unchanged'
+    assert result('jira:issue_updated', '2026-11-21T10:00:00.000+0100') == 'older_skipped'
+    assert result('jira:issue_deleted', '2026-11-21T09:00:00.000+0100', 1795305600000) == 'unchanged'
     assert load_tickets(tenant, ignite).empty
-    with pytest.raises(BadIssue, match='not one of'): ingest_webhook(tenant, {'webhookEvent': 'jira:worklog_updated'}, ignite)
+    with pytest.raises(BadIssue, match='not one of'):
+        ingest_webhook(tenant, {'webhookEvent': 'jira:worklog_updated'}, ignite)
 
 
 def test_concurrent_writers_never_regress_a_ticket(ignite, tenant, zk_issues):
     "Two writers race with different versions of the same 50 tickets; every ticket ends at its newest version."
     old = [parse_issue(_with_updated(i, '2030-01-01T00:00:00.000+0000', summary='old'), tenant) for i in zk_issues]
     new = [parse_issue(_with_updated(i, '2030-06-01T00:00:00.000+0000', summary='new'), tenant) for i in zk_issues]
-    errors = []
+    errors, barrier = [], threading.Barrier(4)
     def run(items, writers):
         try:
+            barrier.wait(30)  # the four start together, so their batches interleave
             for _ in range(3): ingest_tickets(tenant, items, ignite, batch_size=10, writers=writers)
         except Exception as e: errors.append(e)
-    threads = [threading.Thread(target=run, args=(x, w)) for x, w in ((old, 1), (new, 2), (list(reversed(old)), 2), (list(reversed(new)), 1))]
+    runs = ((old, 1), (new, 2), (list(reversed(old)), 2), (list(reversed(new)), 1))
+    threads = [threading.Thread(target=run, args=(x, w)) for x, w in runs]
     for t in threads: t.start()
     for t in threads: t.join()
     assert not errors
@@ -90,8 +96,9 @@ def test_concurrent_writers_never_regress_a_ticket(ignite, tenant, zk_issues):
 
 
 def test_parallel_writers_count_like_one(ignite, tenant, zk_issues):
-    "With two writer connections each key stays with one writer, in input order: the same counts and rows as one writer."
-    items = [parse_issue(_with_updated(i, f'2030-01-0{d}T00:00:00.000+0000', summary=f'v{d}'), tenant) for d in (1, 3, 2) for i in zk_issues]
+    "With two writer connections each key stays with one writer, in input order: counts and rows as with one."
+    items = [parse_issue(_with_updated(i, f'2030-01-0{d}T00:00:00.000+0000', summary=f'v{d}'), tenant)
+             for d in (1, 3, 2) for i in zk_issues]
     s = ingest_tickets(tenant, items, ignite, batch_size=7, writers=2)
     assert (s.inserted, s.updated, s.older_skipped) == (50, 50, 50)
     df = load_tickets(tenant, ignite)
@@ -110,7 +117,8 @@ def test_ticket_indexes_hold_whole_keys(ignite):
 
 
 def test_unknown_tenant_is_a_clear_error(ignite, tenant_id):
-    with pytest.raises(UnknownTenant, match='alliedium tenants create'): ingest_files(tenant_id, [SAMPLE/'Storm.jsonl.gz'], ignite)
+    with pytest.raises(UnknownTenant, match='alliedium tenants create'):
+        ingest_files(tenant_id, [SAMPLE/'Storm.jsonl.gz'], ignite)
     with pytest.raises(UnknownTenant): load_tickets(tenant_id, ignite)
 
 
@@ -126,7 +134,8 @@ def _ingest_bad(ignite, tenant, zk_issues, tmp_path, name, content):
     s = ingest_files(tenant, [bad, more, good], ignite)
     df = load_tickets(tenant, ignite)
     assert set(df.issue_key) >= {i['key'] for i in zk_issues[:12]}  # the rest went in, the earlier rows are intact
-    assert (df.set_index('issue_key').loc[[i['key'] for i in zk_issues[:10]], 'summary'] == [i['fields']['summary'] for i in zk_issues[:10]]).all()
+    summaries = df.set_index('issue_key').loc[[i['key'] for i in zk_issues[:10]], 'summary']
+    assert list(summaries) == [i['fields']['summary'] for i in zk_issues[:10]]
     assert s.unchanged == 10 and s.rejected
     return s
 
@@ -134,8 +143,8 @@ def _ingest_bad(ignite, tenant, zk_issues, tmp_path, name, content):
 def _line(obj) -> bytes: return json.dumps(obj).encode()
 
 
-@pytest.mark.parametrize('case', ['truncated_line', 'not_an_issue', 'wrong_types', 'missing_fields', 'huge_description', 'invalid_utf8',
-                                  'lone_surrogate', 'name_not_text'])
+@pytest.mark.parametrize('case', ['truncated_line', 'not_an_issue', 'wrong_types', 'missing_fields', 'huge_description',
+                                  'invalid_utf8', 'lone_surrogate', 'name_not_text'])
 def test_bad_records_are_rejected_with_line_and_reason(ignite, tenant, zk_issues, tmp_path, case):
     issue = zk_issues[20]
     bad = {'truncated_line': _line(issue)[:200],
@@ -146,7 +155,8 @@ def test_bad_records_are_rejected_with_line_and_reason(ignite, tenant, zk_issues
            'invalid_utf8': _line(issue).replace(b'"summary": "', b'"summary": "\xff\xfe', 1),
            'lone_surrogate': _line(issue).replace(b'"summary": "', b'"summary": "\\ud800', 1),
            'name_not_text': _line({**issue, 'fields': {**issue['fields'], 'priority': {'name': 3}}})}[case]
-    reason = {'truncated_line': 'not JSON', 'not_an_issue': 'not a Jira issue', 'wrong_types': 'fields.', 'missing_fields': '`fields` is missing',
+    reason = {'truncated_line': 'not JSON', 'not_an_issue': 'not a Jira issue', 'wrong_types': 'fields.',
+              'missing_fields': '`fields` is missing',
               'huge_description': 'over the limit', 'invalid_utf8': 'UTF-8', 'lone_surrogate': 'lone surrogate',
               'name_not_text': 'fields.priority'}[case]
     content = _line(zk_issues[30]) + b'\n' + bad + b'\n' + _line(zk_issues[31]) + b'\n'
@@ -163,7 +173,8 @@ def test_bad_files_are_rejected_and_the_rest_is_ingested(ignite, tenant, zk_issu
     gz = gzip.compress(b''.join(_line(i) + b'\n' for i in zk_issues[30:40]))
     name, content, reason = {'empty': ('empty.json', b'', 'empty'),
                              'truncated_document': ('page.json', page[:len(page) // 2], 'truncated'),
-                             'unknown_csv_header': ('export.csv', b'Name,Team,Hours\nann,core,3\n', 'not a Jira CSV export'),
+                             'unknown_csv_header': ('export.csv', b'Name,Team,Hours\nann,core,3\n',
+                                                    'not a Jira CSV export'),
                              'gzip_ends_early': ('dump.jsonl.gz', gz[:len(gz) * 2 // 3], 'ends early')}[case]
     s = _ingest_bad(ignite, tenant, zk_issues, tmp_path, name, content)
     (r,) = s.rejected

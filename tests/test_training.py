@@ -1,15 +1,16 @@
-"Training end to end on the session node: ingest real tickets, train, triage with the promoted models, runs and the CLI."
+"""Training end to end on the session node: ingest real tickets, train, triage with the promoted models, runs and
+the CLI."""
 import json, subprocess, sys, uuid
 
 import pytest
 
 from alliedium.ingest import ingest_tickets
-from alliedium.jira import Ticket, read_issues
-from alliedium.registry import active_versions, list_models, load_tenant_models
+from alliedium.jira import Ticket, jira_file, read_issues
+from alliedium.models.triage import load_tenant_models
+from alliedium.registry import active_versions, list_models
 from alliedium.runs import finish_run, get_run, list_runs, start_run
 from alliedium.tenants import create_tenant
 from alliedium.training import NotEnoughHistory, train_tenant
-from fixtures_models import MODELS_JIRA
 
 
 @pytest.fixture(scope='module')
@@ -17,7 +18,7 @@ def storm_tenant(ignite):
     "A tenant holding Storm's real tickets, ingested the way users do."
     tenant = f'storm-{uuid.uuid4().hex[:8]}'
     create_tenant(tenant, settings=ignite)
-    tickets = [t for t in read_issues(MODELS_JIRA/'Storm.jsonl.gz', tenant) if isinstance(t, Ticket)]
+    tickets = [t for t in read_issues(jira_file('Storm'), tenant) if isinstance(t, Ticket)]
     ingest_tickets(tenant, tickets, settings=ignite)
     return tenant
 
@@ -28,7 +29,8 @@ def test_train_tenant_registers_promotes_and_triages(ignite, storm_tenant):
     assert all(x['version'] == 1 and x['promoted'] and x['seconds'] >= 0 for x in r.values())
     assert active_versions(storm_tenant, ignite) == {t: 1 for t in r}
     models = load_tenant_models(storm_tenant, ignite)
-    issue = {'fields': {'summary': 'Nimbus fails to start after upgrade', 'description': 'NPE in nimbus during leader election',
+    issue = {'fields': {'summary': 'Nimbus fails to start after upgrade',
+                        'description': 'NPE in nimbus during leader election',
                         'reporter': {'name': 'kabhwan'}, 'components': [{'name': 'storm-core'}]}}
     out = models.triage(issue)
     assert set(out) >= {'versions', 'assignee', 'components', 'labels', 'priority', 'rank_score', 'abstain'}
@@ -40,7 +42,8 @@ def test_train_tenant_registers_promotes_and_triages(ignite, storm_tenant):
 def test_too_little_history_is_a_clear_error(ignite):
     tenant = f'tiny-{uuid.uuid4().hex[:8]}'
     create_tenant(tenant, settings=ignite)
-    tickets = [t for t, _ in zip((t for t in read_issues(MODELS_JIRA/'Zookeeper.jsonl.gz', tenant) if isinstance(t, Ticket)), range(30))]
+    zk = (t for t in read_issues(jira_file('Zookeeper'), tenant) if isinstance(t, Ticket))
+    tickets = [t for t, _ in zip(zk, range(30))]
     ingest_tickets(tenant, tickets, settings=ignite)
     with pytest.raises(NotEnoughHistory, match='at least'): train_tenant(tenant, settings=ignite)
 
@@ -64,22 +67,31 @@ def test_cli_train_and_models_list(ignite, storm_tenant):
     assert get_run(res['run_id'], ignite)['status'] == 'succeeded'
     listed = json.loads(run('models', 'list', '--tenant', storm_tenant, '--task', 'priority', '--json').stdout)
     assert [m['version'] for m in listed] == [1, 2] and sum(m['active'] for m in listed) == 1
+    active = lambda: {m['version']: m['active'] for m in list_models(storm_tenant, 'priority', ignite)}
+    assert run('models', 'promote', '--tenant', storm_tenant, '--task', 'priority', '--version', '1').returncode == 0
+    assert active() == {1: True, 2: False} and active_versions(storm_tenant, ignite)['priority'] == 1
     assert run('models', 'promote', '--tenant', storm_tenant, '--task', 'priority', '--version', '2').returncode == 0
+    assert active() == {1: False, 2: True} and active_versions(storm_tenant, ignite)['priority'] == 2
     assert run('models', 'rollback', '--tenant', storm_tenant, '--task', 'priority').returncode == 0
-    assert active_versions(storm_tenant, ignite)['priority'] == 1
-    missing = run('evaluate', '--tenant', f'none-{uuid.uuid4().hex[:6]}')
-    assert missing.returncode != 0 and 'error' in missing.stderr
+    assert active() == {1: True, 2: False} and active_versions(storm_tenant, ignite)['priority'] == 1
+    none = f'none-{uuid.uuid4().hex[:6]}'
+    missing = run('evaluate', '--tenant', none)
+    assert (missing.returncode, ' '.join(missing.stderr.split())) == (2, f"error: unknown tenant '{none}': create it "
+                                                                         f"with `alliedium tenants create {none}` "
+                                                                         "(see `alliedium tenants list`)")
 
 
 def test_retrain_over_an_artifact_this_release_cannot_load(ignite, storm_tenant):
-    "After an upgrade the active artifact may be in an older format: retraining compares with its recorded score instead."
+    "After an upgrade the active artifact may be in an older format: retraining compares with its recorded score."
     from alliedium.ignite import ignite_client
-    v = active_versions(storm_tenant, ignite).get('priority') or train_tenant(storm_tenant, ['priority'], settings=ignite)['priority']['version']
+    v = (active_versions(storm_tenant, ignite).get('priority')
+         or train_tenant(storm_tenant, ['priority'], settings=ignite)['priority']['version'])
     with ignite_client(ignite) as c:
         c.sql('UPDATE ALLIEDIUM.MODEL SET format = ? WHERE tenant_id = ? AND task = ? AND version = ?',
               query_args=['skops/1;sha256=00', storm_tenant, 'priority', v])
     latest = max(m['version'] for m in list_models(storm_tenant, 'priority', ignite))
     r = train_tenant(storm_tenant, ['priority'], settings=ignite, tolerance=1.0)['priority']
-    assert r['version'] == latest + 1 and r['promoted'] and 'cannot be loaded' in r['reason'] + json.dumps(
-        [m['metrics']['decision'] for m in list_models(storm_tenant, 'priority', ignite) if m['version'] == r['version']])
+    decision = [m['metrics']['decision'] for m in list_models(storm_tenant, 'priority', ignite)
+                if m['version'] == r['version']]
+    assert r['version'] == latest + 1 and r['promoted'] and 'cannot be loaded' in r['reason'] + json.dumps(decision)
     assert active_versions(storm_tenant, ignite)['priority'] == latest + 1
