@@ -15,11 +15,10 @@ from typing import Callable, Iterable, Iterator
 import orjson
 import pandas as pd
 from fastcore.basics import patch
-from pyignite import Client, GenericObjectMeta
+from pyignite import Client
 from pyignite.datatypes import BoolObject, String, TimestampObject
 from pyignite.datatypes.type_codes import TC_BOOL, TC_COMPLEX_OBJECT, TC_NULL, TC_STRING, TC_TIMESTAMP
 from pyignite.utils import entity_id, hashcode, schema_id
-from pyignite.datatypes import AnyDataArray
 from pyignite.exceptions import ParseError
 from pyignite.queries import Query, query_perform
 from pyignite.queries.cache_info import CacheInfo
@@ -29,7 +28,7 @@ from pyignite.datatypes.transactions import TransactionConcurrency, TransactionI
 
 from .config import Settings, get_settings
 from .ignite import ignite_client
-from .jira import FRAME_COLUMNS, BadIssue, Deletion, Rejected, Ticket, parse_event, read_issues, tickets_frame
+from .jira import FRAME_COLUMNS, Deletion, Rejected, Ticket, parse_event, read_issues
 from .schema import SCHEMA
 from .tenants import require_tenant
 

@@ -4,13 +4,11 @@
 
 # %% ../nbs/55_training.ipynb #81601547
 from __future__ import annotations
-import time
 
 import pandas as pd
 
 from .config import AlliediumError, Settings, get_settings
 from .evaluation import PRIMARY, TASK_METRICS, fit_tasks
-from .features import temporal_split
 from .ignite import ignite_client
 from .models import TASKS
 from . import registry
