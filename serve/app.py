@@ -1,9 +1,9 @@
-"""Ray Serve apps of the triage API: thin deployments over `alliedium.serving` (no training code here).
+"""Ray Serve apps of the triage API: thin deployments over `alliedium.serving.api` (no training code here).
 
     serve run serve.app:app            # from the checkout root; or: serve deploy serve/config.yaml
     alliedium serve                    # the same app, started on localhost
 
-`app` is the triage API: the FastAPI ingress `TriageAPI` plus `TenantModels`, a deployment
+`app` is the triage API: the FastAPI ingress `TriageAPI` plus `ModelPool`, a deployment
 whose replicas keep up to `serve_models_per_replica` tenants' models loaded (`@serve.multiplexed`,
 keyed by tenant, LRU) and swap in a newly promoted version within `serve_poll_seconds`.
 With `serve_models_in_ingress` the ingress replicas hold the multiplexed models themselves: one
@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from alliedium.config import Settings
-from alliedium.serving import AppArgs, TenantSlot, make_api, poll_promotions, run_training_job, settings_overrides
+from alliedium.serving.api import AppArgs, TenantSlot, make_api, poll_promotions, run_training_job, settings_overrides
 
 log = logging.getLogger('ray.serve')
 
@@ -52,9 +52,9 @@ class _ModelHolder:
 def tenant_models_deployment(settings: Settings):
     "The tenant-model deployment; built per app because `max_num_models_per_replica` is fixed when it is decorated."
 
-    @serve.deployment(name='TenantModels', num_replicas=settings.serve_model_replicas,
+    @serve.deployment(name='ModelPool', num_replicas=settings.serve_model_replicas,
                       ray_actor_options=dict(num_cpus=settings.serve_replica_cpus), max_ongoing_requests=64)
-    class TenantModels(_ModelHolder):
+    class ModelPool(_ModelHolder):
         "Tenants' models, multiplexed over the replicas by tenant id."
         def __init__(self, settings: dict):
             self.settings = Settings(**settings)
@@ -66,16 +66,16 @@ def tenant_models_deployment(settings: Settings):
         async def triage(self, issue: dict) -> dict:
             return (await self._slot(serve.get_multiplexed_model_id())).triage(issue)
 
-    return TenantModels
+    return ModelPool
 
 
 def triage_api_deployment(settings: Settings):
-    "The HTTP ingress deployment (built per app, like `TenantModels`)."
+    "The HTTP ingress deployment (built per app, like `ModelPool`)."
 
     @serve.deployment(name='TriageAPI', num_replicas=settings.serve_ingress_replicas, max_ongoing_requests=256)
     @serve.ingress()
     class TriageAPI(_ModelHolder):
-        "The HTTP ingress: DESIGN.md's routes (`alliedium.serving.make_api`); triage forwarded to `TenantModels`, or answered here."
+        "The HTTP ingress: DESIGN.md's routes (`alliedium.serving.api.make_api`); triage forwarded to `ModelPool` or answered here."
         def __init__(self, models: DeploymentHandle | None, settings: dict):
             self.models, self.settings = models, Settings(**settings)
             self.train_task = ray.remote(run_training_job).options(num_cpus=self.settings.serve_train_cpus, max_retries=0)

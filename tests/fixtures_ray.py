@@ -12,7 +12,7 @@ import pytest
 def ray_session(ignite, tmp_path_factory):
     "A local Ray instance of its own (2 CPUs, no dashboard); yields the `ray` module."
     import ray
-    from alliedium.commands.serve import start_ray
+    from alliedium.serving.runtime import start_ray
     start_ray(ignite, num_cpus=2, object_store_memory=200 << 20, _temp_dir=str(tmp_path_factory.mktemp('ray')))
     try: yield ray
     finally:

@@ -1,5 +1,5 @@
 "The `alliedium` console script, run as a user runs it (a subprocess) against the session's node."
-import json, os, subprocess, sys
+import json, os, subprocess, sys, time
 from pathlib import Path
 
 from alliedium.schema import SCHEMA_VERSION
@@ -42,3 +42,46 @@ def test_bad_setting_is_one_clear_line(ignite):
     r = run('ignite', 'status', env=dict(ALLIEDIUM_IGNITE_CLIENT_PORT='many'))
     assert r.returncode == 1
     assert 'ALLIEDIUM_IGNITE_CLIENT_PORT' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_serve_stop_leaves_no_process_behind(ignite, tmp_path):
+    "`serve --background` then `serve --stop`: no process of the service's session survives (Ray's agents included)."
+    import psutil
+    from alliedium.ignite import free_port
+
+    def session_of(pid):
+        def sid(p):
+            try: return os.getsid(p.pid)
+            except OSError: return None
+        return [p for p in psutil.process_iter() if sid(p) == pid]
+
+    env = dict(ALLIEDIUM_VAR_DIR=str(tmp_path), ALLIEDIUM_SERVE_PORT=str(free_port()))
+    r = run('serve', '--background', env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pid = int((tmp_path/'serve'/'serve.pid').read_text())
+    names = [' '.join(p.cmdline()) for p in session_of(pid)]
+    assert any('raylet' in n for n in names) and any('DashboardAgent' in n or 'dashboard/agent' in n for n in names), names
+    r = run('serve', '--stop', env=env)
+    assert r.returncode == 0 and 'Service stopped.' in r.stdout, r.stdout + r.stderr
+    assert [' '.join(p.cmdline()) for p in session_of(pid)] == [] and not psutil.pid_exists(pid)
+    assert not (tmp_path/'serve'/'serve.pid').exists()
+
+
+def test_a_service_that_does_not_stop_in_time_is_killed_with_all_it_started(ignite, tmp_path):
+    "`serve_stop` past its timeout kills the service and every process of its session, not the service alone."
+    import psutil
+    from alliedium.config import Settings
+    from alliedium.ignite import free_port
+    from alliedium.serving.runtime import serve_background, serve_stop
+    s = Settings(**{**ignite.model_dump(exclude={'home'}), 'var_dir': tmp_path, 'serve_port': free_port()})
+    pid, _ = serve_background(s, timeout=300)
+    ours = lambda: [p for p in psutil.process_iter() if p.pid != os.getpid() and _sid(p.pid) == pid]
+    assert len(ours()) > 3  # the service, the raylet, GCS, agents, workers
+    assert serve_stop(s, timeout=0.2)  # no time for Ray's own shutdown: the service is killed mid-way
+    time.sleep(1)
+    assert [p.pid for p in ours() if p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def _sid(pid):
+    try: return os.getsid(pid)
+    except OSError: return None

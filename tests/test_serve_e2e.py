@@ -7,10 +7,11 @@ import time, uuid
 import httpx
 import pytest
 
-from alliedium.commands.serve import load_app, promotion_seconds
+from alliedium.bench.serve import promotion_seconds
+from alliedium.serving.runtime import load_app
 from alliedium.config import Settings
 from alliedium.ignite import free_port
-from alliedium.serving import settings_overrides
+from alliedium.serving.api import settings_overrides
 from alliedium.tenants import create_tenant
 
 from test_serving import bearer, sample_issues
@@ -117,7 +118,7 @@ def test_two_tenants_ingest_train_triage_promote(service, ignite):
 
 
 def test_models_held_by_the_ingress(serve_url, ignite):
-    "The one-hop layout (`serve_models_in_ingress`): no TenantModels deployment; triage, promotion and auth as before."
+    "The one-hop layout (`serve_models_in_ingress`): no ModelPool deployment; triage, promotion and auth as before."
     from ray import serve
     from alliedium.ingest import ingest_files
     from alliedium.jira import sample_dir

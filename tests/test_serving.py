@@ -1,4 +1,4 @@
-"""The triage API in this process (`alliedium.serving.make_api` with `LocalBackend`) against the session's
+"""The triage API in this process (`alliedium.serving.api.make_api` with `LocalBackend`) against the session's
 Ignite node and real Jira payloads: auth, validation, limits, webhooks, errors. The same app under
 Ray Serve is `tests/test_serve_e2e.py`."""
 import gzip, itertools, json, time, uuid
@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from alliedium.config import Settings
 from alliedium.ignite import free_port
 from alliedium.jira import sample_dir
-from alliedium.serving import LocalBackend, make_api
+from alliedium.serving.api import LocalBackend, make_api
 from alliedium.tenants import create_tenant
 
 
@@ -167,7 +167,7 @@ def test_serve_config_is_valid_and_builds_the_app():
     "serve/config.yaml passes Ray's own schema (`serve run`/`serve deploy`) and its import path builds the app."
     from ray.serve import Application
     from ray.serve.schema import ServeDeploySchema
-    from alliedium.commands.serve import load_app, serve_config
+    from alliedium.serving.runtime import load_app, serve_config
     cfg = serve_config()
     ServeDeploySchema.model_validate(cfg)
     for a in cfg['applications']: assert isinstance(load_app(a['import_path'], a.get('args')), Application)

@@ -1,4 +1,4 @@
-"""Put first on the PYTHONPATH of the Ray processes alliedium starts (`alliedium.commands.serve.start_ray`).
+"""Put first on the PYTHONPATH of the Ray processes alliedium starts (`alliedium.serving.runtime.start_ray`).
 
 `import ray` imports jsonschema, which imports `rfc3987_syntax` if installed (jupyter's dependencies
 install it); that module compiles an Earley grammar at import, 1.5-7 s of CPU in *every* Ray process
