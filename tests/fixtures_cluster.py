@@ -24,7 +24,8 @@ def consecutive_free_ports(n: int, host: str = '127.0.0.1') -> int:
 def cluster_settings(var_dir, nodes: int = 2, **kw) -> Settings:
     "Settings of a local cluster of its own: `nodes` consecutive free ports of each kind, one backup."
     return Settings(var_dir=var_dir, ignite_hosts='', ignite_client_port=consecutive_free_ports(nodes),
-                    ignite_discovery_port=consecutive_free_ports(nodes), ignite_communication_port=consecutive_free_ports(nodes),
+                    ignite_discovery_port=consecutive_free_ports(nodes),
+                    ignite_communication_port=consecutive_free_ports(nodes),
                     ignite_heap='512m', ignite_data_region_mb=128, ignite_backups=1, **kw)
 
 

@@ -1,5 +1,5 @@
 "The local node: start, status, stop, persistence across a restart, and the errors a user can hit."
-import os, socket, time
+import socket
 
 import pytest
 
@@ -26,7 +26,8 @@ def test_second_start_leaves_node_alone(ignite):
 
 def test_row_survives_restart(tmp_path):
     s = node_settings(tmp_path)
-    first = start_local_node(s.model_copy(update=dict(ignite_page_size=4096)))  # a store made with other pages than the default
+    # a store made with other pages than the default
+    first = start_local_node(s.model_copy(update=dict(ignite_page_size=4096)))
     try:
         ensure_schema(s)
         with ignite_client(s) as c:

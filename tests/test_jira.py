@@ -11,7 +11,8 @@ from fixtures_data import APACHE, SAMPLE
 
 def test_v2_issue_from_real_data(zk_issues):
     t = parse_issue(zk_issues[0], 'zk')
-    assert (t.issue_key, t.issue_type, t.reporter, t.assignee, t.components) == ('ZOOKEEPER-10', 'Bug', 'phunt', 'phunt', ['server'])
+    assert (t.issue_key, t.issue_type, t.reporter, t.assignee, t.components) == (
+        'ZOOKEEPER-10', 'Bug', 'phunt', 'phunt', ['server'])
     assert t.created_at == datetime(2008, 6, 10, 21, 9, 10, 268000) and t.created_at.tzinfo is None
     assert t.raw == zk_issues[0]
     assert set(Ticket.FILING_FIELDS).isdisjoint(Ticket.TRIAGE_FIELDS)
@@ -22,7 +23,8 @@ def test_v3_issue_adf_and_account_ids(v3_issue):
     assert (t.reporter, t.assignee) == ('5b10a2844c20165700ede21g', '5b10ac8d82e05b22cc7d4ef5')
     assert (t.components, t.labels, t.priority) == (['Frontend', 'REST API'], ['regression', 'ui'], 'High')
     assert t.created_at == datetime(2026, 11, 20, 8, 15, 2, 311000)
-    assert t.description == ('Saving a dashboard fails for @Mia Krystof since the upgrade.\nSteps\n- Open a dashboard\n- Click Save\n'
+    assert t.description == ('Saving a dashboard fails for @Mia Krystof since the upgrade.\n'
+                             'Steps\n- Open a dashboard\n- Click Save\n'
                              'HTTP 500 from /rest/dashboards\nbrowser | result\nFirefox | fails\n⚠️ blocks release, see '
                              'https://example.atlassian.net/browse/DASH-3')
 
@@ -31,8 +33,9 @@ def test_search_page_list_and_webhooks(tmp_path, zk_issues, v3_issue):
     page = {'expand': 'schema,names', 'startAt': 0, 'maxResults': 50, 'total': 51, 'issues': zk_issues}
     (tmp_path/'page.json').write_text(json.dumps(page))
     assert [t.issue_key for t in read_issues(tmp_path/'page.json', 'zk')] == [i['key'] for i in zk_issues]
-    events = [{'timestamp': 1795305600000, 'webhookEvent': e, 'issue_event_type_name': 'issue_generic', 'user': {'accountId': 'x'},
-               'issue': v3_issue} for e in ('jira:issue_created', 'jira:issue_updated', 'jira:issue_deleted')]
+    events = [{'timestamp': 1795305600000, 'webhookEvent': e, 'issue_event_type_name': 'issue_generic',
+               'user': {'accountId': 'x'}, 'issue': v3_issue}
+              for e in ('jira:issue_created', 'jira:issue_updated', 'jira:issue_deleted')]
     (tmp_path/'hooks.jsonl').write_text('\n'.join(map(json.dumps, events)))
     out = list(read_issues(tmp_path/'hooks.jsonl', 'dash'))
     assert [type(o).__name__ for o in out] == ['Ticket', 'Ticket', 'Deletion']
@@ -42,8 +45,8 @@ def test_search_page_list_and_webhooks(tmp_path, zk_issues, v3_issue):
 
 def test_csv_export_with_repeated_columns(jira_csv):
     a, b = read_issues(jira_csv, 'dash')
-    assert (a.issue_key, a.components, a.labels, a.assignee, a.priority) == ('DASH-42', ['Frontend', 'REST API'], ['regression', 'ui'],
-                                                                             '5b10ac8d82e05b22cc7d4ef5', 'High')
+    assert (a.issue_key, a.components, a.labels, a.assignee, a.priority) == (
+        'DASH-42', ['Frontend', 'REST API'], ['regression', 'ui'], '5b10ac8d82e05b22cc7d4ef5', 'High')
     assert a.description == 'Saving fails.\n\nSteps: open, save, "boom"'
     assert (a.created_at, a.updated_at) == (datetime(2026, 11, 20, 8, 15), datetime(2026, 11, 21, 15, 40))
     assert (b.issue_key, b.components, b.labels, b.assignee, b.issue_type) == ('DASH-43', [], [], None, 'Task')
@@ -59,7 +62,8 @@ def test_jsonl_gz_of_a_small_tenant_matches_its_line_count():
 
 
 def test_tickets_frame_columns_and_types(zk_issues, v3_issue):
-    df = tickets_frame([parse_issue(i, 'zk') for i in zk_issues] + [Rejected('x', 1, 'bad'), Deletion(tenant_id='zk', issue_key='A-1', updated_at=datetime(2020, 1, 1))])
+    others = [Rejected('x', 1, 'bad'), Deletion(tenant_id='zk', issue_key='A-1', updated_at=datetime(2020, 1, 1))]
+    df = tickets_frame([parse_issue(i, 'zk') for i in zk_issues] + others)
     assert list(df.columns) == FRAME_COLUMNS and 'raw' not in df.columns and len(df) == 50
     assert str(df.created_at.dtype).startswith('datetime64') and str(df.updated_at.dtype).startswith('datetime64')
     assert all(isinstance(c, list) for c in df.components)
@@ -68,9 +72,10 @@ def test_tickets_frame_columns_and_types(zk_issues, v3_issue):
 
 def test_adf_edge_cases():
     assert adf_to_text({'type': 'doc', 'content': []}) == ''
-    assert adf_to_text({'type': 'doc', 'content': [{'type': 'paragraph', 'content': [{'type': 'text', 'text': 'a'}, {'type': 'hardBreak'},
-                                                                                        {'type': 'text', 'text': 'b'}]}]}) == 'a\nb'
-    assert adf_to_text({'type': 'doc', 'content': [{'type': 'unknownNode', 'content': [{'type': 'text', 'text': 'kept'}]}]}) == 'kept'
+    text = lambda s: {'type': 'text', 'text': s}
+    paragraph = {'type': 'paragraph', 'content': [text('a'), {'type': 'hardBreak'}, text('b')]}
+    assert adf_to_text({'type': 'doc', 'content': [paragraph]}) == 'a\nb'
+    assert adf_to_text({'type': 'doc', 'content': [{'type': 'unknownNode', 'content': [text('kept')]}]}) == 'kept'
 
 
 @pytest.mark.skipif(not (APACHE/'ActiveMQ.jsonl.gz').exists(), reason='the shared Apache data is not here')
