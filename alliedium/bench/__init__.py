@@ -1,1 +1,1 @@
-"Every benchmark: ingest, train, serve, cluster, compare (scikit-learn, PyTorch, Ignite ML, Julia MLJ); one load generator, one stats helper."
+"Every benchmark: ingest, train, serve, cluster and compare; one load generator, one stats helper."

@@ -1,1 +1,1 @@
-"Command modules: each registers its commands on `alliedium.commands.app.app` when imported (see `alliedium.cli.load_commands`)."
+"Command modules: each registers its commands on `alliedium.commands.app.app` when imported."
