@@ -103,7 +103,7 @@ def live_run(run_id:str, settings:Settings|None=None) -> bool:
 
 # %% ../nbs/45_runs.ipynb #a0311fd9
 def claim_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> None:
-    "Make the recorded run `run_id` the tenant's one training; `TrainingRunning` when a live run holds it."
+    "Make run `run_id` the tenant's one training; `TrainingRunning` when a live run holds it."
     s = settings or get_settings()
     with ignite_client(s) as c:
         claims = _training_cache(c, s)
