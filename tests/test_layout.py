@@ -61,3 +61,10 @@ def test_alliedium_has_no_import_cycle():
     assert {'alliedium.cli', 'alliedium.commands.app', 'alliedium.serving.api', 'alliedium.bench.serve'} <= set(graph)
     assert cycles(graph) == [], cycles(graph)
     assert not any(m.startswith('alliedium.commands') for m in graph['alliedium.commands.app'])  # the app is a leaf
+
+
+def test_package_lines_within_120_columns():
+    "Every line of alliedium/ fits 120 columns, except the first line of nbdev's `__all__` (see pyproject.toml)."
+    long = [f'{p.relative_to(ROOT)}:{i}' for p in (ROOT/'alliedium').rglob('*.py') if p.name != '_modidx.py'
+            for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > 120 and not line.startswith('__all__ = [')]
+    assert long == []
