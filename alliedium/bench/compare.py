@@ -287,7 +287,7 @@ BACKENDS = {'scikit-learn': ('alliedium.bench.compare', 'sklearn'),
             'julia-mlj': ('alliedium.bench.julia', 'julia')}
 
 def backend_fn(backend:str, what:str) -> Callable|None:
-    "The `check`, `rows`, `capabilities` or `close` function of a backend (None if it has no such function)."
+    "A backend's `check`, `rows`, `capabilities` or `close` function (None if it has none)."
     if backend not in BACKENDS: raise AlliediumError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
     module, prefix = BACKENDS[backend]
     return getattr(importlib.import_module(module), f'{prefix}_{what}', None)
@@ -300,7 +300,7 @@ def check_backend(backend:str) -> tuple[bool, str]:
 
 # %% ../../nbs/70_bench/76_compare.ipynb #c0a1e7f3
 def backend_capabilities(backend:str, checked:tuple[bool, str]) -> dict:
-    "A backend's capabilities with `status`: 'ok', or its 'not run here: <why>' (`checked` from `check_backend`)."
+    "A backend's capabilities and `status`: 'ok', or 'not run here: <why>' (from `check_backend`)."
     try: caps = backend_fn(backend, 'capabilities')()
     except (BackendUnavailable, ImportError):  # e.g. PyTorch not installed: nothing to read them from
         caps = dict(backend=backend, stratified_cv='-', nested_cv='-', solvers='-', solver_names='-')
@@ -446,7 +446,7 @@ def comparison_markdown(c:Comparison) -> str:
             f"## Capabilities\n\n{markdown_table(c.capabilities)}\n\n## Environment\n\n" + '\n'.join(env) + '\n')
 
 def write_comparison(c:Comparison, out_dir:str|Path|None=None) -> Comparison:
-    "Write compare.csv, compare.md, capabilities.csv and compare.png under `out_dir` (default <var>/bench)."
+    "Write compare.csv, compare.md, capabilities.csv and compare.png under `out_dir` (or <var>/bench)."
     out = Path(out_dir or get_settings().var/'bench'); out.mkdir(parents=True, exist_ok=True)
     c.table[TABLE_COLUMNS].to_csv(out/'compare.csv', index=False)
     c.capabilities.to_csv(out/'capabilities.csv', index=False)

@@ -28,7 +28,7 @@ def julia_runtime() -> str|None:
     return shutil.which('julia') or shutil.which('juliaup')
 
 def julia_check() -> str:
-    "Where Julia would run from; `BackendUnavailable('no Julia runtime ...')` before juliacall is imported."
+    "Where Julia would run from, else `BackendUnavailable('no Julia runtime ...')` (no juliacall import)."
     exe = julia_runtime()
     if exe is None: raise BackendUnavailable("no Julia runtime (install Julia 1.10+ or set PYTHON_JULIACALL_EXE)")
     if importlib.util.find_spec('juliacall') is None:

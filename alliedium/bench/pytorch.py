@@ -23,7 +23,7 @@ def _torch():
     return torch
 
 def torch_device() -> str:
-    "Where the deep baseline runs: 'cuda' when a GPU is usable, else 'cpu' (the logistic model: always CPU)."
+    "Where the deep baseline runs: 'cuda' when a GPU is usable, else 'cpu' (logistic: always CPU)."
     return 'cuda' if _torch().cuda.is_available() else 'cpu'
 
 def torch_check() -> str:
