@@ -1,18 +1,15 @@
 "Fixtures of the models area: real Jira tickets of the two smallest tenants as frames, loaded once per session."
 import functools, itertools
-from pathlib import Path
 
 import pytest
 
-from alliedium.jira import read_issues, tickets_frame
-
-MODELS_JIRA = Path(__file__).resolve().parent.parent.parent/'shared'/'data'/'jira'/'apache'
+from alliedium.jira import jira_file, read_issues, tickets_frame
 
 
 @functools.lru_cache(maxsize=None)
 def jira_frame(project: str, n: int | None = None):
-    "The tickets of a real Apache Jira project as a frame (the first `n` when given)."
-    items = read_issues(MODELS_JIRA/f'{project}.jsonl.gz', project.lower())
+    "The tickets of a real Apache Jira project as a frame (the first `n` when given); `DataMissing` without its dump."
+    items = read_issues(jira_file(project), project.lower())
     return tickets_frame(itertools.islice(items, n) if n else items)
 
 

@@ -1,9 +1,8 @@
 "Features: what each task may see, leak-free reporter history, fast one-hot and the shared TF-IDF."
-import pandas as pd
 import pytest
 
-from alliedium.features import (INPUTS, POST_FILING, TARGETS, OneHot, ReporterHistory, TextMatrix, active_people,
-                                check_inputs, issue_frame, temporal_split, ticket_text)
+from alliedium.features import (INPUTS, POST_FILING, TARGETS, OneHot, ReporterHistory, TextEncoder, TextMatrix,
+                                active_people, check_inputs, issue_frame, temporal_split, ticket_text)
 
 
 def test_no_task_sees_its_target_or_a_later_field():
@@ -44,8 +43,23 @@ def test_issue_frame_accepts_a_new_issue_without_key_or_dates():
 def test_one_hot_and_text_matrix(zk_tickets):
     oh = OneHot(2).fit(zk_tickets.reporter.tolist())
     m = oh.transform(zk_tickets.reporter.tolist())
-    assert m.shape == (len(zk_tickets), len(oh.index)) and m.sum() <= len(zk_tickets)
+    assert m.shape == (len(zk_tickets), len(oh.index_)) and m.sum() <= len(zk_tickets)
     tm = TextMatrix(zk_tickets.head(300))
     sub = zk_tickets.head(300).sample(20, random_state=0)
-    fresh = tm.vectorizer.transform(ticket_text(sub))   # the encoder's own transform gives the fitted rows (to float rounding)
+    fresh = tm.vectorizer.transform(ticket_text(sub))   # the encoder's transform: the fitted rows (to float rounding)
     assert fresh.nnz == tm.rows(sub).nnz and abs(tm.rows(sub) - fresh).max() < 1e-6
+
+
+@pytest.mark.parametrize('make, fit', [
+    (lambda: TextEncoder(min_df=1), lambda e, df: e.fit(ticket_text(df))),
+    (lambda: OneHot(2), lambda e, df: e.fit(df.reporter.tolist())),
+    (lambda: ReporterHistory(['Major', 'Minor']), lambda e, df: e.fit(df)),
+])
+def test_feature_estimators_keep_parameters_in_init_and_fitted_attributes_with_an_underscore(zk_tickets, make, fit):
+    "scikit-learn's rule: `__init__` stores its parameters only; `fit` adds attributes ending in `_` (or private)."
+    import inspect
+    e = make()
+    params = set(vars(e))
+    assert params == set(inspect.signature(type(e)).parameters)
+    added = set(vars(fit(e, zk_tickets.head(300)))) - params
+    assert added and all(a.endswith('_') or a.startswith('_') for a in added), sorted(added)

@@ -1,10 +1,13 @@
-"The models on real tenants, temporal split: they beat the quick reference, never read their targets, and survive skops."
+"The models on real tenants, temporal split: one contract; they beat the reference, never read targets, survive skops."
+import inspect
+
 import numpy as np
 import pytest
 
 from alliedium.evaluation import assignee_metrics, asked, multilabel_metrics, priority_metrics
 from alliedium.features import TextMatrix, temporal_split
-from alliedium.models import MODELS, new_model
+from alliedium.models import MODELS, TriageModel, new_model
+from alliedium.models.triage import TenantModels
 from alliedium.registry import dump_artifact, load_artifact
 
 REFERENCE_TOP1 = {'Zookeeper': 0.29, 'Storm': 0.47}
@@ -24,6 +27,31 @@ def zk_models(zk_split):
 
 def test_models_registry_names_every_task():
     assert set(MODELS) == {'assignee', 'components', 'labels', 'priority'}
+
+
+def _params(f): return [(p.name, p.default) for p in inspect.signature(f).parameters.values()]
+
+
+def test_every_family_follows_the_model_contract(zk_tickets):
+    "A fitted tiny model of every task is a `TriageModel`, and its `fit` and `predict` take the protocol's parameters."
+    tiny = zk_tickets.head(200)
+    methods = [n for n, v in vars(TriageModel).items() if inspect.isfunction(v) and not n.startswith('_')]
+    assert methods == ['fit', 'predict']
+    for task in MODELS:
+        m = new_model(task)
+        assert m.fit(tiny) is m and isinstance(m, TriageModel) and m.task == task, task
+        for name in methods: assert _params(getattr(type(m), name)) == _params(getattr(TriageModel, name)), (task, name)
+        assert len(m.predict(tiny.head(3))) == 3
+
+
+def test_fitted_attributes_end_in_an_underscore(zk_tickets):
+    "`__init__` stores parameters only (scikit-learn's rule): what `fit` adds ends in `_`."
+    for task in MODELS:
+        m = new_model(task)
+        params = set(vars(m))
+        assert params == set(inspect.signature(type(m)).parameters), task
+        added = set(vars(m.fit(zk_tickets.head(200)))) - params
+        assert added and all(a.endswith('_') for a in added), (task, sorted(added))
 
 
 def test_assignee_beats_the_reference_on_zookeeper(zk_split, zk_models):
@@ -76,25 +104,26 @@ def test_models_survive_a_skops_round_trip(zk_split, zk_models):
     for task, m in zk_models.items():
         back = load_artifact(*dump_artifact(m))
         assert _close(back.predict(q), m.predict(q)), task
-        assert back.predict(q) != [] and type(back.vectorizer).__name__ == 'TextEncoder'
+        assert back.predict(q) != [] and type(back.vectorizer_).__name__ == 'TextEncoder'
 
 
 def test_tenant_models_encode_a_ticket_once_per_request(zk_split, zk_models):
-    from alliedium.registry import TenantModels
     loaded = {t: load_artifact(*dump_artifact(m)) for t, m in zk_models.items()}
-    assert len({id(m.vectorizer) for m in loaded.values()}) == 4
+    assert len({id(m.vectorizer_) for m in loaded.values()}) == 4
     tm = TenantModels('zk', loaded, {t: 1 for t in loaded})
-    assert len({id(m.vectorizer) for m in tm.models.values()}) == 1   # one encoder for the four tasks
+    assert len({id(m.vectorizer_) for m in tm.models.values()}) == 1   # one encoder for the four tasks
     assert tm.models['components'].index_ is tm.models['labels'].index_   # one neighbour index for both list fields
     issue = {'key': 'ZOOKEEPER-1', 'fields': {'summary': 'Leader election hangs after a network partition',
-                                             'description': 'The ensemble never recovers', 'reporter': {'name': 'phunt'}}}
+                                             'description': 'The ensemble never recovers',
+                                             'reporter': {'name': 'phunt'}}}
     answer = tm.triage(issue)
-    assert answer['versions'] == {t: 1 for t in loaded} and answer['priority']['label'] in set(zk_models['priority'].classes_)
+    assert answer['versions'] == {t: 1 for t in loaded}
+    assert answer['priority']['label'] in set(zk_models['priority'].classes_)
     assert 0 <= answer['rank_score'] <= 1 and len(answer['assignee']) >= 1
 
 
 def test_one_ticket_rows_predict_what_the_frame_predicts(zk_split, zk_models):
-    "Serving predicts from `TicketRows` (plain lists, one ticket): the same answers as from the pandas frame, for every task."
+    "Serving predicts from `TicketRows` (plain lists, one ticket): the frame's answers, for every task."
     from alliedium.features import TicketRows
     from alliedium.jira import FRAME_COLUMNS
     q = zk_split[1].head(40).reset_index(drop=True)

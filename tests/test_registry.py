@@ -1,4 +1,5 @@
-"The model registry on the session's Ignite node: one active version under concurrent promotions, refusal of tampered or foreign artifacts, promote-if-not-worse, hooks."
+"""The model registry on the session's Ignite node: one active version under concurrent promotions, refusal of
+tampered or foreign artifacts, a tenant's active models, promote-if-not-worse, hooks."""
 import hashlib, threading, uuid
 
 import pytest
@@ -7,8 +8,9 @@ import skops.io as sio
 from alliedium.features import OneHot
 from alliedium.ignite import ignite_client
 from alliedium import registry
-from alliedium.registry import (ArtifactRefused, NoModelYet, active_versions, dump_artifact, list_models, load_model,
-                                load_tenant_models, promote, register_model, rollback)
+from alliedium.models.triage import load_tenant_models
+from alliedium.registry import (ArtifactRefused, NoModelYet, active_versions, dump_artifact, list_models,
+                                load_active_models, load_model, promote, register_model, rollback)
 from alliedium.training import train_frame
 
 
@@ -21,7 +23,8 @@ def _tenant(prefix='reg'): return f'{prefix}-{uuid.uuid4().hex[:8]}'
 
 def _active(tenant, task, settings):
     with ignite_client(settings) as c:
-        return [v for v, in c.sql('SELECT version FROM ALLIEDIUM.MODEL WHERE tenant_id = ? AND task = ? AND active = TRUE',
+        return [v for v, in c.sql('SELECT version FROM ALLIEDIUM.MODEL WHERE tenant_id = ? AND task = ? '
+                                  'AND active = TRUE',
                                   query_args=[tenant, task])]
 
 
@@ -66,21 +69,45 @@ def _update(settings, tenant, task, version, **cols):
 def test_tampered_or_foreign_artifacts_are_refused(ignite):
     tenant = _tenant()
     v = register_model(tenant, 'components', OneHot().fit(['a']), {}, ignite)
-    assert load_model(tenant, 'components', v, ignite)[1].index == {'a': 0}
+    assert load_model(tenant, 'components', v, ignite)[1].index_ == {'a': 0}
     data, fmt = dump_artifact(OneHot().fit(['b']))
     _update(ignite, tenant, 'components', v, artifact=data[:-10] + b'0123456789')   # bytes changed, digest kept
     with pytest.raises(ArtifactRefused, match='tampered'): load_model(tenant, 'components', v, ignite)
     _update(ignite, tenant, 'components', v, artifact=b'\x80\x04pickle', format='pickle')   # someone else's format
     with pytest.raises(ArtifactRefused, match='not written by alliedium'): load_model(tenant, 'components', v, ignite)
     foreign = sio.dumps({'model': Foreign()})   # a valid skops archive holding a type alliedium does not trust
-    _update(ignite, tenant, 'components', v, artifact=foreign, format=f"{registry.FORMAT};sha256={hashlib.sha256(foreign).hexdigest()}")
+    digest = hashlib.sha256(foreign).hexdigest()
+    _update(ignite, tenant, 'components', v, artifact=foreign, format=f"{registry.FORMAT};sha256={digest}")
     with pytest.raises(ArtifactRefused, match='does not trust'): load_model(tenant, 'components', v, ignite)
-    _update(ignite, tenant, 'components', v, format=f"skops/1;sha256={hashlib.sha256(foreign).hexdigest()}")   # an older release's
+    _update(ignite, tenant, 'components', v, format=f"skops/1;sha256={digest}")   # an older release's
     with pytest.raises(ArtifactRefused, match='older alliedium'): load_model(tenant, 'components', v, ignite)
 
 
 def test_no_model_yet_is_a_clear_error(ignite):
+    with pytest.raises(NoModelYet, match='alliedium train'): load_active_models(_tenant(), ignite)
     with pytest.raises(NoModelYet, match='alliedium train'): load_tenant_models(_tenant(), ignite)
+
+
+def test_active_models_are_the_promoted_verified_artifacts(ignite):
+    tenant = _tenant()
+    for task, values in (('components', ['a']), ('labels', ['b'])):
+        register_model(tenant, task, OneHot().fit(values), {'task': task}, ignite)
+        promote(tenant, task, register_model(tenant, task, OneHot().fit(values + ['c']), {'v': 2}, ignite), ignite)
+    models, versions, metrics = load_active_models(tenant, ignite)
+    assert versions == {'components': 2, 'labels': 2} and metrics == {'components': {'v': 2}, 'labels': {'v': 2}}
+    assert models['components'].index_ == {'a': 0, 'c': 1} and models['labels'].index_ == {'b': 0, 'c': 1}
+    _update(ignite, tenant, 'labels', 2, format='skops/2;sha256=00')   # one artifact the registry refuses: no models
+    with pytest.raises(ArtifactRefused, match='older alliedium'): load_active_models(tenant, ignite)
+
+
+def test_the_registry_imports_no_model_module():
+    "The dependency points one way: `alliedium.models.triage` reads the registry, the registry imports no model."
+    import ast, inspect
+    tree = ast.parse(inspect.getsource(registry))
+    nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [f"{getattr(n, 'module', None) or ''}.{a.name}".strip('.') for n in nodes for a in n.names]
+    assert 'config.AlliediumError' in names                     # relative imports are seen
+    assert not [n for n in names if n.startswith(('models', 'alliedium.models'))], names
 
 
 def test_promote_hooks_run_after_commit_and_rollback(ignite):
