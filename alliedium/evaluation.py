@@ -36,13 +36,13 @@ def assignee_metrics(model, test:pd.DataFrame, ks=(1, 3, 5), curve:int=10) -> di
     ranked = model.rank(asked(test, 'assignee'), k=max(*ks, curve)); truth = test['assignee'].to_numpy()
     hits = lambda k: float(np.mean([t in [n for n, _ in r[:k]] for r, t in zip(ranked, truth)]))
     out = {f'top{k}': hits(k) for k in ks}
-    cands = set(model.candidates)
+    cands = set(model.candidates_)
     out['candidate_share'] = float(np.mean([t in cands or t == r for t, r in zip(truth, test['reporter'])]))
-    keep = np.array([bool(r) and r[0][1] >= model.threshold for r in ranked])
+    keep = np.array([bool(r) and r[0][1] >= model.threshold_ for r in ranked])
     out['coverage'] = float(keep.mean())
     out['accuracy_at_threshold'] = (float(np.mean([r[0][0] == t for r, t, k in zip(ranked, truth, keep) if k]))
                                     if keep.any() else None)
-    out['threshold'] = float(model.threshold); out['n_test'] = int(len(test))
+    out['threshold'] = float(model.threshold_); out['n_test'] = int(len(test))
     out['topk_curve'] = [hits(k) for k in range(1, curve + 1)]  # plot_report draws it
     return out
 
