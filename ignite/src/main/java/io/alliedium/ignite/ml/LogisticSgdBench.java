@@ -29,7 +29,7 @@ import org.apache.ignite.ml.regressions.logistic.LogisticRegressionSGDTrainer;
  * more than two classes) trained on the comparison's shared arrays, either from local arrays (Ignite ML's
  * {@code LocalDatasetBuilder}) or from an Ignite cache on the cluster, so the cost of the distributed path shows.
  *
- * Python (alliedium.bench_ignite) reaches this class through the thick client's py4j gateway and calls only
+ * Python (alliedium.bench.ignite_ml) reaches this class through the thick client's py4j gateway and calls only
  * static methods. Arrays travel as little-endian float64 bytes (py4j copies byte[] in one piece). Fits run on a
  * worker thread and return a {@link CompletableFuture}, so a long fit never hits the gateway's call timeout.
  * Every class the servers run for the cache path is Ignite ML's own (peer class loading is off).
