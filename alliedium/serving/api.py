@@ -55,11 +55,14 @@ def http_error(exc:BaseException, # the error raised while answering
     e, s = _cause(exc), settings or get_settings()
     status = http_status(e) or 500
     name = type(e).__name__.removeprefix('RayTaskError(').removesuffix(')')
-    body, headers = dict(error=name, detail=str(e) if status != 500 or isinstance(e, AlliediumError) else 'internal error'), {}
-    if name == 'NoModelYet': body.update(status='untrained', todo=f"POST /v1/tenants/{tenant}/train (202 with a job id), "
-                                         f"then poll GET /v1/tenants/{tenant}/jobs/{{job_id}}")
-    if name == 'TrainingRunning': body.update(status='training', job_id=e.run_id, todo=f"poll GET /v1/tenants/{tenant}/jobs/{e.run_id} "
-                                             "and retry when it has finished")
+    detail = str(e) if status != 500 or isinstance(e, AlliediumError) else 'internal error'
+    body, headers = dict(error=name, detail=detail), {}
+    if name == 'NoModelYet':
+        body.update(status='untrained', todo=f"POST /v1/tenants/{tenant}/train (202 with a job id), "
+                                             f"then poll GET /v1/tenants/{tenant}/jobs/{{job_id}}")
+    if name == 'TrainingRunning':
+        body.update(status='training', job_id=e.run_id,
+                    todo=f"poll GET /v1/tenants/{tenant}/jobs/{e.run_id} and retry when it has finished")
     if status == 401: headers['WWW-Authenticate'] = 'Bearer'
     if status == 503: headers['Retry-After'] = str(s.serve_retry_after); body['retry_after'] = s.serve_retry_after
     return JSONResponse(body, status_code=status, headers=headers)
@@ -153,7 +156,8 @@ class KeyCache:
         if (hit := self.hits.get(h)) and hit[1] > now: return hit[0]
         from alliedium.ignite import kept_client
         from alliedium.tenants import tenant_for_key
-        tenant = kept_client(self.settings).run(lambda c: tenant_for_key(key, self.settings, client=c))  # no connection per lookup
+        # on the process's kept connection: no connection per lookup
+        tenant = kept_client(self.settings).run(lambda c: tenant_for_key(key, self.settings, client=c))
         if tenant is not None and self.settings.serve_key_cache_seconds > 0:
             self.hits[h] = (tenant, now + self.settings.serve_key_cache_seconds)
         return tenant
@@ -183,8 +187,8 @@ class TenantSlot:
     @property
     def versions(self) -> dict[str, int]: return dict(self.models.versions)
 
-    def refresh(self, new:dict[str, int]|None=None) -> bool:
-        "Swap in the models promoted since they were loaded (only the tasks that changed); True if any. `new`: the active versions, when known."
+    def refresh(self, new:dict[str, int]|None=None) -> bool: # the active versions, when known
+        "Swap in the models promoted since they were loaded (only the tasks that changed); True if any."
         from alliedium.models.triage import TenantModels, load_tenant_models
         from alliedium.registry import active_versions, load_model
         self.checked, old = time.monotonic(), self.versions
@@ -205,12 +209,13 @@ class TenantSlot:
 
 # %% ../../nbs/60_serving/60_api.ipynb #266f0714
 async def _poll_round(held:dict, log=None):
-    "One round: the active versions of every held tenant in one query; refresh the slots whose versions changed."
+    "One round: every held tenant's active versions in one query; refresh the slots that changed."
     from alliedium.ignite import kept_client
     from alliedium.registry import active_versions_of
     if not held: return
     s = next(iter(held.values())).settings
-    try: active = await asyncio.to_thread(kept_client(s).run, lambda c: active_versions_of(list(held), s, client=c))  # one kept connection
+    try: active = await asyncio.to_thread(kept_client(s).run,  # one kept connection
+                                          lambda c: active_versions_of(list(held), s, client=c))
     except Exception as e:  # Ignite away: keep serving what is loaded
         if log: log.warning(f"polling the active model versions failed: {e}")
         return
@@ -223,14 +228,14 @@ async def _poll_round(held:dict, log=None):
 async def poll_promotions(slots:weakref.WeakValueDictionary, # tenant -> TenantSlot held by a replica
                           seconds:float, # time between two rounds
                           log=None):
-    "Forever: every `seconds`, check every held tenant for promoted models (one query per round, whatever the number of tenants)."
+    "Forever: every `seconds`, check every held tenant for promoted models (one query per round)."
     while True:
         await asyncio.sleep(seconds)
         await _poll_round(dict(slots.items()), log)
 
 # %% ../../nbs/60_serving/60_api.ipynb #462e3987
 def run_training_job(tenant:str, run_id:str, tasks:list[str]|None=None, settings:dict|None=None) -> dict:
-    "Train `tenant` and record the outcome in RUN `run_id` (called in a Ray task or a thread); then release the tenant's claim."
+    "Train `tenant`, record the outcome in RUN `run_id`, then release the tenant's claim."
     from alliedium.runs import finish_run, release_training
     from alliedium.training import train_tenant
     s = Settings(**settings) if isinstance(settings, dict) else settings or get_settings()
@@ -290,12 +295,14 @@ class BodyLimit:
     def __init__(self, app, max_bytes:int): self.app, self.max_bytes = app, max_bytes
 
     async def _refuse(self, scope, receive, send):
-        await http_error(BodyTooLarge(f"the request body is over {self.max_bytes} bytes: send one issue per request"))(scope, receive, send)
+        error = BodyTooLarge(f"the request body is over {self.max_bytes} bytes: send one issue per request")
+        await http_error(error)(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http': return await self.app(scope, receive, send)
         length = dict(scope.get('headers') or []).get(b'content-length')
-        if length is not None and length.isdigit() and int(length) > self.max_bytes: return await self._refuse(scope, receive, send)
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
         if length is not None: return await self.app(scope, receive, send)
         chunks, size, more = [], 0, True  # chunked: read it all (up to the limit), then replay it
         while more:
@@ -313,7 +320,8 @@ def _routes_tenant(api:FastAPI, backend:ServingBackend, keys:KeyCache):
                           authorization:str|None=Header(None, description="Bearer <tenant API key>")) -> str:
         return await authorize(authorization, tenant, keys)
 
-    @api.post('/v1/tenants/{tenant}/triage', response_model=TriageAnswer, response_model_exclude_none=True, tags=['triage'])
+    @api.post('/v1/tenants/{tenant}/triage', response_model=TriageAnswer, response_model_exclude_none=True,
+              tags=['triage'])
     async def triage(issue:JiraIssue, tenant:str=Depends(tenant_auth)):
         "Suggest assignee, components, labels and priority for one Jira issue."
         return await backend.triage(tenant, issue.model_dump(exclude_unset=True))
@@ -332,13 +340,14 @@ def _routes_tenant(api:FastAPI, backend:ServingBackend, keys:KeyCache):
 
 # %% ../../nbs/60_serving/60_api.ipynb #288a1edc
 def tenant_model_versions(tenant:str, settings:Settings|None=None) -> list[dict]:
-    "Every registered model version of `tenant` (no artifacts): task, version, created_at, metrics, format, active."
+    "Every registered model version of `tenant`, without its artifact."
     from alliedium.registry import list_models
     return [{k: v for k, v in m.items() if k != 'tenant_id'} for m in list_models(tenant, settings=settings)]
 
 # %% ../../nbs/60_serving/60_api.ipynb #d930dbf3
 def _job(run:dict) -> Job:
-    return Job(job_id=run['run_id'], tenant=run['tenant_id'], **{k: v for k, v in run.items() if k not in ('run_id', 'tenant_id')})
+    rest = {k: v for k, v in run.items() if k not in ('run_id', 'tenant_id')}
+    return Job(job_id=run['run_id'], tenant=run['tenant_id'], **rest)
 
 def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
     s, locks = backend.settings, {}
@@ -347,8 +356,9 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
     async def train(body:TrainRequest|None=None, tenant:str=Depends(tenant_auth)):
         "Start training the tenant's models: 202 with the job id at once; 409 with the running job's id."
         from alliedium.runs import get_run, start_training
-        async with locks.setdefault(tenant, asyncio.Lock()):  # (one replica's requests queue here; replicas race for the claim in Ignite)
-            run_id = await asyncio.to_thread(start_training, tenant, s)  # `TrainingRunning`: 409 with the running job's id
+        # one replica's requests queue on the lock; replicas race for the claim in Ignite
+        async with locks.setdefault(tenant, asyncio.Lock()):
+            run_id = await asyncio.to_thread(start_training, tenant, s)  # `TrainingRunning`: 409 with the job's id
             backend.launch_training(tenant, run_id, body.tasks if body else None)
         return _job(await asyncio.to_thread(get_run, run_id, settings=s))
 
@@ -358,8 +368,8 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
         from alliedium.runs import UnknownRun, get_run, live_run
         try: run = await asyncio.to_thread(get_run, job_id, settings=s)
         except UnknownRun: run = None
-        if run and run.get('status') == 'running' and not await asyncio.to_thread(live_run, job_id, s):  # lost: now marked failed
-            run = await asyncio.to_thread(get_run, job_id, settings=s)
+        if run and run.get('status') == 'running' and not await asyncio.to_thread(live_run, job_id, s):
+            run = await asyncio.to_thread(get_run, job_id, settings=s)  # lost: now marked failed
         if not run or run.get('tenant_id') != tenant: raise JobNotFound(
             f"tenant {tenant!r} has no job {job_id!r}: use the job_id that POST /v1/tenants/{tenant}/train answered")
         return _job(run)
@@ -369,8 +379,8 @@ def make_api(backend:ServingBackend) -> FastAPI:
     "The FastAPI app of the triage API, answering with `backend`."
     s = backend.settings
     api = FastAPI(title='alliedium', version=alliedium.__version__, description=
-                  "Per-tenant Jira triage: assignee, components, labels and priority learned from each tenant's history. "
-                  "Tenant routes need `Authorization: Bearer <tenant API key>`.")
+                  "Per-tenant Jira triage: assignee, components, labels and priority learned from each tenant's "
+                  "history. Tenant routes need `Authorization: Bearer <tenant API key>`.")
     keys = KeyCache(s)
 
     @api.exception_handler(AlliediumError)
@@ -387,7 +397,8 @@ def make_api(backend:ServingBackend) -> FastAPI:
         ig, sv = await asyncio.to_thread(ignite_health, s), await backend.serve_status()
         ok = ig['ok'] and sv.get('status') == 'RUNNING'
         body = dict(status='ok' if ok else 'degraded', ignite=ig, serve=sv, version=alliedium.__version__)
-        return JSONResponse(body, status_code=200 if ok else 503, headers={} if ok else {'Retry-After': str(s.serve_retry_after)})
+        headers = {} if ok else {'Retry-After': str(s.serve_retry_after)}
+        return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
     _routes_jobs(api, backend, _routes_tenant(api, backend, keys))
     api.add_middleware(BodyLimit, max_bytes=s.serve_max_body_bytes)
