@@ -50,15 +50,18 @@ def tenants_list(as_json: bool = typer.Option(False, '--json', help="print JSON"
 def summary_line(s:IngestSummary) -> str:
     "The counts of an ingestion in one line."
     c = s.counts()
-    return (f"{s.tenant_id}: read {c['read']:,}, inserted {c['inserted']:,}, updated {c['updated']:,}, unchanged {c['unchanged']:,}, "
+    return (f"{s.tenant_id}: read {c['read']:,}, inserted {c['inserted']:,}, updated {c['updated']:,}, "
+            f"unchanged {c['unchanged']:,}, "
             f"older skipped {c['older_skipped']:,}, deleted {c['deleted']:,}, rejected {c['rejected']:,} "
             f"in {s.seconds:.1f}s ({s.read / max(s.seconds, 1e-9):,.0f} records/s)")
 
-def ingest_progress(): return Progress(SpinnerColumn(), TextColumn('{task.description}'), TextColumn('{task.completed:,} records'),
-                                 TimeElapsedColumn(), console=console, transient=True)
+def ingest_progress(): return Progress(SpinnerColumn(), TextColumn('{task.description}'),
+                                       TextColumn('{task.completed:,} records'),
+                                       TimeElapsedColumn(), console=console, transient=True)
 
 @app.command('ingest')
-def ingest(paths: list[Path] = typer.Argument(..., help="Jira files: .json (issue, search page, webhook), .jsonl, .csv export; optionally .gz"),
+def ingest(paths: list[Path] = typer.Argument(..., help="Jira files: .json (issue, search page, webhook), .jsonl, "
+                                                        ".csv export; optionally .gz"),
            tenant: str = typer.Option(..., '--tenant', '-t', help="the tenant to ingest into"),
            show: int = typer.Option(20, help="rejected records to list"),
            as_json: bool = typer.Option(False, '--json', help="print the summary as JSON")):
@@ -67,7 +70,8 @@ def ingest(paths: list[Path] = typer.Argument(..., help="Jira files: .json (issu
     with ingest_progress() as bar:
         task = bar.add_task(f'ingesting into {tenant}', total=None)
         s = ingest_files(tenant, paths, progress=lambda n: bar.advance(task, n))
-    if as_json: print(json.dumps({**s.counts(), 'tenant': tenant, 'seconds': round(s.seconds, 3), 'rejections': [str(r) for r in s.rejected]}))
+    if as_json: print(json.dumps({**s.counts(), 'tenant': tenant, 'seconds': round(s.seconds, 3),
+                                  'rejections': [str(r) for r in s.rejected]}))
     else:
         console.print(summary_line(s), highlight=False)
         for r in s.rejected[:show]: console.print(f"[red]rejected[/] {r}", highlight=False)

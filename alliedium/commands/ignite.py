@@ -20,15 +20,17 @@ __all__ = ['ignite_start', 'ignite_stop', 'print_status', 'ignite_status', 'sche
 
 # %% ../../nbs/90_commands/91_ignite.ipynb #ed9f29b6
 @ignite_app.command('start')
-def ignite_start(nodes: Annotated[int, typer.Option('--nodes', min=1, help="server nodes of the local cluster (node i uses the ports + i)")] = 1):
-    "Start the local node (persistence under var/ignite), or a local cluster of --nodes, wait until SQL answers, create the schema."
+def ignite_start(nodes: Annotated[int, typer.Option('--nodes', min=1, help="server nodes of the local cluster "
+                                                                           "(node i uses the ports + i)")] = 1):
+    "Start the local node or a local cluster of --nodes, wait until SQL answers, create the schema."
     r = start_local_node(nodes=nodes)
     what = "Ignite node" if nodes == 1 else f"Ignite cluster of {nodes} nodes"
     pids = ', '.join(map(str, r.pids)) or r.pid
     if r.already_running: console.print(f"{what} already running (pid {pids}); nothing to do.")
     else: console.print(f"{what} started in {r.seconds:.1f}s (pid {pids}, log {r.log}).")
     v = ensure_schema()
-    console.print(f"Schema {v['after']} ready" + (f" (migrated from {v['before']})." if v['before'] != v['after'] else "."))
+    migrated = f" (migrated from {v['before']})." if v['before'] != v['after'] else "."
+    console.print(f"Schema {v['after']} ready" + migrated)
 
 @ignite_app.command('stop')
 def ignite_stop():

@@ -29,7 +29,8 @@ def _tickets(tenant:str, data:list[Path]|None):
     else:
         from alliedium.ingest import load_tickets
         df = load_tickets(tenant)
-    if not len(df): raise NoTickets(f"tenant {tenant!r} has no tickets: ingest some with `alliedium ingest --tenant {tenant} PATH`")
+    if not len(df):
+        raise NoTickets(f"tenant {tenant!r} has no tickets: ingest some with `alliedium ingest --tenant {tenant} PATH`")
     return df
 
 # %% ../../nbs/90_commands/93_models.ipynb #28020ec4
@@ -44,7 +45,8 @@ def train(tenant: str = typer.Option(..., help="tenant id"),
     from alliedium.training import train_tenant
     run_id = start_training(tenant)  # one training per tenant at a time, CLI or API (`TrainingRunning` otherwise)
     try:
-        with console.status(f"training {tenant} ..."): r = train_tenant(tenant, task or None, eval_days=eval_days, tolerance=tolerance)
+        with console.status(f"training {tenant} ..."):
+            r = train_tenant(tenant, task or None, eval_days=eval_days, tolerance=tolerance)
     except BaseException as e:
         finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': str(e)}); raise
     finally: release_training(tenant, run_id)
@@ -54,13 +56,15 @@ def train(tenant: str = typer.Option(..., help="tenant id"),
     from alliedium.evaluation import PRIMARY
     for k, v in r.items():
         s = v['metrics'].get(PRIMARY[k])
-        t.add_row(k, str(v['version']), 'yes' if v['promoted'] else 'no', '' if s is None else f"{s:.3f}", f"{v['seconds']:.2f}", v['reason'])
+        t.add_row(k, str(v['version']), 'yes' if v['promoted'] else 'no', '' if s is None else f"{s:.3f}",
+                  f"{v['seconds']:.2f}", v['reason'])
     console.print(t)
 
 # %% ../../nbs/90_commands/93_models.ipynb #739fc97b
 @app.command('evaluate')
 def evaluate(tenant: str = typer.Option(..., help="tenant id"),
-             data: list[Path] = typer.Option(None, help="Jira dump file(s) to evaluate instead of the tenant's tickets in Ignite"),
+             data: list[Path] = typer.Option(None, help="Jira dump file(s) to evaluate instead of the tenant's "
+                                                        "tickets in Ignite"),
              task: list[str] = typer.Option(None, help="task (repeat; default: all)"),
              rolling: bool = typer.Option(False, help="also the last 12 months, each trained on everything before it"),
              cv: bool = typer.Option(False, '--cv', help="also stratified 5-fold and nested CV (priority C)"),
@@ -68,7 +72,8 @@ def evaluate(tenant: str = typer.Option(..., help="tenant id"),
     "Temporal-split metrics of a tenant (oldest 80% trains, newest 20% tests)."
     from alliedium import evaluation as ev
     df = _tickets(tenant, data)
-    r = dict(tenant=tenant, tickets=len(df), temporal=ev.evaluate_tenant(df, task or None, params={'assignee': {'top_k': 10}}))
+    temporal = ev.evaluate_tenant(df, task or None, params={'assignee': {'top_k': 10}})
+    r = dict(tenant=tenant, tickets=len(df), temporal=temporal)
     if rolling: r['rolling'] = ev.evaluate_rolling(df, task or None)
     if cv:
         r['cv'] = {t: ev.cross_validate(df, t, 5) for t in (task or ['priority'])}
