@@ -20,19 +20,22 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from alliedium.config import Settings
-from alliedium.serving.api import AppArgs, TenantSlot, make_api, poll_promotions, run_training_job, settings_overrides
+from alliedium.serving.api import (AppArgs, TenantSlot, make_api, poll_promotions, run_training_job,
+                                   settings_overrides)
 
 log = logging.getLogger('ray.serve')
 
 
 class _ModelHolder:
-    "What a replica holding tenants' models does: load a tenant's slot (LRU by `@serve.multiplexed`), poll promotions."
+    "What a replica holding tenants' models does: load a tenant's slot (LRU), poll promotions."
     def _hold_models(self):
         self.slots = weakref.WeakValueDictionary()  # evicted slots drop out by themselves
-        self.poller = asyncio.get_event_loop().create_task(poll_promotions(self.slots, self.settings.serve_poll_seconds, log))
+        polling = poll_promotions(self.slots, self.settings.serve_poll_seconds, log)
+        self.poller = asyncio.get_event_loop().create_task(polling)
 
     async def _slot(self, tenant: str) -> TenantSlot:
-        "The tenant's loaded slot. Serve's multiplexed LRU (`tenant`) hears of a use at most once a second per tenant: its bookkeeping (metrics, LRU) costs about 0.2 ms a call."
+        "The tenant's loaded slot; Serve's multiplexed LRU (`tenant`) hears of a use at most once a second."
+        # Serve's bookkeeping of a multiplexed call (metrics, LRU) costs about 0.2 ms, so not on every triage
         slot, now = self.slots.get(tenant), time.monotonic()
         if slot is None or now - getattr(slot, 'touched', 0.0) > 1.0:
             slot = await self.tenant(tenant)
@@ -50,7 +53,7 @@ class _ModelHolder:
 
 
 def tenant_models_deployment(settings: Settings):
-    "The tenant-model deployment; built per app because `max_num_models_per_replica` is fixed when it is decorated."
+    "The tenant-model deployment, built per app: `max_num_models_per_replica` is fixed when decorated."
 
     @serve.deployment(name='ModelPool', num_replicas=settings.serve_model_replicas,
                       ray_actor_options=dict(num_cpus=settings.serve_replica_cpus), max_ongoing_requests=64)
@@ -75,10 +78,11 @@ def triage_api_deployment(settings: Settings):
     @serve.deployment(name='TriageAPI', num_replicas=settings.serve_ingress_replicas, max_ongoing_requests=256)
     @serve.ingress()
     class TriageAPI(_ModelHolder):
-        "The HTTP ingress: DESIGN.md's routes (`alliedium.serving.api.make_api`); triage forwarded to `ModelPool` or answered here."
+        "The HTTP ingress: DESIGN.md's routes (`make_api`); triage goes to `ModelPool` or is answered here."
         def __init__(self, models: DeploymentHandle | None, settings: dict):
             self.models, self.settings = models, Settings(**settings)
-            self.train_task = ray.remote(run_training_job).options(num_cpus=self.settings.serve_train_cpus, max_retries=0)
+            self.train_task = ray.remote(run_training_job).options(num_cpus=self.settings.serve_train_cpus,
+                                                                   max_retries=0)
             self.jobs = {}  # run_id -> ObjectRef: keeps the task's result alive until it is collected
             if models is None: self._hold_models()
 
@@ -100,7 +104,8 @@ def triage_api_deployment(settings: Settings):
         async def serve_status(self) -> dict:
             try:
                 st = await asyncio.to_thread(serve.status)
-                apps = {name: a.status.value if hasattr(a.status, 'value') else str(a.status) for name, a in st.applications.items()}
+                apps = {name: a.status.value if hasattr(a.status, 'value') else str(a.status)
+                        for name, a in st.applications.items()}
                 mine = serve.get_replica_context().app_name
                 return dict(status=apps.get(mine, 'UNKNOWN'), app=mine, applications=apps)
             except Exception as e: return dict(status='UNKNOWN', detail=str(e))
@@ -126,7 +131,8 @@ class Echo:
 def build_echo(args: AppArgs) -> serve.Application:
     "The echo baseline app (in `serve_ingress_replicas` replicas: one unless set)."
     s = args.resolved()
-    return Echo.options(num_replicas=s.serve_ingress_replicas, ray_actor_options=dict(num_cpus=s.serve_replica_cpus)).bind()
+    return Echo.options(num_replicas=s.serve_ingress_replicas,
+                        ray_actor_options=dict(num_cpus=s.serve_replica_cpus)).bind()
 
 
 app = build_app(AppArgs())

@@ -26,7 +26,8 @@ def test_two_nodes_start_as_one_baseline(two_node_cluster):
     st = cluster_status(s)
     assert (st['state'], st['servers']) == ('ACTIVE', 2) and len(r.pids) == 2
     with ignite_client(s) as c:
-        assert sorted(c.sql('SELECT CONSISTENT_ID, ONLINE FROM SYS.BASELINE_NODES')) == [['node0', True], ['node1', True]]
+        baseline = sorted(c.sql('SELECT CONSISTENT_ID, ONLINE FROM SYS.BASELINE_NODES'))
+        assert baseline == [['node0', True], ['node1', True]]
         assert list(c.sql("SELECT BACKUPS FROM SYS.CACHES WHERE CACHE_NAME = 'ALLIEDIUM_TICKET'")) == [[1]]
     assert LocalNode(s, 0).dir != LocalNode(s, 1).dir and LocalNode(s, 1).client_port == s.ignite_client_port + 1
 

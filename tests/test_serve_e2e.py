@@ -19,13 +19,14 @@ from test_serving import bearer, sample_issues
 
 @pytest.fixture(scope='module')
 def service(serve_url, ignite):
-    "The triage app (`serve/app.py`) deployed at '/', and the same app with an unreachable Ignite at '/down'."
+    "The triage app (`serve/app.py`) at '/', and the same app with an unreachable Ignite at '/down'."
     from ray import serve
     s = Settings(**{**settings_overrides(ignite), 'serve_poll_seconds': 0.5, 'serve_key_cache_seconds': 1.0,
                     'serve_models_per_replica': 4, 'serve_replica_cpus': 0.1})
     down = Settings(**{**settings_overrides(s), 'ignite_hosts': f'127.0.0.1:{free_port()}', 'ignite_timeout': 3})
     serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name='triage', route_prefix='/')
-    serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(down)), s), name='down', route_prefix='/down')
+    serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(down)), s),
+              name='down', route_prefix='/down')
     with httpx.Client(base_url=serve_url, timeout=120) as http: yield http
     serve.delete('down'); serve.delete('triage')
 
@@ -33,7 +34,8 @@ def service(serve_url, ignite):
 def test_healthz_reports_ignite_and_serve(service):
     r = service.get('/healthz')
     assert r.status_code == 200, r.text
-    assert r.json()['ignite']['ok'] is True and r.json()['serve']['status'] == 'RUNNING' and r.json()['serve']['app'] == 'triage'
+    assert r.json()['ignite']['ok'] is True
+    assert r.json()['serve']['status'] == 'RUNNING' and r.json()['serve']['app'] == 'triage'
     assert '/v1/tenants/{tenant}/triage' in service.get('/openapi.json').json()['paths']
 
 
@@ -48,7 +50,8 @@ def test_auth_validation_and_body_limit_through_serve(service, ignite):
     t = f'e2e-{uuid.uuid4().hex[:8]}'
     key = create_tenant(t, settings=ignite)
     assert service.post(f'/v1/tenants/{t}/triage', json={'fields': {'summary': 'x'}}).status_code == 401
-    assert service.post(f'/v1/tenants/{t}/triage', json={'fields': {'summary': 'x'}}, headers=bearer('ak_wrong')).status_code == 401
+    r = service.post(f'/v1/tenants/{t}/triage', json={'fields': {'summary': 'x'}}, headers=bearer('ak_wrong'))
+    assert r.status_code == 401
     r = service.post(f'/v1/tenants/{t}/triage', json={'fields': {}}, headers=bearer(key))
     assert r.status_code == 422 and ['body', 'fields', 'summary'] in [e['loc'] for e in r.json()['detail']], r.text
     r = service.post(f'/v1/tenants/{t}/triage', json={'fields': {'summary': 'x' * (1 << 20)}}, headers=bearer(key))
@@ -80,12 +83,15 @@ def test_two_tenants_ingest_train_triage_promote(service, ignite):
     ingest_files(a, [sample_dir(ignite)/'Zookeeper.jsonl.gz'], settings=ignite)
     ingest_files(b, [sample_dir(ignite)/'Storm.jsonl.gz'], settings=ignite)
     raw = sample_issues('Zookeeper', 1)[0]
-    r = http.post(f'/v1/tenants/{a}/webhooks/jira', json={'webhookEvent': 'jira:issue_updated', 'issue': raw}, headers=bearer(ka))
+    r = http.post(f'/v1/tenants/{a}/webhooks/jira', json={'webhookEvent': 'jira:issue_updated', 'issue': raw},
+                  headers=bearer(ka))
     assert r.status_code == 200 and r.json()['result'] == 'unchanged', r.text  # the CLI ingested it already: idempotent
-    issue = {'key': 'NEW-1', 'fields': {k: raw['fields'][k] for k in ('summary', 'description', 'issuetype', 'reporter', 'components', 'labels', 'created')}}
+    known = ('summary', 'description', 'issuetype', 'reporter', 'components', 'labels', 'created')
+    issue = {'key': 'NEW-1', 'fields': {k: raw['fields'][k] for k in known}}
 
     r = http.post(f'/v1/tenants/{a}/triage', json=issue, headers=bearer(ka))
-    assert r.status_code == 409 and r.json()['status'] == 'untrained' and f'/v1/tenants/{a}/train' in r.json()['todo'], r.text
+    assert r.status_code == 409 and r.json()['status'] == 'untrained', r.text
+    assert f'/v1/tenants/{a}/train' in r.json()['todo'], r.text
 
     r = http.post(f'/v1/tenants/{a}/train', headers=bearer(ka))
     assert r.status_code == 202 and r.json()['status'] == 'running', r.text
@@ -118,7 +124,7 @@ def test_two_tenants_ingest_train_triage_promote(service, ignite):
 
 
 def test_models_held_by_the_ingress(serve_url, ignite):
-    "The one-hop layout (`serve_models_in_ingress`): no ModelPool deployment; triage, promotion and auth as before."
+    "The one-hop layout (`serve_models_in_ingress`): no ModelPool; triage, promotion and auth as before."
     from ray import serve
     from alliedium.ingest import ingest_files
     from alliedium.jira import sample_dir
@@ -130,7 +136,8 @@ def test_models_held_by_the_ingress(serve_url, ignite):
     train_tenant(a, settings=ignite)
     s = Settings(**{**settings_overrides(ignite), 'serve_models_in_ingress': True, 'serve_poll_seconds': 0.5,
                     'serve_models_per_replica': 4, 'serve_replica_cpus': 0.1})
-    serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name='in-ingress', route_prefix='/in-ingress')
+    serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s),
+              name='in-ingress', route_prefix='/in-ingress')
     try:
         assert set(serve.status().applications['in-ingress'].deployments) == {'TriageAPI'}
         raw = sample_issues('Zookeeper', 1)[0]

@@ -15,7 +15,8 @@ from alliedium.tenants import create_tenant
 
 def sample_issues(project='Zookeeper', n=5) -> list[dict]:
     "The first `n` issues of a bundled real Jira export."
-    with gzip.open(sample_dir()/f'{project}.jsonl.gz', 'rt') as f: return [json.loads(l) for l in itertools.islice(f, n)]
+    with gzip.open(sample_dir()/f'{project}.jsonl.gz', 'rt') as f:
+        return [json.loads(l) for l in itertools.islice(f, n)]
 
 
 def new_tenant(settings, prefix='srv') -> tuple[str, str]:
@@ -60,8 +61,10 @@ def test_missing_or_unknown_key_is_401(api, two_tenants):
 
 def test_another_tenants_key_is_403(api, two_tenants):
     (a, _), (_, key_b) = two_tenants
-    for method, path in (('post', 'triage'), ('post', 'webhooks/jira'), ('post', 'train'), ('get', 'models'), ('get', 'jobs/x')):
-        r = api.request(method.upper(), f'/v1/tenants/{a}/{path}', json={'fields': {'summary': 'x'}}, headers=bearer(key_b))
+    routes = (('post', 'triage'), ('post', 'webhooks/jira'), ('post', 'train'), ('get', 'models'), ('get', 'jobs/x'))
+    for method, path in routes:
+        r = api.request(method.upper(), f'/v1/tenants/{a}/{path}', json={'fields': {'summary': 'x'}},
+                        headers=bearer(key_b))
         assert r.status_code == 403, (path, r.text)
 
 
@@ -70,9 +73,11 @@ def test_malformed_body_is_422_with_field_errors(api, two_tenants):
     r = api.post(f'/v1/tenants/{t}/triage', json={'fields': {'description': 'no summary'}}, headers=bearer(key))
     assert r.status_code == 422
     assert ['body', 'fields', 'summary'] in [e['loc'] for e in r.json()['detail']]
-    r = api.post(f'/v1/tenants/{t}/triage', content=b'{not json', headers={**bearer(key), 'Content-Type': 'application/json'})
+    r = api.post(f'/v1/tenants/{t}/triage', content=b'{not json',
+                 headers={**bearer(key), 'Content-Type': 'application/json'})
     assert r.status_code == 422
-    r = api.post(f'/v1/tenants/{t}/webhooks/jira', json={'webhookEvent': 'jira:worklog_updated', 'issue': {'key': 'A-1'}}, headers=bearer(key))
+    worklog = {'webhookEvent': 'jira:worklog_updated', 'issue': {'key': 'A-1'}}
+    r = api.post(f'/v1/tenants/{t}/webhooks/jira', json=worklog, headers=bearer(key))
     assert r.status_code == 422 and r.json()['detail'][0]['loc'] == ['body', 'webhookEvent']
 
 
@@ -104,7 +109,8 @@ def test_webhooks_ingest_idempotently(api, two_tenants, ignite):
 
 def test_unusable_webhook_issue_is_422(api, two_tenants):
     (t, key), _ = two_tenants
-    bad = {'webhookEvent': 'jira:issue_updated', 'issue': {'key': 'ZK-1', 'fields': {'summary': 'x', 'created': 'not a date'}}}
+    bad = {'webhookEvent': 'jira:issue_updated',
+           'issue': {'key': 'ZK-1', 'fields': {'summary': 'x', 'created': 'not a date'}}}
     r = api.post(f'/v1/tenants/{t}/webhooks/jira', json=bad, headers=bearer(key))
     assert r.status_code == 422 and r.json()['error'] == 'BadIssue', r.text
 
@@ -119,7 +125,8 @@ def test_ignite_unreachable_is_503_with_retry_after(ignite):
     dead = Settings(**{**ignite.model_dump(), 'ignite_hosts': f'127.0.0.1:{free_port()}'})
     api = TestClient(make_api(LocalBackend(dead)))
     r = api.get('/healthz')
-    assert r.status_code == 503 and r.headers['retry-after'] == str(dead.serve_retry_after) and r.json()['ignite']['ok'] is False
+    assert r.status_code == 503 and r.headers['retry-after'] == str(dead.serve_retry_after)
+    assert r.json()['ignite']['ok'] is False
     r = api.post('/v1/tenants/t/triage', json={'fields': {'summary': 'x'}}, headers=bearer('ak_x'))
     assert r.status_code == 503 and r.json()['error'] == 'IgniteUnavailable' and 'retry_after' in r.json()
 
@@ -132,7 +139,8 @@ def test_second_training_request_is_409_with_the_running_job(api, ignite):
         r = api.post(f'/v1/tenants/{t}/train', headers=bearer(key))
         assert r.status_code == 409 and r.json()['job_id'] == job and r.json()['status'] == 'training', r.text
         r = api.get(f'/v1/tenants/{t}/jobs/{job}', headers=bearer(key))
-        assert r.status_code == 200 and (r.json()['job_id'], r.json()['status'], r.json()['kind']) == (job, 'running', 'train')
+        assert r.status_code == 200
+        assert (r.json()['job_id'], r.json()['status'], r.json()['kind']) == (job, 'running', 'train')
         r = api.get(f'/v1/tenants/{u}/jobs/{job}', headers=bearer(key_u))  # another tenant's job id: not found
         assert r.status_code == 404 and r.json()['error'] == 'JobNotFound'
         assert api.get(f'/v1/tenants/{t}/jobs/no-such-job', headers=bearer(key)).status_code == 404
@@ -140,7 +148,8 @@ def test_second_training_request_is_409_with_the_running_job(api, ignite):
 
 
 def test_one_training_per_tenant_whatever_the_replica(ignite):
-    "Replicas (and the CLI) race for a tenant's training claim in Ignite: one run wins, the others learn its id and leave no record; an ended or lost run's claim is taken over."
+    "One run wins the claim to train; the others get its id; an ended or lost run's claim is taken over."
+    # replicas (and the CLI) race for the claim; a refused run leaves no RUN row
     from concurrent.futures import ThreadPoolExecutor
     from alliedium.runs import TrainingRunning, finish_run, get_run, list_runs, release_training, start_training
     t, key = new_tenant(ignite)
@@ -151,20 +160,22 @@ def test_one_training_per_tenant_whatever_the_replica(ignite):
     winners = [r for r, _ in answers if r is not None]
     assert len(winners) == 1 and all(held == winners[0] for r, held in answers if r is None), answers
     assert [r['run_id'] for r in list_runs(t, settings=ignite)] == winners   # the refused ones left no RUN row
-    finish_run(winners[0], 'succeeded', {}, settings=ignite)   # ended without releasing (a worker killed after recording)
+    # ended without releasing (a worker killed after recording)
+    finish_run(winners[0], 'succeeded', {}, settings=ignite)
     nxt = start_training(t, ignite)   # the claim of an ended run is taken over
     with pytest.raises(TrainingRunning) as e: start_training(t, ignite)
     assert e.value.run_id == nxt and len(list_runs(t, settings=ignite)) == 2
     slow = TestClient(make_api(LocalBackend(ignite.model_copy(update=dict(train_timeout=1e-3)))))
-    r = slow.get(f'/v1/tenants/{t}/jobs/{nxt}', headers=bearer(key))   # asked after train_timeout: the lost job reads failed
-    assert r.status_code == 200 and r.json()['status'] == 'failed' and r.json()['metrics']['error'] == 'Abandoned', r.text
+    r = slow.get(f'/v1/tenants/{t}/jobs/{nxt}', headers=bearer(key))   # after train_timeout: the lost job reads failed
+    assert r.status_code == 200 and r.json()['status'] == 'failed', r.text
+    assert r.json()['metrics']['error'] == 'Abandoned', r.text
     later = start_training(t, ignite)   # ... and no longer blocks a new training
     assert get_run(nxt, ignite)['status'] == 'failed' and get_run(nxt, ignite)['metrics']['error'] == 'Abandoned'
     release_training(t, later, ignite)
     finish_run(later, 'failed', {'error': 'test'}, settings=ignite)
 
 def test_serve_config_is_valid_and_builds_the_app():
-    "serve/config.yaml passes Ray's own schema (`serve run`/`serve deploy`) and its import path builds the app."
+    "serve/config.yaml passes Ray's own schema (`serve run`, `serve deploy`) and builds the app."
     from ray.serve import Application
     from ray.serve.schema import ServeDeploySchema
     from alliedium.serving.runtime import load_app, serve_config

@@ -1,7 +1,6 @@
 """The thick client on the session's node: a real gateway JVM (Ignite client node), jobs colocated with a tenant's
 data running real Python on the server, messaging between two processes, and every bad input a caller can cause."""
 import json, os, select, signal, subprocess, sys, time
-from pathlib import Path
 
 import pytest
 
@@ -9,7 +8,7 @@ from alliedium.config import ConfigError
 from alliedium.ignite import JavaNotFound, LocalNode, _alive, free_port
 from alliedium.tenants import UnknownTenant
 from alliedium.thick import (Gateway, GatewayAlreadyRunning, GatewayDied, GatewayJarsMissing, GatewayStartFailed,
-                             JobFailed, JobTimeout, MODEL_PROMOTED, current_gateway, publish_model_promoted,
+                             JobFailed, JobTimeout, current_gateway, publish_model_promoted,
                              run_colocated_retrain, thick_client)
 from fixtures_cluster import insert_tickets, new_tenant, real_tickets
 
@@ -96,9 +95,11 @@ def test_colocated_retrain_runs_the_configured_entry_and_records_its_run(thick_g
 def test_failed_colocated_retrain_leaves_no_running_row(thick_gateway, ignite):
     from alliedium.runs import list_runs
     s = ignite.model_copy(update=dict(retrain_entry=PROBE))
-    with pytest.raises(UnknownTenant): run_colocated_retrain('no-such-tenant-rt', settings=s, gateway=thick_gateway, timeout=120)
+    with pytest.raises(UnknownTenant):
+        run_colocated_retrain('no-such-tenant-rt', settings=s, gateway=thick_gateway, timeout=120)
     tenant = new_tenant(ignite)
-    with pytest.raises(JobTimeout): run_colocated_retrain(tenant, settings=s, gateway=thick_gateway, timeout=3, sleep=60)
+    with pytest.raises(JobTimeout):
+        run_colocated_retrain(tenant, settings=s, gateway=thick_gateway, timeout=3, sleep=60)
     for t in ('no-such-tenant-rt', tenant):
         runs = list_runs(t, ignite)
         assert [r['status'] for r in runs] == ['failed'] and runs[0]['finished_at'] is not None
@@ -168,12 +169,13 @@ def test_no_server_to_join_is_reported(ignite, thick_gateway):
 
 @pytest.mark.slow
 def test_colocated_retrain_trains_on_the_node_and_announces_promotions(thick_gateway, ignite):
-    "The real entry (alliedium.training:train_tenant) on real tickets: models promoted, one message per promotion."
+    "The real entry (training:train_tenant) on real tickets: models promoted, one message per promotion."
     from alliedium.ingest import ingest_tickets
     from alliedium.runs import get_run
     from alliedium.training import NotEnoughHistory
     tenant = new_tenant(ignite, 'retrain')
-    ingest_tickets(tenant, [t.model_copy(update=dict(tenant_id=tenant)) for t in real_tickets('Zookeeper', 250)], ignite)
+    tickets = [t.model_copy(update=dict(tenant_id=tenant)) for t in real_tickets('Zookeeper', 250)]
+    ingest_tickets(tenant, tickets, ignite)
     got = []
     with thick_gateway.on_model_promoted(lambda t, task, v: got.append((t, task, v))):
         r = run_colocated_retrain(tenant, settings=ignite, gateway=thick_gateway, timeout=900, tasks=['priority'])
