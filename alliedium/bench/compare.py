@@ -16,14 +16,16 @@ from ..config import AlliediumError, Settings, get_settings
 from ..jira import read_issues, sample_dir, shared_dir, tickets_frame
 
 
+from .stats import markdown_table
+
 # %% auto #0
 __all__ = ['TASKS', 'SKLEARN_SOLVERS', 'MAX_ITER', 'NEWTON_CHOLESKY_MAX_COEF', 'BACKENDS', 'BUDGET_S', 'TABLE_COLUMNS',
            'BenchDataMissing', 'BackendUnavailable', 'default_datasets', 'load_frame', 'parse_datasets', 'BenchTask',
            'featurize', 'BenchRow', 'over_budget_note', 'join_notes', 'row_from_runs', 'skipped_row', 'not_run_row',
            'failed_row', 'report', 'measure', 'unsuitable', 'sklearn_rows', 'sklearn_capabilities', 'sklearn_check',
            'backend_fn', 'check_backend', 'backend_capabilities', 'Comparison', 'add_ratios', 'check_names',
-           'backend_rows', 'row_line', 'close_backends', 'run_compare', 'markdown_table', 'plot_comparison',
-           'comparison_markdown', 'write_comparison', 'compare_and_write']
+           'backend_rows', 'row_line', 'close_backends', 'run_compare', 'plot_comparison', 'comparison_markdown',
+           'write_comparison', 'compare_and_write']
 
 # %% ../../nbs/70_bench/76_compare.ipynb #ae8857f4
 class BenchDataMissing(AlliediumError): "A Jira file the comparison needs is not there."
@@ -397,17 +399,6 @@ def run_compare(datasets:dict[str, str|Path]|None=None, # tenant -> Jira file; d
 # %% ../../nbs/70_bench/76_compare.ipynb #beb53bc1
 TABLE_COLUMNS = ['tenant', 'task', 'backend', 'solver', 'fit_s', 'ratio', 'runs', 'predict_ms', 'accuracy', 'macro_f1',
                  'n_train', 'n_test', 'n_features', 'device', 'status', 'note']
-
-def _cell(v, floats:str) -> str:
-    if isinstance(v, float): return '-' if v != v else floats.format(v)
-    return str(v)
-
-def markdown_table(df:pd.DataFrame, floats:str='{:.3f}') -> str:
-    "A GitHub-flavoured markdown table (NaN shown as '-')."
-    lines = ['| ' + ' | '.join(df.columns) + ' |', '|' + '---|'*len(df.columns)]
-    lines += ['| ' + ' | '.join(_cell(v, floats) for v in r) + ' |' for r in df.itertuples(index=False)]
-    return '\n'.join(lines)
-
 
 # %% ../../nbs/70_bench/76_compare.ipynb #109e9123
 def plot_comparison(table:pd.DataFrame, path:str|Path) -> Path:

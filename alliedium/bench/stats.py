@@ -7,8 +7,10 @@ from __future__ import annotations
 import math, os
 from pathlib import Path
 
+import pandas as pd
+
 # %% auto #0
-__all__ = ['percentile', 'stats', 'machine_cpu_seconds']
+__all__ = ['percentile', 'stats', 'machine_cpu_seconds', 'markdown_table']
 
 # %% ../../nbs/70_bench/70_stats.ipynb #d92cb53a
 def percentile(xs:list[float], q:float) -> float:
@@ -29,3 +31,15 @@ def machine_cpu_seconds() -> float|None:
     try: f = [int(x) for x in Path('/proc/stat').read_text().split('\n', 1)[0].split()[1:]]
     except (OSError, ValueError): return None
     return (sum(f[:8]) - f[3] - f[4]) / os.sysconf('SC_CLK_TCK')  # all but idle and iowait
+
+# %% ../../nbs/70_bench/70_stats.ipynb #3672ecfe
+def _cell(v, floats:str) -> str:
+    if v is None or (isinstance(v, float) and v != v): return '-'
+    return floats.format(v) if isinstance(v, float) else str(v)
+
+def markdown_table(df:pd.DataFrame|list[dict], floats:str='{:.3f}') -> str:
+    "A GitHub-flavoured markdown table of a frame or of rows (dicts); NaN and None as '-'."
+    df = pd.DataFrame(df) if isinstance(df, list) else df
+    lines = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
+    lines += ['| ' + ' | '.join(_cell(v, floats) for v in r) + ' |' for r in df.itertuples(index=False)]
+    return '\n'.join(lines)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..jira import DataMissing, shared_dir
 
 # %% auto #0
-__all__ = ['REFERENCE', 'data_dir', 'bench_fit', 'tenant_table', 'markdown_table']
+__all__ = ['REFERENCE', 'data_dir', 'bench_fit', 'tenant_table']
 
 # %% ../../nbs/70_bench/73_train.ipynb #97becb25
 # quick reference models on the temporal split (assignee top-1, priority macro-F1, components micro-F1)
@@ -52,7 +52,7 @@ def bench_fit(df, tasks=None, repeats:int=1, n_asked:int=50) -> dict:
     for t, m in loaded.items():
         rows = [asked(one.iloc[i:i + 1], t) for i in range(len(one))]; m.predict(rows[0])
         t0 = time.perf_counter()
-        for q in rows: m.predict(q); m.vectorizer._memo = None   # each task encodes the text itself here
+        for q in rows: m.predict(q); m.vectorizer_._memo = None   # each task encodes the text itself here
         ms[t] = (time.perf_counter() - t0) / len(rows) * 1000
     tm, issues = TenantModels('bench', loaded, {t: 1 for t in loaded}), [_issue_json(r) for _, r in one.iterrows()]
     tm.triage(issues[0]); t0 = time.perf_counter()
@@ -79,10 +79,3 @@ def tenant_table(d:Path, progress=None) -> list[dict]:
                          fit_s=r['fit_seconds']['total']))
         if progress: progress(name)
     return rows
-
-def markdown_table(rows:list[dict]) -> str:
-    "`tenant_table`'s rows as a Markdown table."
-    cell = lambda v: v if isinstance(v, str) else '' if v is None else f'{v:.3f}' if isinstance(v, float) else str(v)
-    cols = list(rows[0])
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols),
-                      *('| ' + ' | '.join(cell(v) for v in r.values()) + ' |' for r in rows)])

@@ -13,7 +13,8 @@ import typer
 from ..bench.cluster import bench_colocated, bench_table as cluster_table, measure_failover
 from ..bench.ingest import bench_file, bench_report, default_data, warm_up
 from ..bench.serve import bench_serve_run, bench_table
-from ..bench.train import bench_fit, data_dir, markdown_table, tenant_table
+from ..bench.stats import markdown_table
+from ..bench.train import bench_fit, data_dir, tenant_table
 from .app import bench_app, console
 from ..config import AlliediumError, Settings, get_settings
 from ..ignite import free_port, start_local_node
