@@ -26,11 +26,10 @@ __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promot
            'load_model', 'load_active_models']
 
 # %% ../nbs/50_registry.ipynb #e93c7b52
-FORMAT = 'skops/4'
+FORMAT = 'skops/3'
 TRUSTED_TYPES = {'alliedium.features.OneHot', 'alliedium.features.ReporterHistory', 'alliedium.features.TextEncoder',
                  'alliedium.features.Linear', 'alliedium.models.assignee.AssigneeModel',
                  'alliedium.models.multilabel.MultiLabelModel', 'alliedium.models.multilabel.KnnIndex',
-                 'alliedium.models.candidates.PeopleEvidence', 'alliedium.models.candidates.Trees',
                  'alliedium.models.priority.PriorityModel'}
 
 class RegistryError(AlliediumError): "A model version cannot be stored, found or loaded."

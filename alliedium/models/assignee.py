@@ -10,13 +10,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from fastcore.basics import patch
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 
-from ..features import (Linear, ReporterHistory, TextEncoder, TextMatrix, active_people, encode_rows,
-                                recency_weights, text_rows, text_vectorizer, ticket_text)
-from .candidates import PeopleEvidence, Trees, earlier_neighbours
-from .multilabel import KnnIndex
+from ..features import (Linear, OneHot, ReporterHistory, TextEncoder, TextMatrix, active_people, encode_all,
+                                encode_rows, recency_weights, text_rows, text_vectorizer, ticket_text)
 
 # %% auto #0
 __all__ = ['AssigneeModel']
@@ -28,40 +25,20 @@ def _logit(p): p = np.clip(p, 1e-6, 1 - 1e-6); return np.log(p / (1 - p))
 
 # %% ../../nbs/30_models/31_assignee.ipynb #9b2a3601
 class AssigneeModel:
-    "Top-k assignees with calibrated scores; `abstain` under the tenant's thresholds."
+    "Top-k assignees with calibrated scores; `abstain` under the tenant's threshold."
     task = 'assignee'
     def __init__(self, window_days:int=730, # people assigned in this many days before the newest ticket are candidates
-                 min_tickets:int=3, # ... the active ones (`candidates_`) if they took at least this many in the window
-                 half_life_days:float=365, # recency weighting of training tickets (self part)
+                 min_tickets:int=3, # ... if they took at least this many tickets in the window
+                 half_life_days:float=365, # recency weighting of training tickets
                  top_k:int=5, # suggestions returned
-                 target_precision:float=0.8, # held-out top-1 precision the abstain thresholds aim at (per slice)
+                 target_precision:float=0.8, # held-out top-1 precision the abstain threshold aims at
                  default_threshold:float=0.5, # abstain threshold when the history is too short to choose one
                  calibration_share:float=0.1, # newest share of the history held out to calibrate
-                 k:int=30, # similar past tickets asked (the components model's, so a request finds them once)
-                 knn_half_life:float=730, # their recency weighting (the components model's)
-                 n_trees:int=100, # boosting iterations of the candidate ranker
-                 seed:int=0):
+                 alpha:float=1e-5, epochs:int=15, seed:int=0):
         self.window_days, self.min_tickets, self.half_life_days = window_days, min_tickets, half_life_days
-        self.top_k, self.k, self.knn_half_life, self.n_trees = top_k, k, knn_half_life, n_trees
+        self.top_k = top_k
         self.target_precision, self.default_threshold = target_precision, default_threshold
-        self.calibration_share, self.seed = calibration_share, seed
-
-# %% ../../nbs/30_models/31_assignee.ipynb #245ce964
-def _days(ts) -> np.ndarray:
-    return pd.to_datetime(pd.Series(list(ts))).astype('datetime64[us]').astype('int64').to_numpy() / 86400e6
-def _names(xs) -> list: return [x if isinstance(x, str) and x else None for x in xs]
-def _list(v) -> list[str]: return [str(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else []
-
-@patch
-def _others(self:AssigneeModel, t:float, reporter, components, ids:np.ndarray, sims:np.ndarray
-           ) -> tuple[list, np.ndarray]:
-    "One ticket's candidates (not its reporter) and their probabilities among themselves."
-    ev = self.evidence_
-    cand, F = ev.group(t, reporter, components, ids, sims)
-    if not len(cand): return [], np.zeros(0)
-    s = self.ranker_.decision_function(F) if self.ranker_ is not None else np.log(F[:, 0] + 0.01 * F[:, 12] + 1e-6)
-    e = np.exp(s - s.max())
-    return [ev.names[p] for p in cand.tolist()], e / e.sum()
+        self.calibration_share, self.alpha, self.epochs, self.seed = calibration_share, alpha, epochs, seed
 
 # %% ../../nbs/30_models/31_assignee.ipynb #83f48e70
 @patch
@@ -73,110 +50,84 @@ def _fit_core(self:AssigneeModel, df:pd.DataFrame, text:TextMatrix|None=None):
     H = self.history_.transform(df, expanding=True)
     self.history_.fit(df)
     a = (df['assignee'].notna() & df['reporter'].notna()).to_numpy()
-    X_all = text_rows(df, text, self.vectorizer_); X = X_all[a]
+    X = text_rows(df[a], text, self.vectorizer_)
     w = recency_weights(df['created_at'][a], end, self.half_life_days)
     y_self = (df['assignee'][a] == df['reporter'][a]).to_numpy()
     clf = LogisticRegression(C=1.0, solver='liblinear').fit(sp.hstack([X, H[a]]).tocsr(), y_self, sample_weight=w)
     self.self_clf_ = Linear.of(clf)
-    self._fit_others(df, X_all, a, w, y_self, end)
+    self._fit_others(df, X, a, w, y_self, end)
     return self
 
 # %% ../../nbs/30_models/31_assignee.ipynb #1acf2bf4
 @patch
 def _fit_others(self:AssigneeModel, df, X, a, w, y_self, end):
-    "The candidate ranker: evidence replayed in time order, trained on the tickets not taken by their reporter."
     self.candidates_ = active_people(df, end, self.window_days, self.min_tickets)
-    t = _days(df['created_at']); rep, asg = _names(df['reporter']), _names(df['assignee'])
-    comps = [_list(c) for c in df['components']]
-    ev = PeopleEvidence(sorted({x for x in rep + asg if x is not None}), sorted({c for cs in comps for c in cs}),
-                        t.min(), window_days=self.window_days)
-    people = np.array([ev.pid[x] if x is not None else -1 for x in asg], np.int32)
-    rows = [i for i in range(int(len(df) * 0.1), len(df)) if asg[i] is not None and asg[i] != rep[i]]
-    near = dict(zip(rows, earlier_neighbours(X, t, people, rows, self.k, self.knn_half_life)))
-    Fs, ys = [], []
-    for i in range(len(df)):
-        if i in near:
-            cand, F = ev.group(t[i], rep[i], comps[i], *near[i])
-            if (y := cand == people[i]).any() and len(cand) > 1: Fs.append(F); ys.append(y)
-        ev.update(t[i], rep[i], comps[i], asg[i])
-    self.evidence_ = ev.rebase(t.max()); self.index_people_ = people
-    self.index_ = KnnIndex(X, recency_weights(df['created_at'], end, self.knn_half_life))
-    self.classes_ = np.array(self.candidates_, dtype=object)
-    y = np.concatenate(ys) if ys else np.zeros(0, bool)
-    self.ranker_ = Trees(HistGradientBoostingClassifier(
-        max_iter=self.n_trees, learning_rate=0.1, max_leaf_nodes=15, early_stopping=False, random_state=self.seed
-    ).fit(np.vstack(Fs), y)) if len(ys) >= 20 and y.any() and not y.all() else None
+    ad = df[a]
+    m = ad['assignee'].isin(self.candidates_).to_numpy() & ~y_self
+    self.reporters_ = OneHot().fit(ad['reporter'][m]); self.components_ = OneHot().fit(ad['components'][m].map(_first))
+    if len(set(ad['assignee'][m])) < 2:
+        self.others_ = None; self.classes_ = np.array(sorted(set(ad['assignee'][m])), dtype=object); return
+    Xo = sp.hstack([X[m], *self._cats(ad[m])]).tocsr()
+    clf = SGDClassifier(loss='log_loss', alpha=self.alpha, max_iter=self.epochs, tol=None, random_state=self.seed)
+    self.others_ = Linear.of(clf.fit(Xo, ad['assignee'][m].to_numpy(), sample_weight=w[m]))
+    self.classes_ = self.others_.classes_
+
+@patch
+def _cats(self:AssigneeModel, df, encode=encode_all) -> list:
+    "The reporter and first-component indicator blocks (`encode`: `encode_rows` when predicting)."
+    return [encode(self.reporters_, list(df['reporter'])),
+            encode(self.components_, [_first(c) for c in df['components']])]
 
 # %% ../../nbs/30_models/31_assignee.ipynb #a13da03a
 @patch
-def _raw_scores(self:AssigneeModel, df:pd.DataFrame) -> tuple[np.ndarray, list, np.ndarray]:
-    "Uncalibrated p_self per row and the others' (names, scores) (scores sum to 1 - p_self)."
+def _raw_scores(self:AssigneeModel, df:pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Uncalibrated p_self per row and the others' scores (the reporter's zeroed; rows sum to 1 - p_self)."
     X = encode_rows(self.vectorizer_, ticket_text(df))
     p_self = self.self_clf_.predict_proba([X, self.history_.transform(df)])[:, 1]
     # a pandas column or `TicketRows`' list; the None keeps strings objects
-    rep = np.asarray(_names(df['reporter']) + [None], dtype=object)[:-1]
-    p_self = np.where([r is None for r in rep], 0.0, p_self)
-    top, sims = self.index_.neighbours(X, min(self.k, self.index_.n)) if self.index_.n else (None, None)
-    t, comps, others = _days(df['created_at']), list(df['components']), []
-    for i in range(len(df)):
-        ids = self.index_people_[top[i]] if top is not None else np.zeros(0, np.int32)
-        m = (ids >= 0) & (sims[i] > 0) if top is not None else ids >= 0
-        names, p = self._others(t[i], rep[i], _list(comps[i]), ids[m], sims[i][m] if top is not None else ids[m])
-        others.append((names, p * (1 - p_self[i])))
-    return p_self, others, rep
+    rep = np.asarray(list(df['reporter']) + [None], dtype=object)[:-1]
+    p_self = np.where([r is None or r != r for r in rep], 0.0, p_self)
+    if self.others_ is None:
+        P = np.ones((len(df), len(self.classes_)))
+    else: P = self.others_.predict_proba([X, *self._cats(df, encode_rows)])
+    P = P * (self.classes_[None, :] != rep[:, None])
+    P = P / np.clip(P.sum(1, keepdims=True), 1e-12, None) * (1 - p_self)[:, None]
+    return p_self, P, rep
 
 # %% ../../nbs/30_models/31_assignee.ipynb #8205bd54
 @patch
 def rank(self:AssigneeModel, df:pd.DataFrame, k:int|None=None, calibrated:bool=True) -> list[list[tuple[str, float]]]:
     "Per ticket, the top `k` (person, score), best first."
     k = k or self.top_k
-    p_self, others, rep = self._raw_scores(df)
+    p_self, P, rep = self._raw_scores(df)
     a, b = self.platt_ if calibrated else (1.0, 0.0)
     def cal(s) -> float:  # one score, in floats (numpy's per-call cost was most of it); a tanh sigmoid cannot overflow
         s = min(max(float(s), 1e-6), 1 - 1e-6); return 0.5 * (1 + math.tanh((a * math.log(s / (1 - s)) + b) / 2))
     out = []
-    for i, (names, p) in enumerate(others):
-        top = np.argsort(-p)[:k]
-        cand = [(names[j], p[j]) for j in top if p[j] > 0]
-        if rep[i] is not None: cand.append((rep[i], p_self[i]))
+    for i in range(len(df)):
+        top = np.argsort(-P[i])[:k]
+        cand = [(self.classes_[j], P[i, j]) for j in top if P[i, j] > 0]
+        if rep[i] is not None and rep[i] == rep[i]: cand.append((rep[i], p_self[i]))
         cand.sort(key=lambda t: -t[1])
         out.append([(str(n), cal(s)) for n, s in cand[:k]])
     return out
 
-@patch
-def abstains(self:AssigneeModel, ranked:list, reporters) -> np.ndarray:
-    "Per ranked ticket, whether it abstains: no suggestion, or a top score under its kind's threshold."
-    return np.array([not r or r[0][1] < (self.self_threshold_ if r[0][0] == p else self.threshold_)
-                     for r, p in zip(ranked, _names(reporters))], dtype=bool)
-
 # %% ../../nbs/30_models/31_assignee.ipynb #72354052
-def _thresholds(top:np.ndarray, is_rep:np.ndarray, hit:np.ndarray, is_self:np.ndarray, target:float, min_n:int=20):
-    "Thresholds (others', reporter's) answering most tickets with precision >= `target` overall and per slice."
-    grid = lambda s: np.unique(np.r_[np.quantile(s, np.linspace(0, 1, 21)) if len(s) else [], np.inf])
-    best = None
-    for to in grid(top[~is_rep]):
-        for ts in grid(top[is_rep]):
-            keep = np.where(is_rep, top >= ts, top >= to)
-            ok = all(keep[m].sum() < min_n or hit[keep & m].mean() >= target for m in (is_self, ~is_self, keep | True))
-            if ok and keep.sum() >= min(min_n, len(top)) and (best is None or keep.sum() > best[0]):
-                best = (keep.sum(), float(to), float(ts))
-    return best[1:] if best else None
-
 @patch
-def _calibrate(self:AssigneeModel, ranked:list, truth:np.ndarray, reporters:np.ndarray):
-    "Platt scaling on held-out (score, correct) pairs of the top 3, then the two abstain thresholds."
+def _calibrate(self:AssigneeModel, ranked:list, truth:np.ndarray):
+    "Platt scaling on held-out (score, correct) pairs of the top 3, then the abstain threshold."
     s = np.array([sc for r in ranked for _, sc in r[:3]])
     y = np.array([n == t for r, t in zip(ranked, truth) for n, _ in r[:3]])
     if len(s) < 30 or y.all() or not y.any(): return
     lr = LogisticRegression(C=100).fit(_logit(s)[:, None], y)
-    self.platt_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0])); a, b = self.platt_
+    self.platt_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+    a, b = self.platt_
     top = np.array([1 / (1 + np.exp(-(a * _logit(r[0][1]) + b))) if r else 0 for r in ranked])
     hit = np.array([bool(r) and r[0][0] == t for r, t in zip(ranked, truth)])
-    rep = np.array(_names(reporters), dtype=object)
-    is_rep = np.array([bool(r) and r[0][0] == p for r, p in zip(ranked, rep)]); is_self = truth == rep
-    found = _thresholds(top, is_rep, hit, is_self, self.target_precision)
+    order = np.argsort(-top); prec = np.cumsum(hit[order]) / np.arange(1, len(order) + 1)
+    ok = np.nonzero((prec >= self.target_precision) & (np.arange(len(order)) >= min(19, len(order) - 1)))[0]
     # the default when too few held-out tickets agree
-    self.threshold_, self.self_threshold_ = found if found else (self.default_threshold, self.default_threshold)
+    self.threshold_ = float(top[order][ok.max()]) if len(ok) else self.default_threshold
 
 # %% ../../nbs/30_models/31_assignee.ipynb #26b63dd3
 @patch
@@ -187,20 +138,17 @@ def fit(self:AssigneeModel, df:pd.DataFrame, # the tenant's tickets (training hi
     df = df.sort_values('created_at', kind='stable').reset_index(drop=True)
     n_cal = int(len(df) * self.calibration_share)
     self.platt_, self.threshold_ = (1.0, 0.0), self.default_threshold
-    self.self_threshold_ = self.default_threshold
     if n_cal >= 50:
         self._fit_core(df.iloc[:-n_cal], text)
         held = df.iloc[-n_cal:]; held = held[held['assignee'].notna()]
-        if len(held): self._calibrate(self.rank(held, k=3, calibrated=False), held['assignee'].to_numpy(),
-                                      held['reporter'].to_numpy())
+        if len(held): self._calibrate(self.rank(held, k=3, calibrated=False), held['assignee'].to_numpy())
     return self._fit_core(df, text)
 
 @patch
 def predict(self:AssigneeModel, df:pd.DataFrame) -> list[dict]:
     "The triage answer per ticket: `assignee` [{name, score}] and `abstain`."
-    ranked = self.rank(df)
-    return [dict(assignee=[dict(name=n, score=round(s, 4)) for n, s in r], abstain=bool(x))
-            for r, x in zip(ranked, self.abstains(ranked, df['reporter']))]
+    return [dict(assignee=[dict(name=n, score=round(s, 4)) for n, s in r], abstain=not r or r[0][1] < self.threshold_)
+            for r in self.rank(df)]
 
 # %% ../../nbs/30_models/31_assignee.ipynb #d4e6f8a0
 @patch(as_prop=True)
