@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from fastcore.basics import patch
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 
-from ..features import (Linear, OneHot, ReporterHistory, TextEncoder, TextMatrix, active_people, encode_all,
+from ..features import (Linear, OneHot, ReporterHistory, TextMatrix, active_people, encode_all,
                                 encode_rows, recency_weights, text_rows, text_vectorizer, ticket_text)
 
 # %% auto #0
@@ -149,11 +149,3 @@ def predict(self:AssigneeModel, df:pd.DataFrame) -> list[dict]:
     "The triage answer per ticket: `assignee` [{name, score}] and `abstain`."
     return [dict(assignee=[dict(name=n, score=round(s, 4)) for n, s in r], abstain=not r or r[0][1] < self.threshold_)
             for r in self.rank(df)]
-
-# %% ../../nbs/30_models/31_assignee.ipynb #d4e6f8a0
-@patch(as_prop=True)
-def vectorizer(self:AssigneeModel) -> TextEncoder: return self.vectorizer_
-@patch(as_prop=True)
-def candidates(self:AssigneeModel) -> list[str]: return self.candidates_
-@patch(as_prop=True)
-def threshold(self:AssigneeModel) -> float: return self.threshold_

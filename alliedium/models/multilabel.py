@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from fastcore.basics import patch
 
-from ..features import (OneHot, RowTable, SparseRow, TextEncoder, TextMatrix, encode_rows, pack_values,
+from ..features import (OneHot, RowTable, SparseRow, TextMatrix, encode_rows, pack_values,
                                 recency_weights, text_rows, text_vectorizer, ticket_text, unpack_values)
 
 # %% auto #0
@@ -190,6 +190,3 @@ def predict(self:MultiLabelModel, df:pd.DataFrame) -> list[list[dict]]:
     if not len(self.classes_): return [[] for _ in range(len(df))]
     return [[dict(name=str(self.classes_[j]), score=round(float(s[j]), 4)) for j in self._chosen(s)]
             for s in self.scores(df)]
-
-@patch(as_prop=True)
-def vectorizer(self:MultiLabelModel) -> TextEncoder: return self.vectorizer_  # the old name, read-only (not stored)

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from fastcore.basics import patch
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 
-from ..features import (Linear, OneHot, TextEncoder, TextMatrix, encode_all, encode_rows, recency_weights,
+from ..features import (Linear, OneHot, TextMatrix, encode_all, encode_rows, recency_weights,
                                 text_rows, text_vectorizer, ticket_text)
 
 # %% auto #0
@@ -86,6 +86,3 @@ def predict(self:PriorityModel, df:pd.DataFrame) -> list[dict]:
     return [dict(priority=dict(label=str(self.classes_[int(np.argmax(p))]),
                                scores={str(c): round(float(x), 4) for c, x in zip(self.classes_, p)}),
                  rank_score=round(float(s), 4)) for p, s in zip(P, r)]
-
-@patch(as_prop=True)
-def vectorizer(self:PriorityModel) -> TextEncoder: return self.vectorizer_  # the old name, read-only (not stored)
