@@ -20,29 +20,47 @@ from .models import TASKS, new_model
 from .models.priority import urgency
 
 # %% auto #0
-__all__ = ['TASK_METRICS', 'PRIMARY', 'asked', 'assignee_metrics', 'multilabel_metrics', 'priority_metrics', 'fit_tasks',
-           'evaluate_split', 'evaluate_tenant', 'reference_assignee', 'evaluate_rolling', 'cross_validate', 'nested_cv',
-           'plot_report']
+__all__ = ['SLICES', 'TASK_METRICS', 'PRIMARY', 'asked', 'rank_slices', 'assignee_metrics', 'multilabel_metrics',
+           'priority_metrics', 'component_owner_ranks', 'knn_vote_ranks', 'assignee_baselines', 'fit_tasks',
+           'evaluate_split', 'evaluate_tenant', 'reference_assignee', 'assignee_row', 'assignee_table',
+           'evaluate_rolling', 'cross_validate', 'nested_cv', 'plot_slices', 'plot_report']
 
 # %% ../nbs/40_evaluation.ipynb #7f2ceadd
 def asked(df:pd.DataFrame, task:str) -> pd.DataFrame:
     "The test tickets as a model of `task` sees them: inputs only."
     return df[['issue_key', 'created_at', *INPUTS[task]]].copy()
 
+SLICES = ('all', 'self', 'nonself')  # assigned test tickets; taken by their reporter; taken by someone else
+
+def rank_slices(ranked:list, test:pd.DataFrame, pool=None, keep=None, ks=(1, 3, 5)) -> dict:
+    "Top-k, ceiling (truth in `pool` or the reporter), n, coverage and answered precision per slice."
+    truth, rep = test['assignee'].to_numpy(), test['reporter'].to_numpy()
+    is_self = np.array([t == r for t, r in zip(truth, rep)], bool); out = {}
+    hit = {k: np.array([t in [n for n, _ in r[:k]] for r, t in zip(ranked, truth)], bool) for k in ks}
+    top1 = np.array([bool(r) and r[0][0] == t for r, t in zip(ranked, truth)], bool)
+    for name, m in zip(SLICES, (np.ones(len(truth), bool), is_self, ~is_self)):
+        s = {f'top{k}': float(hit[k][m].mean()) if m.any() else None for k in ks} | {'n': int(m.sum())}
+        if pool is not None:
+            s['ceiling'] = float(np.mean([t in pool or t == r for t, r in zip(truth[m], rep[m])])) if m.any() else None
+        if keep is not None:
+            s['coverage'] = float(keep[m].mean()) if m.any() else None; s['answered'] = int((m & keep).sum())
+            s['precision'] = float(top1[m & keep].mean()) if (m & keep).any() else None
+        out[name] = s
+    return out
+
+# %% ../nbs/40_evaluation.ipynb #1267bbd6
 def assignee_metrics(model, test:pd.DataFrame, ks=(1, 3, 5), curve:int=10) -> dict:
-    "Top-k hits and curve, candidate ceiling, coverage and accuracy at the threshold, on assigned tickets."
+    "Top-k hits and curve, candidate ceiling, coverage and accuracy at the threshold, overall and per slice."
     test = test[test['assignee'].notna()]
     if not len(test): return {}
     ranked = model.rank(asked(test, 'assignee'), k=max(*ks, curve)); truth = test['assignee'].to_numpy()
     hits = lambda k: float(np.mean([t in [n for n, _ in r[:k]] for r, t in zip(ranked, truth)]))
-    out = {f'top{k}': hits(k) for k in ks}
-    cands = set(model.candidates_)
-    out['candidate_share'] = float(np.mean([t in cands or t == r for t, r in zip(truth, test['reporter'])]))
     keep = np.array([bool(r) and r[0][1] >= model.threshold_ for r in ranked])
-    out['coverage'] = float(keep.mean())
-    out['accuracy_at_threshold'] = (float(np.mean([r[0][0] == t for r, t, k in zip(ranked, truth, keep) if k]))
-                                    if keep.any() else None)
-    out['threshold'] = float(model.threshold_); out['n_test'] = int(len(test))
+    slices = rank_slices(ranked, test, set(model.candidates_), keep, ks)
+    out = {f'top{k}': slices['all'][f'top{k}'] for k in ks}
+    out['candidate_share'] = slices['all']['ceiling']
+    out['coverage'], out['accuracy_at_threshold'] = slices['all']['coverage'], slices['all']['precision']
+    out['threshold'] = float(model.threshold_); out['n_test'] = int(len(test)); out['slices'] = slices
     out['topk_curve'] = [hits(k) for k in range(1, curve + 1)]  # plot_report draws it
     return out
 
@@ -73,6 +91,46 @@ TASK_METRICS = {'assignee': assignee_metrics, 'components': multilabel_metrics, 
                 'priority': priority_metrics}
 PRIMARY = {'assignee': 'top1', 'components': 'micro_f1', 'labels': 'micro_f1', 'priority': 'macro_f1'}
 
+# %% ../nbs/40_evaluation.ipynb #3442c21b
+def _first(c): return c[0] if isinstance(c, (list, tuple, np.ndarray)) and len(c) else None
+
+def component_owner_ranks(train:pd.DataFrame, test:pd.DataFrame, k:int=10) -> list:
+    "Baseline: the first component's most frequent assignees in the newest third of `train`, then everyone's."
+    tr = train.sort_values('created_at', kind='stable').iloc[-(len(train) // 3):]; tr = tr[tr['assignee'].notna()]
+    overall = tr['assignee'].value_counts().index.tolist()
+    owners = {c: g.value_counts().index.tolist() for c, g in tr['assignee'].groupby(tr['components'].map(_first))}
+    out = []
+    for c in test['components']:
+        o = owners.get(_first(c), [])
+        out.append([(n, 1.0) for n in (o + [x for x in overall if x not in o])[:k]])
+    return out
+
+# %% ../nbs/40_evaluation.ipynb #3f1e3aaf
+def knn_vote_ranks(train:pd.DataFrame, test:pd.DataFrame, n:int=20, half_life_days:float=365, k:int=10) -> list:
+    "Baseline: assignees of the `n` most similar training tickets, votes by similarity and recency."
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    tr = train[train['assignee'].notna()]
+    text = lambda df: (df['summary'].fillna('').astype(str) + ' ' + df['description'].fillna('').astype(str)).tolist()
+    v = TfidfVectorizer(sublinear_tf=True, min_df=2, dtype=np.float32).fit(text(tr))
+    S = (v.transform(text(test)) @ v.transform(text(tr)).T).toarray()
+    day = lambda s: pd.to_datetime(s).astype('datetime64[us]').astype('int64').to_numpy() / 86400e6
+    t_tr, t_te, who = day(tr['created_at']), day(test['created_at']), tr['assignee'].to_numpy()
+    out = []
+    for i in range(len(test)):
+        top = np.argpartition(-S[i], min(n, S.shape[1] - 1))[:n]; votes = {}
+        for a, w in zip(who[top], S[i, top] * 0.5 ** ((t_te[i] - t_tr[top]) / half_life_days)):
+            votes[a] = votes.get(a, 0) + w
+        out.append(sorted(votes.items(), key=lambda kv: -kv[1])[:k])
+    return out
+
+def assignee_baselines(train:pd.DataFrame, test:pd.DataFrame) -> dict:
+    "The plain baselines (component owner, kNN vote) per slice of `test`'s assigned tickets."
+    test = test[test['assignee'].notna()]
+    if not len(test) or not train['assignee'].notna().any(): return {}
+    with threadpool_limits(1):
+        return {name: rank_slices(f(train, test), test) for name, f in
+                (('component_owner', component_owner_ranks), ('knn_vote', knn_vote_ranks))}
+
 # %% ../nbs/40_evaluation.ipynb #047b545a
 def fit_tasks(train:pd.DataFrame, tasks:list[str]|None=None, params:dict|None=None) -> tuple[dict, dict]:
     "Fitted models and fit seconds per task (the TF-IDF fit is counted in `text`)."
@@ -87,10 +145,12 @@ def fit_tasks(train:pd.DataFrame, tasks:list[str]|None=None, params:dict|None=No
     return models, secs
 
 
-def evaluate_split(train:pd.DataFrame, test:pd.DataFrame, tasks:list[str]|None=None, params:dict|None=None) -> dict:
-    "Metrics of every task fitted on `train` and asked about `test`."
+def evaluate_split(train:pd.DataFrame, test:pd.DataFrame, tasks:list[str]|None=None, params:dict|None=None,
+                   baselines:bool=True) -> dict:
+    "Metrics of every task fitted on `train` and asked about `test` (the assignee's plain baselines beside)."
     models, secs = fit_tasks(train, tasks, params)
     out = {task: {**TASK_METRICS[task](m, test), 'fit_seconds': round(secs[task], 3)} for task, m in models.items()}
+    if baselines and out.get('assignee'): out['assignee']['baselines'] = assignee_baselines(train, test)
     out['fit_seconds'] = {k: round(v, 3) for k, v in secs.items()} | {'total': round(sum(secs.values()), 3)}
     return out
 
@@ -124,6 +184,32 @@ def reference_assignee(train:pd.DataFrame, test:pd.DataFrame, window_days:int=73
     names, truth = clf.classes_[top], te['assignee'].to_numpy()
     return {f'top{k}': float(np.mean([t in n[:k] for n, t in zip(names, truth)])) for k in ks}
 
+# %% ../nbs/40_evaluation.ipynb #1ef78f1b
+def assignee_row(tenant:str, a:dict) -> dict:
+    "One table row from an assignee result with slices and baselines: per slice top-1/3, precision, coverage."
+    s, b = a['slices'], a.get('baselines') or {}
+    row = dict(tenant=tenant, n=s['all']['n'], nonself_share=s['nonself']['n'] / max(s['all']['n'], 1),
+               nonself_ceiling=s['nonself'].get('ceiling'))
+    row |= {f'{sl}_{k}': s[sl].get(k) for sl in SLICES for k in ('top1', 'top3', 'precision', 'coverage')}
+    row |= {f'{name}_{sl}_top3': x[sl]['top3'] for name, x in b.items() for sl in ('all', 'nonself')}
+    return row | dict(fit_s=a.get('fit_seconds'))
+
+def assignee_table(folder:str, # a folder of Jira dumps, one `<Tenant>.jsonl.gz` per tenant
+                   tenants:list[str]|None=None, # the tenants (file stems) to run, default: every dump
+                   test_share:float=0.2, show:bool=True) -> pd.DataFrame:
+    "Per tenant: assignee top-1/3 per slice, answered precision, coverage and the baselines (temporal split)."
+    from pathlib import Path
+    from alliedium.jira import read_issues, tickets_frame
+    rows = []
+    for f in sorted(Path(folder).glob('*.jsonl.gz')):
+        name = f.name.split('.')[0]
+        if tenants and name not in tenants: continue
+        r = evaluate_tenant(tickets_frame(read_issues(f, name.lower())), ['assignee'], test_share)
+        rows.append(assignee_row(name, r['assignee']))
+    out = pd.DataFrame(rows)
+    if show: print(out.round(3).to_string(index=False))
+    return out
+
 # %% ../nbs/40_evaluation.ipynb #5d396831
 def evaluate_rolling(df:pd.DataFrame, tasks:list[str]|None=None, months:int=12, params:dict|None=None,
                      progress=None) -> dict:
@@ -133,7 +219,7 @@ def evaluate_rolling(df:pd.DataFrame, tasks:list[str]|None=None, months:int=12, 
     for m in sorted(month.unique())[-months:]:
         train, test = df[month < m], df[month == m]
         if len(train) < 100 or not len(test): continue
-        r = evaluate_split(train, test, tasks, params)
+        r = evaluate_split(train, test, tasks, params, baselines=False)
         out[str(m)] = {t: {k: v for k, v in x.items() if k in (PRIMARY.get(t), 'top3', 'rank_correlation', 'n_test')}
                        for t, x in r.items() if t in TASK_METRICS}
         if progress: progress(str(m))
@@ -149,7 +235,8 @@ def cross_validate(df:pd.DataFrame, task:str, k:int=5, params:dict|None=None) ->
     "Stratified k-fold: the task's primary metric per fold, mean and standard deviation."
     df = df.reset_index(drop=True); scores = []
     for tr, te in _folds(df, k):
-        scores.append(evaluate_split(df.iloc[tr], df.iloc[te], [task], {task: params or {}})[task][PRIMARY[task]])
+        r = evaluate_split(df.iloc[tr], df.iloc[te], [task], {task: params or {}}, baselines=False)
+        scores.append(r[task][PRIMARY[task]])
     return dict(metric=PRIMARY[task], folds=scores, mean=float(np.mean(scores)), std=float(np.std(scores)))
 
 def nested_cv(df:pd.DataFrame, task:str, grid:dict[str, list], outer:int=3, inner:int=3) -> dict:
@@ -159,20 +246,35 @@ def nested_cv(df:pd.DataFrame, task:str, grid:dict[str, list], outer:int=3, inne
         inner_df = df.iloc[tr].reset_index(drop=True)
         means = {v: cross_validate(inner_df, task, inner, {name: v})['mean'] for v in values}
         best = max(means, key=means.get)
-        score = evaluate_split(inner_df, df.iloc[te], [task], {task: {name: best}})[task][PRIMARY[task]]
+        score = evaluate_split(inner_df, df.iloc[te], [task], {task: {name: best}}, False)[task][PRIMARY[task]]
         out.append(dict(chosen=best, inner=means, outer=score))
     return dict(metric=PRIMARY[task], parameter=name, folds=out, mean=float(np.mean([f['outer'] for f in out])))
 
 # %% ../nbs/40_evaluation.ipynb #3c609b42
-def plot_report(result:dict, title:str=''):
-    "Top-k curve and priority confusion matrix of an `evaluate_tenant` result."
+def plot_slices(a:dict, ax=None):
+    "Bars per slice (all, self, non-self): the model's top-1 and top-3, each baseline's top-3."
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    ax = ax or plt.subplots(figsize=(5, 4))[1]
+    bars = {f'top-{k}': {sl: a['slices'][sl][f'top{k}'] for sl in SLICES} for k in (1, 3)}
+    bars |= {f'{b} top-3': {sl: x[sl]['top3'] for sl in SLICES} for b, x in (a.get('baselines') or {}).items()}
+    w = 0.8 / len(bars)
+    for i, (label, v) in enumerate(bars.items()):
+        ax.bar(np.arange(3) + i * w, [v[sl] or 0 for sl in SLICES], w, label=label)
+    ax.set_xticks(np.arange(3) + w * (len(bars) - 1) / 2)
+    ax.set_xticklabels([f"{sl}\n(n={a['slices'][sl]['n']})" for sl in SLICES])
+    ax.set(ylim=(0, 1), ylabel='share of assigned test tickets', title='assignee by slice'); ax.legend(fontsize=7)
+    return ax
+
+def plot_report(result:dict, title:str=''):
+    "Top-k curve, assignee slices against the baselines, and priority confusion matrix of an `evaluate_tenant` result."
+    import matplotlib.pyplot as plt
+    fig, (a, s, b) = plt.subplots(1, 3, figsize=(15, 4))
     curve = (result.get('assignee') or {}).get('topk_curve')
     if curve:
         a.plot(range(1, len(curve) + 1), curve, marker='o', label='top-k accuracy')
         a.axhline(result['assignee']['candidate_share'], ls='--', c='gray', label='candidate ceiling')
         a.set(xlabel='k', ylabel='share of assigned test tickets', ylim=(0, 1), title='assignee'); a.legend()
+    if (result.get('assignee') or {}).get('slices'): plot_slices(result['assignee'], s)
     conf = (result.get('priority') or {}).get('confusion')
     if conf:
         m = np.array(conf['matrix']); b.imshow(m, cmap='Blues')

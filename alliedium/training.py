@@ -14,7 +14,8 @@ from .models import TASKS
 from . import registry
 
 # %% auto #0
-__all__ = ['NotEnoughHistory', 'model_params', 'holdout_split', 'decide', 'train_frame', 'train_tenant']
+__all__ = ['SLICE_CHECKS', 'NotEnoughHistory', 'model_params', 'holdout_split', 'decide', 'decide_task', 'train_frame',
+           'train_tenant']
 
 # %% ../nbs/55_training.ipynb #d1783492
 class NotEnoughHistory(AlliediumError):
@@ -35,22 +36,19 @@ def holdout_split(df:pd.DataFrame, eval_days:int) -> tuple[pd.DataFrame, pd.Data
     return df.iloc[:n_old], df.iloc[n_old:]
 
 # %% ../nbs/55_training.ipynb #04b32dce
-def _active_score(tenant_id:str, task:str, holdout:pd.DataFrame, client) -> tuple[int|None, float|None, str]:
-    "The active version, its score on the held-out tickets it has not seen (or its recorded one), and how."
+def _active_metrics(tenant_id:str, task:str, holdout:pd.DataFrame, client) -> tuple[int|None, dict|None, str]:
+    "The active version, its metrics on the held-out tickets it has not seen (or its recorded ones), and how."
     v = registry.active_versions(tenant_id, client=client).get(task)
     if v is None: return None, None, 'no active version'
     try: _, model, metrics = registry.load_model(tenant_id, task, v, client=client)
     except registry.ArtifactRefused as e:  # e.g. an older release's: compare with what it scored when trained
         rows = registry.list_models(tenant_id, task, client=client)
         metrics = next((m['metrics'] for m in rows if m['version'] == v), {})
-        score = (metrics.get('check') or {}).get(PRIMARY[task])
-        return v, score, f'its recorded check score (its artifact cannot be loaded: {e})'
-
+        return v, metrics.get('check') or {}, f'its recorded check score (its artifact cannot be loaded: {e})'
     until = pd.Timestamp(metrics.get('trained_until')) if metrics.get('trained_until') else None
     unseen = holdout if until is None else holdout[holdout['created_at'] > until]
-    if len(unseen) >= 30:
-        return v, TASK_METRICS[task](model, unseen).get(PRIMARY[task]), f'on {len(unseen)} tickets it has not seen'
-    return v, (metrics.get('check') or {}).get(PRIMARY[task]), 'its recorded check score (it saw the newest tickets)'
+    if len(unseen) >= 30: return v, TASK_METRICS[task](model, unseen), f'on {len(unseen)} tickets it has not seen'
+    return v, metrics.get('check') or {}, 'its recorded check score (it saw the newest tickets)'
 
 def decide(new:float|None, active:float|None, tolerance:float) -> tuple[bool, str]:
     "Promote unless the new score is below the active one by more than `tolerance`."
@@ -58,6 +56,22 @@ def decide(new:float|None, active:float|None, tolerance:float) -> tuple[bool, st
     if new is None: return False, 'the new version has no score on the newest tickets'
     if new >= active - tolerance: return True, f'not worse: {new:.4f} vs active {active:.4f} (tolerance {tolerance})'
     return False, f'worse: {new:.4f} vs active {active:.4f} (tolerance {tolerance}): kept inactive'
+
+# %% ../nbs/55_training.ipynb #ed454c4f
+SLICE_CHECKS = {'self': 'top1', 'nonself': 'top3'}  # an assignee model must not lose either to win overall
+
+def decide_task(task:str, new:dict, active:dict|None, tolerance:float, min_n:int=20) -> tuple[bool, str]:
+    "`decide` on the primary metric; for the assignee also on the self and non-self slices (each of `min_n`+)."
+    ok, reason = decide(new.get(PRIMARY[task]), (active or {}).get(PRIMARY[task]), tolerance)
+    if task != 'assignee' or not active: return ok, reason
+    if not active.get('slices'): return ok, reason + '; slices not compared (the active version recorded none)'
+    for sl, metric in SLICE_CHECKS.items():
+        n, a = (new.get('slices') or {}).get(sl) or {}, active['slices'].get(sl) or {}
+        if min(n.get('n') or 0, a.get('n') or 0) < min_n:
+            reason += f'; {sl}: under {min_n} tickets, not compared'; continue
+        s_ok, s_reason = decide(n.get(metric), a.get(metric), tolerance)
+        reason += f'; {sl} {metric}: {s_reason}'; ok = ok and s_ok
+    return ok, reason
 
 # %% ../nbs/55_training.ipynb #39e06681
 def train_frame(tenant_id:str, df:pd.DataFrame, tasks:list[str]|None=None, settings:Settings|None=None,
@@ -76,8 +90,9 @@ def train_frame(tenant_id:str, df:pd.DataFrame, tasks:list[str]|None=None, setti
     out = {}
     with ignite_client(s) as c:
         for t in tasks:
-            av, ascore, how = _active_score(tenant_id, t, new, c)
-            ok, reason = decide(check[t].get(PRIMARY[t]), ascore, tolerance)
+            av, active, how = _active_metrics(tenant_id, t, new, c)
+            ok, reason = decide_task(t, check[t], active, tolerance)
+            ascore = (active or {}).get(PRIMARY[t])
             metrics = dict(check={k: v for k, v in check[t].items() if k not in ('confusion', 'topk_curve')},
                            trained_until=str(df['created_at'].max()), n_train=len(df), fit_seconds=round(secs[t], 3),
                            decision=dict(promoted=ok and promote, reason=reason if promote else 'promotion not asked',

@@ -115,3 +115,55 @@ def test_multilabel_metrics_of_a_month_without_any_value(zk_tickets):
     m = new_model('labels').fit(df.head(250))
     r = multilabel_metrics(m, df.tail(50))
     assert r['micro_f1'] is None and r['predicted_share'] == 0 and r['n_test'] == 50
+
+
+def test_assignee_slices_and_baselines_on_a_real_tenant(zk_tickets):
+    "Per-slice figures recomputed here from the model's ranking; the baselines on the same tickets; the table row."
+    from alliedium.evaluation import assignee_row, component_owner_ranks, knn_vote_ranks
+    r = json.loads(json.dumps(evaluate_tenant(zk_tickets, ['assignee'])))
+    train, test = temporal_split(zk_tickets, 0.2)
+    test = test[test['assignee'].notna()]
+    m = fit_tasks(train, ['assignee'])[0]['assignee']
+    ranked = m.rank(asked(test, 'assignee'), k=10)
+    truth, rep = test['assignee'].to_numpy(), test['reporter'].to_numpy()
+    is_self = truth == rep
+    a = r['assignee']
+    for name, mask in (('all', np.ones(len(test), bool)), ('self', is_self), ('nonself', ~is_self)):
+        s, idx = a['slices'][name], np.nonzero(mask)[0]
+        assert s['n'] == len(idx) > 20
+        for k in (1, 3, 5):
+            assert s[f'top{k}'] == pytest.approx(np.mean([truth[i] in [n for n, _ in ranked[i][:k]] for i in idx]))
+        answered = [i for i in idx if ranked[i] and ranked[i][0][1] >= m.threshold_]
+        assert (s['answered'], s['coverage']) == (len(answered), pytest.approx(len(answered) / len(idx)))
+        if answered:
+            assert s['precision'] == pytest.approx(np.mean([ranked[i][0][0] == truth[i] for i in answered]))
+        pool = set(m.candidates_)
+        assert s['ceiling'] == pytest.approx(np.mean([truth[i] in pool or truth[i] == rep[i] for i in idx]))
+    assert a['slices']['all']['top1'] == a['top1'] and a['slices']['nonself']['top1'] < a['slices']['self']['top1']
+    for name, f in (('component_owner', component_owner_ranks), ('knn_vote', knn_vote_ranks)):
+        ranks = f(train, test)
+        for sl, mask in (('self', is_self), ('nonself', ~is_self)):
+            got = np.mean([t in [n for n, _ in ranks[i][:3]] for i in np.nonzero(mask)[0] for t in [truth[i]]])
+            assert a['baselines'][name][sl]['top3'] == pytest.approx(got), (name, sl)
+    row = assignee_row('zk', a)
+    assert row['nonself_top3'] == a['slices']['nonself']['top3']
+    assert row['knn_vote_nonself_top3'] == a['baselines']['knn_vote']['nonself']['top3']
+    assert row['nonself_share'] == pytest.approx((~is_self).mean())
+    fig = plot_report(r, 'ZooKeeper')
+    assert len(fig.axes[1].containers) == 4  # model top-1, top-3, the two baselines' top-3
+
+
+def test_plain_baselines_of_a_hand_built_case():
+    "Component owner: the newest third of training; kNN vote: the most similar tickets' assignees."
+    from alliedium.evaluation import component_owner_ranks, knn_vote_ranks
+    train = frame([('disk quota warning', 'r0', 'old', 'Major')] * 20
+                  + [('disk full on broker', 'r0', 'alice', 'Major'),
+                     ('button misaligned in dialog', 'r1', 'bob', 'Major')] * 10)
+    train['components'] = [['core']] * 20 + [['core'], ['ui']] * 10
+    test = frame([('broker disk full', 'r1', 'alice', 'Major'), ('dialog button', 'r0', 'bob', 'Major')],
+                 start='2024-03-01')
+    test['components'] = [['core'], ['ui']]
+    owner = component_owner_ranks(train, test)
+    assert [n for n, _ in owner[0]] == ['alice', 'bob'] and [n for n, _ in owner[1]] == ['bob', 'alice']  # no 'old'
+    knn = knn_vote_ranks(train, test, n=5)
+    assert knn[0][0][0] == 'alice' and knn[1][0][0] == 'bob'

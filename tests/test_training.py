@@ -10,7 +10,7 @@ from alliedium.models.triage import load_tenant_models
 from alliedium.registry import active_versions, list_models
 from alliedium.runs import finish_run, get_run, list_runs, start_run
 from alliedium.tenants import create_tenant
-from alliedium.training import NotEnoughHistory, train_tenant
+from alliedium.training import NotEnoughHistory, decide_task, train_tenant
 
 
 @pytest.fixture(scope='module')
@@ -95,3 +95,31 @@ def test_retrain_over_an_artifact_this_release_cannot_load(ignite, storm_tenant)
                 if m['version'] == r['version']]
     assert r['version'] == latest + 1 and r['promoted'] and 'cannot be loaded' in r['reason'] + json.dumps(decision)
     assert active_versions(storm_tenant, ignite)['priority'] == latest + 1
+
+
+def test_promotion_needs_both_assignee_slices():
+    "A version that wins overall (the reporter shortcut) but loses non-self top-3 is kept inactive, and says why."
+    sl = lambda s1, n3, n=40: dict(self=dict(n=n, top1=s1), nonself=dict(n=n, top3=n3))
+    active = dict(top1=0.70, slices=sl(0.90, 0.30))
+    ok, why = decide_task('assignee', dict(top1=0.80, slices=sl(0.99, 0.25)), active, 0.01)
+    assert not ok and 'nonself top3: worse: 0.2500 vs active 0.3000' in why and 'self top1: not worse' in why
+    ok, why = decide_task('assignee', dict(top1=0.71, slices=sl(0.85, 0.40)), active, 0.01)
+    assert not ok and 'self top1: worse' in why
+    assert decide_task('assignee', dict(top1=0.70, slices=sl(0.90, 0.295)), active, 0.01)[0]
+    ok, why = decide_task('assignee', dict(top1=0.70, slices=sl(0.5, 0.1, n=19)), active, 0.01)
+    assert ok and why.count('under 20 tickets, not compared') == 2
+    assert not decide_task('assignee', dict(top1=0.60, slices=sl(0.99, 0.99)), active, 0.01)[0]  # overall still counts
+
+
+def test_assignee_retrain_records_and_compares_slices(ignite, storm_tenant):
+    "The registered assignee check carries its slices; the decision against the active version names them."
+    v = active_versions(storm_tenant, ignite).get('assignee') or train_tenant(
+        storm_tenant, ['assignee'], settings=ignite)['assignee']['version']
+    r = train_tenant(storm_tenant, ['assignee'], settings=ignite, tolerance=0.0)['assignee']
+    assert r['version'] == v + 1 and set(r['metrics']['slices']) == {'all', 'self', 'nonself'}
+    assert r['metrics']['slices']['self']['n'] + r['metrics']['slices']['nonself']['n'] == r['metrics']['n_test']
+    # the same seeded fit on the same tickets: not worse on any slice compared, so promoted
+    assert r['promoted'] and 'self top1: not worse' in r['reason'], r['reason']
+    assert 'nonself' in r['reason'], r['reason']
+    recorded = next(m['metrics'] for m in list_models(storm_tenant, 'assignee', ignite) if m['version'] == r['version'])
+    assert recorded['check']['slices'] == r['metrics']['slices'] and recorded['decision']['reason'] == r['reason']

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..jira import DataMissing, shared_dir
 
 # %% auto #0
-__all__ = ['REFERENCE', 'data_dir', 'bench_fit', 'tenant_table']
+__all__ = ['REFERENCE', 'data_dir', 'bench_fit', 'tenant_results', 'tenant_table', 'slice_table']
 
 # %% ../../nbs/70_bench/73_train.ipynb #97becb25
 # quick reference models on the temporal split (assignee top-1, priority macro-F1, components micro-F1)
@@ -62,14 +62,21 @@ def bench_fit(df, tasks=None, repeats:int=1, n_asked:int=50) -> dict:
                 artifact_bytes={t: len(a[0]) for t, a in arts.items()}, load_ms=load_ms)
 
 # %% ../../nbs/70_bench/73_train.ipynb #1b99416d
-def tenant_table(d:Path, progress=None) -> list[dict]:
-    "Temporal-split metrics of every tenant dump in `d`, with the reference figures."
+def tenant_results(d:Path, progress=None) -> dict[str, dict]:
+    "`evaluate_tenant` of every tenant dump in `d` (temporal split, all tasks, the assignee baselines)."
     from alliedium.evaluation import evaluate_tenant
     from alliedium.jira import read_issues, tickets_frame
-    rows = []
+    out = {}
     for p in sorted(d.glob('*.jsonl.gz')):
         name = p.name.split('.')[0]
-        r = evaluate_tenant(tickets_frame(read_issues(p, name)))
+        out[name] = evaluate_tenant(tickets_frame(read_issues(p, name)))
+        if progress: progress(name)
+    return out
+
+def tenant_table(results:dict[str, dict]) -> list[dict]:
+    "Per tenant the temporal-split metrics of every task, with the reference figures."
+    rows = []
+    for name, r in results.items():
         a, c, l, pr = r['assignee'], r['components'], r['labels'], r['priority']
         ref = REFERENCE.get(name, (None,) * 3)
         rows.append(dict(tenant=name, top1=a['top1'], ref_top1=ref[0], top3=a['top3'], top5=a['top5'],
@@ -77,5 +84,9 @@ def tenant_table(d:Path, progress=None) -> list[dict]:
                          comp_f1=c['micro_f1'], ref_comp_f1=ref[2], labels_f1=l['micro_f1'], prio_f1=pr['macro_f1'],
                          ref_prio_f1=ref[1], prio_acc=pr['accuracy'], rank_corr=pr['rank_correlation'],
                          fit_s=r['fit_seconds']['total']))
-        if progress: progress(name)
     return rows
+
+def slice_table(results:dict[str, dict]) -> list[dict]:
+    "Per tenant the assignee slices (all, self, non-self) with the plain baselines (`assignee_row`)."
+    from alliedium.evaluation import assignee_row
+    return [assignee_row(name, r['assignee']) for name, r in results.items()]

@@ -14,7 +14,7 @@ from ..bench.cluster import bench_colocated, bench_table as cluster_table, measu
 from ..bench.ingest import bench_file, bench_report, default_data, warm_up
 from ..bench.serve import bench_serve_run, bench_table
 from ..bench.stats import markdown_table
-from ..bench.train import bench_fit, data_dir, tenant_table
+from ..bench.train import bench_fit, data_dir, slice_table, tenant_results, tenant_table
 from .app import bench_app, console
 from ..config import AlliediumError, Settings, get_settings
 from ..ignite import free_port, start_local_node
@@ -57,7 +57,8 @@ def bench_train(data: Path = typer.Option(None, help="folder of <Project>.jsonl.
                                                      "(default: ../shared/data/jira/apache)"),
                 tenant: str = typer.Option('Hive', help="the tenant file to time"),
                 repeats: int = typer.Option(3, help="fits timed (the best counts)"),
-                all_tenants: bool = typer.Option(False, '--all', help="also the temporal-split table of every tenant")):
+                all_tenants: bool = typer.Option(False, '--all', help="also the temporal-split tables of every tenant "
+                                                                         "(all tasks; assignee slices and baselines)")):
     "Train all tasks of the largest tenant and predict one ticket; with --all, every tenant's metrics."
     from alliedium.jira import read_issues, tickets_frame
     d = data_dir(data)
@@ -76,7 +77,10 @@ def bench_train(data: Path = typer.Option(None, help="folder of <Project>.jsonl.
     console.print(f"one Jira issue triaged in-process as serving does (JSON parsed, text encoded once, every task): "
                   f"{r['triage_ms']:.2f} ms (target 5 ms: {r['triage_ms'] / 5:.2f}x)", highlight=False)
     if all_tenants:
-        print(markdown_table(tenant_table(d, progress=lambda n: console.print(f'  evaluated {n}', style='dim'))))
+        res = tenant_results(d, progress=lambda n: console.print(f'  evaluated {n}', style='dim'))
+        print(markdown_table(tenant_table(res)))
+        print("\nassignee per slice (self: taken by the reporter), beside the component-owner and kNN-vote baselines:")
+        print(markdown_table(slice_table(res)))
 
 # %% ../../nbs/90_commands/95_bench.ipynb #d3efbdc3
 @bench_app.command('serve')
