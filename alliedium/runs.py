@@ -86,8 +86,11 @@ class TrainingRunning(AlliediumError):
 TRAINING_CACHE = 'ALLIEDIUM_TRAINING'  # Ignite key-value cache: tenant -> id of the run that holds it
 
 def _training_cache(client, s:Settings):
-    from pyignite.datatypes.prop_codes import PROP_BACKUPS_NUMBER, PROP_NAME
-    return client.get_or_create_cache({PROP_NAME: TRAINING_CACHE, PROP_BACKUPS_NUMBER: s.ignite_backups})
+    from pyignite.datatypes.cache_config import CacheAtomicityMode
+    from pyignite.datatypes.prop_codes import PROP_BACKUPS_NUMBER, PROP_CACHE_ATOMICITY_MODE, PROP_NAME
+    # transactional like every ALLIEDIUM cache, so a claim can join a transaction with the tables' rows
+    return client.get_or_create_cache({PROP_NAME: TRAINING_CACHE, PROP_BACKUPS_NUMBER: s.ignite_backups,
+                                       PROP_CACHE_ATOMICITY_MODE: CacheAtomicityMode.TRANSACTIONAL})
 
 def live_run(run_id:str, settings:Settings|None=None) -> bool:
     "Whether a run is still going: its row says running, for less than `train_timeout`."
