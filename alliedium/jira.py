@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_jira.ipynb #65403b7b
 from __future__ import annotations
-import csv, gzip, io, json, zlib
+import csv, gzip, io, json, reprlib, zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +17,10 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 from .config import AlliediumError, Settings, get_settings
 
 # %% auto #0
-__all__ = ['MAX_TEXT_CHARS', 'WEBHOOK_EVENTS', 'CSV_REQUIRED', 'FRAME_COLUMNS', 'JiraError', 'BadIssue', 'BadFile', 'Ticket',
-           'Deletion', 'Rejected', 'jira_time', 'adf_to_text', 'parse_issue', 'DataMissing', 'sample_dir', 'shared_dir',
-           'jira_file', 'parse_event', 'parse_document', 'read_issues', 'tickets_frame']
+__all__ = ['TIME_RANGE', 'MAX_ADF_DEPTH', 'MAX_TEXT_CHARS', 'WEBHOOK_EVENTS', 'CSV_REQUIRED', 'FRAME_COLUMNS', 'JiraError',
+           'BadIssue', 'BadFile', 'Ticket', 'Deletion', 'Rejected', 'jira_time', 'adf_to_text', 'parse_issue',
+           'DataMissing', 'sample_dir', 'shared_dir', 'jira_file', 'parse_event', 'parse_document', 'read_issues',
+           'tickets_frame']
 
 # %% ../nbs/10_jira.ipynb #03960885
 class JiraError(AlliediumError): "A Jira payload alliedium cannot use."
@@ -65,7 +66,9 @@ class Ticket(BaseModel):
     def raw_utf8(self) -> bytes:
         "`raw_json()` encoded as UTF-8 (the bytes as read, without decoding them, when there are some)."
         raw = self.__pydantic_private__.get('_raw_utf8')  # (pydantic's lookup of a private attribute is slow)
-        return raw if raw is not None else self.raw_json().encode('utf-8')
+        if raw is not None: return raw
+        try: return self.raw_json().encode('utf-8')
+        except UnicodeEncodeError: return json.dumps(self.raw).encode()  # lone surrogates kept as `\\ud800` escapes
 
 # %% ../nbs/10_jira.ipynb #e37011e9
 class Deletion(BaseModel):
@@ -87,18 +90,28 @@ class Rejected:
 # %% ../nbs/10_jira.ipynb #bb190a9d
 _CSV_DATE_FORMATS = ('%d/%b/%y %I:%M %p', '%d/%b/%Y %I:%M %p', '%Y-%m-%d %H:%M', '%Y-%m-%d %H:%M:%S', '%d.%m.%Y %H:%M',
                      '%m/%d/%Y %H:%M')
+TIME_RANGE = (datetime(1900, 1, 1), datetime(2200, 1, 1))  # accepted times (UTC): storable, and pandas' ns range
+
+def _in_range(d:datetime, s:Any, field:str) -> datetime:
+    if TIME_RANGE[0] <= d < TIME_RANGE[1]: return d
+    first, last = TIME_RANGE[0].year, TIME_RANGE[1].year - 1
+    raise BadIssue(f"fields.{field} is {reprlib.repr(s)}, out of range: alliedium takes times from {first} to {last}; "
+                   "send the time Jira recorded")
+
+def _not_a_time(s:Any, field:str) -> BadIssue:
+    return BadIssue(f"fields.{field} is {reprlib.repr(s)}, not a Jira timestamp like 2008-06-10T21:09:10.268+0000")
 
 def jira_time(s:Any, field:str='created') -> datetime:
     "A Jira timestamp (ISO 8601, epoch ms, or the CSV export's `23/Nov/26 10:42 PM`) as naive UTC."
     if isinstance(s, (int, float)) and not isinstance(s, bool):
-        try: return datetime.fromtimestamp(s/1000, timezone.utc).replace(tzinfo=None)
+        try: return _in_range(datetime.fromtimestamp(s/1000, timezone.utc).replace(tzinfo=None), s, field)
         except (ValueError, OverflowError, OSError):
-            raise BadIssue(f"fields.{field} is {s!r}, out of range for epoch milliseconds") from None
+            raise BadIssue(f"fields.{field} is {reprlib.repr(s)}, out of range for epoch milliseconds") from None
     if not isinstance(s, str) or not s.strip():
-        raise BadIssue(f"fields.{field} is {s!r}, not a Jira timestamp like 2008-06-10T21:09:10.268+0000")
+        raise _not_a_time(s, field)
     s = s.strip()
     if s.endswith('+0000') and len(s) > 19:  # the common case, kept fast: already UTC
-        try: return datetime.fromisoformat(s[:-5])
+        try: return _in_range(datetime.fromisoformat(s[:-5]), s, field)
         except ValueError: pass
     try: d = datetime.fromisoformat(s)
     except ValueError:
@@ -106,48 +119,83 @@ def jira_time(s:Any, field:str='created') -> datetime:
             try: d = datetime.strptime(s, fmt); break
             except ValueError: pass
         else:
-            raise BadIssue(f"fields.{field} is {s!r}, not a Jira timestamp like 2008-06-10T21:09:10.268+0000") from None
-    off = d.utcoffset()
-    return d.replace(tzinfo=None) - off if off is not None else d
+            raise _not_a_time(s, field) from None
+    off, naive = d.utcoffset(), d.replace(tzinfo=None)
+    # checked before the offset is applied: 0001-01-01T00:00+0100 would overflow
+    return _in_range(_in_range(naive, s, field) - off if off is not None else naive, s, field)
 
 # %% ../nbs/10_jira.ipynb #a6749bc1
 _BLOCKS = {'paragraph', 'heading', 'blockquote', 'codeBlock', 'rule', 'panel', 'tableRow', 'mediaSingle', 'expand',
            'nestedExpand', 'decisionItem', 'taskItem'}
+_INLINE = {'mention', 'emoji', 'status', 'date'}
+_CARDS = {'inlineCard', 'blockCard', 'embedCard'}
+_CELLS = {'tableCell', 'tableHeader'}
+MAX_ADF_DEPTH = 100  # JSON levels (a node and its `content` list are two); Jira's editor nests far less
 
-def _adf(node:Any, out:list[str]):
-    if isinstance(node, list):
-        for n in node: _adf(n, out)
-        return
-    if not isinstance(node, dict): return
-    t, attrs = node.get('type'), node.get('attrs') or {}
-    if t == 'text': out.append(str(node.get('text', '')))
-    elif t == 'hardBreak': out.append('\n')
-    elif t in ('mention', 'emoji', 'status', 'date'):
-        out.append(str(attrs.get('text') or attrs.get('shortName') or attrs.get('timestamp') or ''))
-    elif t in ('inlineCard', 'blockCard', 'embedCard'): out.append(str(attrs.get('url', '')))
-    elif t == 'listItem': out.append('- '); _adf(node.get('content'), out)
-    elif t in ('tableCell', 'tableHeader'):
-        cell: list[str] = []
-        _adf(node.get('content'), cell)
-        out.append(' '.join(''.join(cell).split()) + ' | ')
-    else: _adf(node.get('content'), out)
-    if t in _BLOCKS and out and not out[-1].endswith('\n'): out.append('\n')
+def _scalar(v:Any) -> str:
+    "Text of an ADF value: a string or number as text, anything else (a stray object) as nothing."
+    return v if isinstance(v, str) else str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else ''
 
-def adf_to_text(doc:Any) -> str:
+def _adf_leaf(t:str, node:dict, buf:list[str]) -> bool:
+    "Append a leaf node's text to `buf`; False if `t` is not a leaf type."
+    attrs = node.get('attrs') if isinstance(node.get('attrs'), dict) else {}
+    if t == 'text': buf.append(_scalar(node.get('text')))
+    elif t == 'hardBreak': buf.append('\n')
+    elif t in _INLINE: buf.append(_scalar(attrs.get('text') or attrs.get('shortName') or attrs.get('timestamp')))
+    elif t in _CARDS: buf.append(_scalar(attrs.get('url')))
+    else: return False
+    return True
+
+# %% ../nbs/10_jira.ipynb #84f210ca
+_VISIT, _END_BLOCK, _END_CELL = 0, 1, 2
+
+def _adf(doc:Any, max_depth:int) -> list[str]:
+    "Text pieces of an ADF tree, walked with a stack (no recursion); `BadIssue` past `max_depth` levels."
+    out: list[str] = []
+    stack: list[tuple] = [(_VISIT, doc, out, 0)]  # (step, node or cell buffer, buffer written to, depth)
+    while stack:
+        step, node, buf, depth = stack.pop()
+        if step == _END_BLOCK:
+            if buf and not buf[-1].endswith('\n'): buf.append('\n')
+        elif step == _END_CELL: buf.append(' '.join(''.join(node).split()) + ' | ')
+        elif depth > max_depth: raise BadIssue(f"an ADF document nested over {max_depth} levels deep: Jira's editor "
+                                               "never nests so deep; send it flatter or as plain text")
+        elif isinstance(node, list): stack.extend((_VISIT, n, buf, depth + 1) for n in reversed(node))
+        elif isinstance(node, dict):
+            t = node.get('type') if isinstance(node.get('type'), str) else None
+            if _adf_leaf(t, node, buf): continue
+            if t in _BLOCKS: stack.append((_END_BLOCK, None, buf, depth))
+            if t in _CELLS: cell: list[str] = []; stack.append((_END_CELL, cell, buf, depth)); buf = cell
+            elif t == 'listItem': buf.append('- ')
+            stack.append((_VISIT, node.get('content'), buf, depth + 1))
+    return out
+
+def adf_to_text(doc:Any, max_depth:int=MAX_ADF_DEPTH) -> str:
     "Plain text of an Atlassian Document Format document (a plain string is returned as is)."
     if doc is None: return ''
     if isinstance(doc, str): return doc
-    out: list[str] = []
-    _adf(doc, out)
-    return '\n'.join(line.rstrip(' |').rstrip() for line in ''.join(out).splitlines()).strip()
+    return '\n'.join(line.rstrip(' |').rstrip() for line in ''.join(_adf(doc, max_depth)).splitlines()).strip()
 
 # %% ../nbs/10_jira.ipynb #c698d508
 MAX_TEXT_CHARS = 4_000_000  # longer summaries/descriptions are refused (real ASF issues reach 3.05M: pasted logs)
 
+def _shown(s:str) -> str:
+    "`s` for a message: a lone surrogate as its escape, so the message itself can be encoded."
+    return s.encode('utf-8', 'backslashreplace').decode('utf-8')
+
+def _utf8(s:str, what:str) -> str:
+    "`s` if it can be stored as UTF-8, else `BadIssue`: JSON's `\\ud800` escapes decode to lone surrogates."
+    if s.isascii(): return s
+    try: s.encode('utf-8')
+    except UnicodeEncodeError as e: raise BadIssue(
+        f"{what} holds a lone surrogate ({_shown(s[e.start])} at character {e.start}): send valid Unicode") from None
+    return s
+
 def _str(v:Any, field:str) -> str|None:
     "The id/name itself when it is text (or missing)."
-    if v is None or isinstance(v, str): return v
-    raise BadIssue(f"fields.{field} names it with a {type(v).__name__} ({v!r:.40}), expected text")
+    if v is None: return v
+    if isinstance(v, str): return _utf8(v, f"fields.{field}")
+    raise BadIssue(f"fields.{field} names it with a {type(v).__name__} ({reprlib.repr(v)}), expected text")
 
 def _person(v:Any, field:str) -> str|None:
     "A user as a stable id: v2 `name`, v3 `accountId` (else `key`)."
@@ -169,16 +217,17 @@ def _names(v:Any, field:str) -> list[str]:
     if not isinstance(v, list): raise BadIssue(f"fields.{field} is a {type(v).__name__}, expected a list")
     out = [x if isinstance(x, str) else x.get('name') if isinstance(x, dict) else None for x in v]
     if any(not isinstance(x, str) for x in out):
-        raise BadIssue(f"fields.{field} holds an item that is not a name: {v!r:.100}")
-    return out
+        raise BadIssue(f"fields.{field} holds an item that is not a name: {reprlib.repr(v)}")
+    return [_utf8(x, f"fields.{field}") for x in out]
 
 # %% ../nbs/10_jira.ipynb #6e2fcd7f
 def _text(v:Any, field:str, max_text:int) -> str:
     if v is not None and not isinstance(v, (str, dict, list)):
         raise BadIssue(f"fields.{field} is a {type(v).__name__}, expected text or an ADF document")
-    s = adf_to_text(v)
+    try: s = adf_to_text(v)
+    except BadIssue as e: raise BadIssue(f"fields.{field} is {e}") from None
     if len(s) > max_text: raise BadIssue(f"fields.{field} has {len(s):,} characters, over the limit of {max_text:,}")
-    return s
+    return _utf8(s, f"fields.{field}")
 
 def parse_issue(obj:dict, # one issue as the REST API (v2 or v3) returns it
                 tenant_id:str, # the tenant it belongs to
@@ -188,14 +237,15 @@ def parse_issue(obj:dict, # one issue as the REST API (v2 or v3) returns it
     if not isinstance(obj, dict): raise BadIssue(f"expected an issue object, got a {type(obj).__name__}")
     key, f = obj.get('key'), obj.get('fields')
     if not isinstance(key, str) or not key.strip():
-        raise BadIssue(f"no issue `key` (got {key!r:.60}): not a Jira issue object")
+        raise BadIssue(f"no issue `key` (got {reprlib.repr(key)}): not a Jira issue object")
+    key = _utf8(key.strip(), 'the issue `key`')
     if not isinstance(f, dict):
         raise BadIssue(f"{key}: `fields` is {'missing' if f is None else 'a ' + type(f).__name__}, expected an object")
     try:
         created = jira_time(f.get('created'), 'created')
         updated = jira_time(f['updated'], 'updated') if f.get('updated') is not None else created
         # every value is checked above to have its field's type, so the model is built without validating it again
-        return Ticket._checked(tenant_id=str(tenant_id), issue_key=key.strip(), created_at=created, updated_at=updated,
+        return Ticket._checked(tenant_id=str(tenant_id), issue_key=key, created_at=created, updated_at=updated,
             summary=_text(f.get('summary'), 'summary', max_text),
             description=_text(f.get('description'), 'description', max_text),
             issue_type=_named(f.get('issuetype'), 'issuetype'), reporter=_person(f.get('reporter'), 'reporter'),
@@ -235,11 +285,12 @@ def parse_event(event:dict, tenant_id:str, max_text:int=MAX_TEXT_CHARS) -> Ticke
         raise BadIssue(f"expected a webhook event object, got a {type(event).__name__}")
     kind = event.get('webhookEvent')
     if kind not in WEBHOOK_EVENTS:
-        raise BadIssue(f"webhook event {kind!r} is not one of {', '.join(WEBHOOK_EVENTS)}")
+        raise BadIssue(f"webhook event {reprlib.repr(kind)} is not one of {', '.join(WEBHOOK_EVENTS)}")
     issue = event.get('issue')
     if kind != 'jira:issue_deleted': return parse_issue(issue, tenant_id, max_text)
     key = issue.get('key') if isinstance(issue, dict) else None
     if not isinstance(key, str) or not key: raise BadIssue("jira:issue_deleted event without `issue.key`")
+    key = _utf8(key, 'the issue `key`')
     f = issue.get('fields') if isinstance(issue.get('fields'), dict) else {}
     when = [jira_time(event['timestamp'], 'timestamp')] if event.get('timestamp') is not None else []
     if f.get('updated'): when.append(jira_time(f['updated'], 'updated'))
@@ -248,6 +299,12 @@ def parse_event(event:dict, tenant_id:str, max_text:int=MAX_TEXT_CHARS) -> Ticke
     return Deletion(tenant_id=tenant_id, issue_key=key, updated_at=max(when), raw=event)
 
 # %% ../nbs/10_jira.ipynb #ee92f922
+def _rejected(source:str, where:int|None, e:Exception, obj:Any) -> Rejected:
+    "The rejection of one record: `BadIssue`'s reason, or any other error (a bug must not end the file)."
+    key = obj.get('key') if isinstance(obj, dict) and isinstance(obj.get('key'), str) else None
+    why = str(e) if isinstance(e, BadIssue) else f"could not be read ({type(e).__name__}: {e})"
+    return Rejected(source, where, why, key and _shown(key))
+
 def parse_document(doc:Any, # a decoded JSON value: issue, search page, list or webhook event
                    tenant_id:str, # the tenant the issues belong to
                    source:str='', # file name, for `Rejected`
@@ -259,9 +316,7 @@ def parse_document(doc:Any, # a decoded JSON value: issue, search page, list or 
         try:
             if isinstance(obj, dict) and 'webhookEvent' in obj: return parse_event(obj, tenant_id, max_text)
             return parse_issue(obj, tenant_id, max_text)
-        except BadIssue as e:
-            key = obj.get('key') if isinstance(obj, dict) and isinstance(obj.get('key'), str) else None
-            return Rejected(source, where, str(e), key)
+        except Exception as e: return _rejected(source, where, e, obj)
     if isinstance(doc, dict) and isinstance(doc.get('issues'), list):
         for i, obj in enumerate(doc['issues']): yield one(obj, line if line is not None else i + 1)
     elif isinstance(doc, list):
@@ -287,6 +342,9 @@ def _read_jsonl(fh, tenant_id:str, source:str, max_text:int) -> Iterator[Ticket|
         except orjson.JSONDecodeError:
             strict = False
             try: doc = json.loads(b)
+            except RecursionError:
+                yield Rejected(source, n, "nested too deeply to read (over a thousand levels): not a Jira issue")
+                continue
             except UnicodeDecodeError as e:
                 yield Rejected(source, n, f"not valid UTF-8 ({e.reason} at byte {e.start})"); continue
             except json.JSONDecodeError as e:
@@ -297,8 +355,7 @@ def _read_jsonl(fh, tenant_id:str, source:str, max_text:int) -> Iterator[Ticket|
                 continue
         if isinstance(doc, dict) and 'fields' in doc and 'webhookEvent' not in doc:  # a bare issue: its text is raw
             try: t = parse_issue(doc, tenant_id, max_text)
-            except BadIssue as e:
-                t = Rejected(source, n, str(e), doc['key'] if isinstance(doc.get('key'), str) else None)
+            except Exception as e: t = _rejected(source, n, e, doc)
             else:  # valid UTF-8 JSON (orjson checked it): stored as read
                 if strict: t.__pydantic_private__['_raw_utf8'] = b.strip()
             yield t
@@ -311,6 +368,8 @@ def _read_json(data:bytes, tenant_id:str, source:str, max_text:int) -> Iterator[
     except UnicodeDecodeError as e:
         yield Rejected(source, None, f"not valid UTF-8 ({e.reason} at byte {e.start})"); return
     try: doc = json.loads(text)
+    except RecursionError:
+        yield Rejected(source, None, "nested too deeply to read (over a thousand levels): not Jira's format"); return
     except json.JSONDecodeError as e:
         if e.msg == 'Extra data': yield from _read_jsonl(io.BytesIO(data), tenant_id, source, max_text); return
         yield Rejected(source, None, f"not a JSON document ({e.msg} at line {e.lineno} column {e.colno}): "

@@ -84,3 +84,54 @@ def test_real_multi_megabyte_description_is_accepted():
     with gzip.open(APACHE/'ActiveMQ.jsonl.gz', 'rb') as fh:
         issue = next(json.loads(line) for line in fh if b'"key":"AMQ-6705"' in line[:400])
     assert len(parse_issue(issue, 'amq').description) > 3_000_000
+
+
+# Issue 17: whatever a record holds, parsing answers a value or a typed `JiraError`, and a file goes on after it.
+
+def _issue(**fields):
+    return {'key': 'X-1', 'fields': {'summary': 's', 'created': '2020-01-01T00:00:00.000+0000', **fields}}
+
+
+def _nested_adf(depth):
+    doc = node = {'type': 'doc', 'content': []}
+    for _ in range(depth):
+        child = {'type': 'paragraph', 'content': []}
+        node['content'].append(child)
+        node = child
+    node['content'].append({'type': 'text', 'text': 'deep'})
+    return doc
+
+
+@pytest.mark.parametrize('when', ['0001-01-01T00:00:00.000+0100', '9999-12-31T23:59:59.000-0100', '0001-01-01 00:00',
+                                  -62135596800000, 253402300799999])
+def test_out_of_range_timestamps_are_bad_issues(when):
+    with pytest.raises(BadIssue, match='out of range'): parse_issue(_issue(created=when), 'x')
+    with pytest.raises(BadIssue, match='fields.updated'): parse_issue(_issue(updated=when), 'x')
+
+
+def test_lone_surrogate_in_a_read_field_is_a_bad_issue_elsewhere_it_is_kept_escaped():
+    with pytest.raises(BadIssue, match='lone surrogate'): parse_issue(_issue(summary='a\ud800b'), 'x')
+    with pytest.raises(BadIssue, match='fields.labels'): parse_issue(_issue(labels=['\udfff']), 'x')
+    t = parse_issue(_issue(customfield_1='\ud800'), 'x')  # a field alliedium does not read: stored as JSON escapes
+    assert json.loads(t.raw_utf8()) == t.raw
+
+
+def test_deeply_nested_adf_is_refused_not_a_recursion_error():
+    assert parse_issue(_issue(description=_nested_adf(40)), 'x').description == 'deep'
+    for depth in (150, 5000):
+        with pytest.raises(BadIssue, match='fields.description.*nested'):
+            parse_issue(_issue(description=_nested_adf(depth)), 'x')
+
+
+def test_a_file_goes_on_after_any_bad_record(tmp_path, zk_issues):
+    good = zk_issues[:2]
+    bad = [_issue(description=_nested_adf(300)), _issue(created='0001-01-01T00:00:00.000+0100')]
+    (tmp_path/'page.json').write_text(json.dumps({'issues': [good[0], *bad, good[1]]}))
+    (tmp_path/'dump.jsonl').write_text('\n'.join([json.dumps(good[0]), '[' * 100_000, *map(json.dumps, bad),
+                                                  json.dumps(good[1])]))
+    (tmp_path/'export.csv').write_text('Issue key,Summary,Created\nC-1,one,2026-01-01 10:00\nC-2,two,0001-01-01 00:00\n'
+                                       'C-3,three,31/Dec/99 9:00 AM\nC-4,four,9999-12-31 23:59\nC-5,five,2026-01-02 10:00\n')
+    for name, want in (('page.json', [1, 0, 0, 1]), ('dump.jsonl', [1, 0, 0, 0, 1]), ('export.csv', [1, 0, 1, 0, 1])):
+        out = list(read_issues(tmp_path/name, 'x'))
+        assert [int(isinstance(o, Ticket)) for o in out] == want, (name, out)
+        assert all(o.reason for o in out if isinstance(o, Rejected))
