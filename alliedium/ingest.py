@@ -8,7 +8,7 @@ import ctypes, gc, hashlib, json, queue, struct, threading, time
 from contextlib import contextmanager, nullcontext
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -28,7 +28,7 @@ from pyignite.datatypes.transactions import TransactionConcurrency, TransactionI
 
 from .config import Settings, get_settings
 from .ignite import ignite_client
-from .jira import FRAME_COLUMNS, Deletion, Rejected, Ticket, parse_event, read_issues
+from .jira import FRAME_COLUMNS, TIME_RANGE, Deletion, Rejected, Ticket, parse_event, read_issues
 from .schema import SCHEMA
 from .tenants import require_tenant
 
@@ -47,10 +47,13 @@ def _write_string(v:str|bytes) -> bytes:
     b = v if isinstance(v, bytes) else v.encode('utf-8')
     return struct.pack('<bi', _TC[String], len(b)) + b
 
+_EPOCH, _US = datetime(1970, 1, 1), timedelta(microseconds=1)
+
 def _write_timestamp(v:datetime) -> bytes:
-    "Epoch milliseconds (local time, as pyignite reads them) and the nanoseconds within the millisecond."
-    ms = int(v.replace(microsecond=0).timestamp()) * 1000 + v.microsecond // 1000
-    return struct.pack('<bqi', _TC[TimestampObject], ms, v.microsecond % 1000 * 1000)
+    "Epoch milliseconds of a naive UTC time (whatever the local zone) and the nanoseconds within the millisecond."
+    if v.tzinfo is not None: v = v.astimezone(timezone.utc).replace(tzinfo=None)
+    us = (v - _EPOCH) // _US
+    return struct.pack('<bqi', _TC[TimestampObject], us // 1000, us % 1000 * 1000)
 
 def _write_bool(v) -> bytes: return struct.pack('<b?', _TC[BoolObject], bool(v))
 
@@ -119,6 +122,13 @@ def _ts(v) -> datetime|None:
     "A TIMESTAMP as pyignite returns it (a `(datetime, nanos)` pair) as a naive datetime."
     return v[0] if isinstance(v, tuple) else v
 
+def _utc(v) -> datetime|None:
+    "A ticket TIMESTAMP (UTC epoch ms) as pyignite returns it, `(local datetime, nanos)`, as naive UTC."
+    if v is None: return None
+    d, nanos = v if isinstance(v, tuple) else (v, 0)
+    # pyignite made `d` with `fromtimestamp` (local time, `fold` set in a repeated hour): `timestamp()` undoes it
+    return _EPOCH + timedelta(microseconds=round(d.timestamp() * 1000) * 1000 + (nanos or 0) // 1000)
+
 # %% ../nbs/15_ingest.ipynb #3c16ebb3
 @dataclass
 class IngestSummary:
@@ -158,12 +168,12 @@ def _decode_state(client:Client, blob:bytes) -> tuple[datetime|None, bool]:
     if len(blob) >= 24 and _HEADER.unpack_from(blob)[6] == StateValue.schema_id:
         o, when = _HEADER.size, None
         if blob[o] == _TC[TimestampObject]:
-            ms = struct.unpack_from('<q', blob, o + 1)[0]
-            when, o = datetime.fromtimestamp(ms // 1000) + timedelta(milliseconds=ms % 1000), o + 13
+            ms, nanos = struct.unpack_from('<qi', blob, o + 1)
+            when, o = _EPOCH + timedelta(microseconds=ms * 1000 + nanos // 1000), o + 13
         else: o += 1
         return when, blob[o] == _TC[BoolObject] and blob[o + 1] != 0
     v = client.unwrap_binary((blob, 0))
-    return _ts(v.UPDATED_AT), bool(v.DELETED)
+    return _utc(v.UPDATED_AT), bool(v.DELETED)
 
 _INT = struct.Struct('<i')
 _TC_WRAPPED, _TC_NULL = 0x1b, int.from_bytes(TC_NULL, 'little')
@@ -286,6 +296,13 @@ def _write_batch(client:Client, tenant_id:str, batch:_Batch|list[Ticket|Deletion
     return outcome
 
 # %% ../nbs/15_ingest.ipynb #22fb6055
+def _unstorable_time(it:Ticket|Deletion) -> str|None:
+    "Why `it` cannot be stored (a naive time outside `TIME_RANGE`: `parse_issue` refuses those), or None."
+    for when in (it.updated_at, getattr(it, 'created_at', it.updated_at)):
+        if when.tzinfo is None and not TIME_RANGE[0] <= when < TIME_RANGE[1]:
+            return f"{when} is out of range ({TIME_RANGE[0].year} to {TIME_RANGE[1].year - 1})"
+    return None
+
 def _batches(items:Iterable, size:int, tenant_id:str, summary:IngestSummary, progress:Callable|None,
              streams:int=1) -> Iterator[tuple[int, list]]:
     "(stream, batch) of the valid items; each key keeps to one of `streams`, so its items stay in order."
@@ -298,6 +315,8 @@ def _batches(items:Iterable, size:int, tenant_id:str, summary:IngestSummary, pro
             summary.rejected.append(Rejected('input', summary.read, f"not a Ticket: {type(it).__name__}")); continue
         if it.tenant_id != tenant_id:
             why = f"ticket of tenant {it.tenant_id!r} given to {tenant_id!r}"
+            summary.rejected.append(Rejected('input', summary.read, why, it.issue_key)); continue
+        if (why := _unstorable_time(it)):
             summary.rejected.append(Rejected('input', summary.read, why, it.issue_key)); continue
         i = hash(it.issue_key) % streams if streams > 1 else 0
         batches[i].append(it)
@@ -374,7 +393,7 @@ def load_tickets(tenant_id:str, settings:Settings|None=None, client:Client|None=
     rows = client.sql(f"SELECT {', '.join(_LOAD_COLUMNS)} FROM {SCHEMA}.TICKET "
                       "WHERE tenant_id = ? ORDER BY created_at, issue_key", query_args=[tenant_id], page_size=2048)
     df = pd.DataFrame(list(rows), columns=_LOAD_COLUMNS)
-    for c in ('created_at', 'updated_at'): df[c] = pd.to_datetime([_ts(v) for v in df[c]])
+    for c in ('created_at', 'updated_at'): df[c] = pd.to_datetime([_utc(v) for v in df[c]])
     for c in ('components', 'labels'): df[c] = [json.loads(v) if v else [] for v in df[c]]
     df.insert(0, 'tenant_id', tenant_id)
     return df[FRAME_COLUMNS]

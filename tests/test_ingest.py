@@ -182,3 +182,54 @@ def test_bad_files_are_rejected_and_the_rest_is_ingested(ignite, tenant, zk_issu
     if case == 'gzip_ends_early':  # what came before the break is kept
         assert r.line is not None and s.inserted == 2 + (r.line - 1)
     else: assert r.line is None and s.inserted == 2
+
+
+# Issue 17: a bad record never ends a file; times are stored as UTC whatever the local zone.
+
+def test_csv_rows_with_bad_dates_are_rejected_and_the_file_goes_on(ignite, tenant, tmp_path):
+    rows = [('C-1', '2026-01-01 10:00'), ('C-2', '0001-01-01 00:00'), ('C-3', '2026-01-02 10:00'),
+            ('C-4', '9999-12-31 23:59'), ('C-5', 'soon'), ('C-6', '2026-01-03 10:00')]
+    path = tmp_path/'export.csv'
+    path.write_text('Issue key,Summary,Created\n' + ''.join(f'{k},s,{d}\n' for k, d in rows))
+    s = ingest_files(tenant, [path], ignite, batch_size=1)
+    assert (s.inserted, [r.key for r in s.rejected]) == (3, ['C-2', 'C-4', 'C-5']), s.rejected
+    assert sorted(load_tickets(tenant, ignite).issue_key) == ['C-1', 'C-3', 'C-6']
+
+
+@pytest.fixture
+def berlin_time():
+    "The process in a zone with daylight saving time (Europe/Berlin) for the test."
+    import os, time
+    saved = os.environ.get('TZ')
+    os.environ['TZ'] = 'Europe/Berlin'; time.tzset()
+    try: yield
+    finally:
+        if saved is None: os.environ.pop('TZ', None)
+        else: os.environ['TZ'] = saved
+        time.tzset()
+
+
+def test_times_are_utc_across_a_daylight_saving_change(ignite, tenant, zk_issues, berlin_time):
+    "02:30 and 03:30 UTC on 2026-03-29 are the same Berlin wall-clock time read as local: both must stay distinct."
+    import struct
+    from datetime import datetime
+    from alliedium.ingest import _write_timestamp
+    assert struct.unpack('<bqi', _write_timestamp(datetime(1970, 1, 1, 0, 0, 1, 2500)))[1:] == (1002, 500_000)
+    base = zk_issues[0]
+    before, after = (_with_updated(base, f'2026-03-29T0{h}:30:00.000+0000', summary=f'at {h}') for h in (2, 3))
+    assert ingest_tickets(tenant, [parse_issue(before, tenant)], ignite).inserted == 1
+    s = ingest_tickets(tenant, [parse_issue(after, tenant)], ignite)
+    assert (s.updated, s.unchanged) == (1, 0) and _stored(ignite, tenant, base['key']) == 'at 3'
+    (updated,) = load_tickets(tenant, ignite).updated_at
+    assert updated == datetime(2026, 3, 29, 3, 30)
+    assert ingest_tickets(tenant, [parse_issue(after, tenant)], ignite).unchanged == 1
+
+
+def test_tickets_built_with_unstorable_times_are_rejected(ignite, tenant, zk_issues):
+    "A Ticket built in Python (not by parse_issue) with year 1 is a rejection, not a row no reader can decode."
+    from datetime import datetime
+    good = parse_issue(zk_issues[0], tenant)
+    odd = good.model_copy(update=dict(issue_key='ODD-1', created_at=datetime(1, 1, 1), updated_at=datetime(1, 1, 1)))
+    s = ingest_tickets(tenant, [odd, good], ignite)
+    assert s.inserted == 1 and [r.key for r in s.rejected] == ['ODD-1'] and 'out of range' in s.rejected[0].reason
+    assert list(load_tickets(tenant, ignite).issue_key) == [good.issue_key]
