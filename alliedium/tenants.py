@@ -26,11 +26,11 @@ class UnknownTenant(AlliediumError):
 class TenantExists(AlliediumError): "A tenant with this id exists already."
 class InvalidTenantId(AlliediumError): "The tenant id is not a valid slug."
 
-TENANT_ID_PATTERN = re.compile(r'^[a-z0-9][a-z0-9_-]{0,63}$')
+TENANT_ID_PATTERN = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}')  # whole ids only: `fullmatch`, not `$`
 
 def check_tenant_id(tenant_id:str) -> str:
     "`tenant_id` if it is a valid slug, else `InvalidTenantId` saying what is allowed."
-    if not isinstance(tenant_id, str) or not TENANT_ID_PATTERN.match(tenant_id): raise InvalidTenantId(
+    if not isinstance(tenant_id, str) or not TENANT_ID_PATTERN.fullmatch(tenant_id): raise InvalidTenantId(
         f"tenant id {tenant_id!r} is not valid: use 1-64 characters a-z, 0-9, '-' or '_', "
         "starting with a letter or digit")
     return tenant_id

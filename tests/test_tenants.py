@@ -53,3 +53,11 @@ def test_unknown_and_invalid_tenants_are_clear_errors(ignite, tenant_id):
     with pytest.raises(UnknownTenant, match='alliedium tenants create'): require_tenant(tenant_id, ignite)
     with pytest.raises(UnknownTenant): create_api_key(tenant_id, ignite)
     with pytest.raises(InvalidTenantId, match='a-z'): create_tenant('Bad Tenant!', settings=ignite)
+
+
+def test_tenant_ids_are_matched_whole():
+    "`$` also matches before a final newline: 'acme\\n' must not pass for a valid id."
+    from alliedium.tenants import check_tenant_id
+    assert check_tenant_id('acme') == 'acme'
+    for bad in ('acme\n', 'Acme', '-acme', 'a' * 65, ''):
+        with pytest.raises(InvalidTenantId): check_tenant_id(bad)
