@@ -182,3 +182,65 @@ def test_serve_config_is_valid_and_builds_the_app():
     cfg = serve_config()
     ServeDeploySchema.model_validate(cfg)
     for a in cfg['applications']: assert isinstance(load_app(a['import_path'], a.get('args')), Application)
+
+
+# Issue 17: bad input is a typed 4xx with what to do, never a 500.
+
+def _deep_adf(depth):
+    doc = node = {'type': 'doc', 'content': []}
+    for _ in range(depth): node['content'].append(node := {'type': 'paragraph', 'content': []})
+    return doc
+
+
+@pytest.mark.parametrize('case', ['year_1', 'year_9999', 'lone_surrogate', 'deep_adf', 'deeper_adf'])
+def test_bad_issues_are_422_on_triage_and_webhooks(api, two_tenants, case):
+    (t, key), _ = two_tenants
+    fields = {'summary': 'x', 'created': '2026-01-01T00:00:00.000+0000'}
+    fields.update({'year_1': {'created': '0001-01-01T00:00:00.000+0100'},
+                   'year_9999': {'updated': '9999-12-31T23:59:59.000-0100'},
+                   'lone_surrogate': {'summary': 'a\ud800b'},
+                   'deep_adf': {'description': _deep_adf(120)}, 'deeper_adf': {'description': _deep_adf(400)}}[case])
+    issue = {'key': 'ZK-1', 'fields': fields}
+    body = lambda obj: json.dumps(obj).encode()  # ASCII JSON: a lone surrogate travels as its \ud800 escape
+    heads = {**bearer(key), 'Content-Type': 'application/json'}
+    for path, obj in (('triage', issue), ('webhooks/jira', {'webhookEvent': 'jira:issue_created', 'issue': issue})):
+        r = api.post(f'/v1/tenants/{t}/{path}', content=body(obj), headers=heads)
+        assert r.status_code == 422, (path, r.status_code, r.text[:300])
+        assert r.json()['error'] in ('BadIssue', 'RequestValidationError') and r.json()['detail'], r.text[:300]
+
+
+def test_a_lone_surrogate_failing_validation_is_422_not_500(api, two_tenants):
+    (t, key), _ = two_tenants
+    r = api.post(f'/v1/tenants/{t}/triage', content=b'{"fields": {"summary": 5, "x": "\\ud800"}, "key": ["\\udfff"]}',
+                 headers={**bearer(key), 'Content-Type': 'application/json'})
+    assert r.status_code == 422, r.text
+
+
+def test_training_unknown_tasks_is_422_naming_the_valid_ones(api, two_tenants, ignite):
+    from alliedium.runs import list_runs
+    from alliedium.serving.api import TrainRequest
+    (t, key), _ = two_tenants
+    r = api.post(f'/v1/tenants/{t}/train', json={'tasks': ['nonsense']}, headers=bearer(key))
+    assert r.status_code == 422 and 'assignee' in r.text and 'priority' in r.text, r.text
+    r = api.post(f'/v1/tenants/{t}/train', json={'tasks': ['priority'] * 90_000}, headers=bearer(key))
+    assert r.status_code == 422, r.text[:300]
+    assert list_runs(t, settings=ignite) == []  # nothing was started
+    assert TrainRequest(tasks=['priority', 'labels', 'priority']).tasks == ['priority', 'labels']
+
+
+def test_another_tenants_job_is_not_touched(ignite):
+    "Asking for another tenant's job id answers 404 and leaves that run as it was (not marked lost)."
+    from alliedium.runs import finish_run, get_run, release_training, start_training
+    (t, _), (u, key_u) = new_tenant(ignite), new_tenant(ignite)
+    job = start_training(t, ignite)
+    try:
+        slow = TestClient(make_api(LocalBackend(ignite.model_copy(update=dict(train_timeout=1e-3)))))
+        r = slow.get(f'/v1/tenants/{u}/jobs/{job}', headers=bearer(key_u))
+        assert r.status_code == 404 and get_run(job, ignite)['status'] == 'running', r.text
+    finally: finish_run(job, 'failed', {'error': 'test'}, settings=ignite); release_training(t, job, ignite)
+
+
+def test_tenant_id_with_a_trailing_newline_is_refused(api, two_tenants):
+    (t, key), _ = two_tenants
+    r = api.get(f'/v1/tenants/{t}%0A/models', headers=bearer(key))
+    assert r.status_code == 422 and r.json()['error'] == 'InvalidTenantId', r.text

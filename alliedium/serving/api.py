@@ -9,19 +9,22 @@ from collections import OrderedDict
 from typing import Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Header, Path as PathParam, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import alliedium
 from ..config import AlliediumError, Settings, get_settings
 from ..ignite import ignite_client
 
 # %% auto #0
-__all__ = ['HTTP_STATUS', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'http_status', 'http_error', 'IssueFields',
-           'JiraIssue', 'Scored', 'PriorityAnswer', 'TriageAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest',
-           'Job', 'bearer_key', 'KeyCache', 'authorize', 'TenantSlot', 'poll_promotions', 'run_training_job',
-           'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit', 'tenant_model_versions', 'make_api',
-           'AppArgs', 'settings_overrides']
+__all__ = ['HTTP_STATUS', 'JiraTime', 'TRAIN_TASKS', 'MAX_BODY_DEPTH', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge',
+           'http_status', 'AsciiJSON', 'http_error', 'Named', 'Person', 'WebhookFields', 'IssueFields', 'JiraIssue',
+           'Scored', 'PriorityAnswer', 'TriageAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest', 'Job',
+           'not_too_deep', 'triage_issue', 'bearer_key', 'KeyCache', 'authorize', 'TenantSlot', 'poll_promotions',
+           'run_training_job', 'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit', 'tenant_model_versions',
+           'make_api', 'AppArgs', 'settings_overrides']
 
 # %% ../../nbs/60_serving/60_api.ipynb #4c5ee9ed
 class Unauthorized(AlliediumError): "No API key, or one that matches no tenant."
@@ -33,7 +36,8 @@ class BodyTooLarge(AlliediumError): "The request body is over the configured lim
 HTTP_STATUS = {  # error class name -> status; the first match along the class's MRO wins
     'Unauthorized': 401, 'Forbidden': 403, 'JobNotFound': 404, 'UnknownTenant': 404, 'BodyTooLarge': 413,
     'NoModelYet': 409, 'TrainingRunning': 409, 'NotEnoughHistory': 409, 'TenantExists': 409,
-    'JiraError': 422, 'IgniteUnavailable': 503, 'ReconnectError': 503, 'HandshakeError': 503,
+    'JiraError': 422, 'InvalidTenantId': 422, 'RequestValidationError': 422,
+    'IgniteUnavailable': 503, 'ReconnectError': 503, 'HandshakeError': 503,
     'ConfigError': 500, 'AlliediumError': 400}
 
 def _cause(exc:BaseException) -> BaseException:
@@ -48,6 +52,10 @@ def http_status(exc:BaseException) -> int|None:
     return None
 
 # %% ../../nbs/60_serving/60_api.ipynb #ec706d4a
+class AsciiJSON(JSONResponse):
+    "JSON with non-ASCII as `\\u` escapes: an answer that echoes a lone surrogate can still be encoded."
+    def render(self, content:Any) -> bytes: return json.dumps(content, separators=(',', ':')).encode()
+
 def http_error(exc:BaseException, # the error raised while answering
                tenant:str|None=None, # the tenant of the request's path, for the hints
                settings:Settings|None=None) -> JSONResponse:
@@ -65,19 +73,41 @@ def http_error(exc:BaseException, # the error raised while answering
                     todo=f"poll GET /v1/tenants/{tenant}/jobs/{e.run_id} and retry when it has finished")
     if status == 401: headers['WWW-Authenticate'] = 'Bearer'
     if status == 503: headers['Retry-After'] = str(s.serve_retry_after); body['retry_after'] = s.serve_retry_after
-    return JSONResponse(body, status_code=status, headers=headers)
+    return AsciiJSON(body, status_code=status, headers=headers)
 
 # %% ../../nbs/60_serving/60_api.ipynb #390550f7
-class IssueFields(BaseModel):
-    "The fields of a Jira issue known when it is filed (others are kept as they are)."
+class Named(BaseModel):
+    "An object Jira names: issue type, priority, component (other keys kept)."
     model_config = ConfigDict(extra='allow')
-    summary: str = Field(min_length=1)  # the issue's title
+    name: str|None = None
+    id: str|None = None
+
+class Person(BaseModel):
+    "A Jira user: `name` (v2, Server) or `accountId` (v3, Cloud); other keys kept."
+    model_config = ConfigDict(extra='allow')
+    name: str|None = None
+    accountId: str|None = None
+    key: str|None = None
+
+JiraTime = str|int|None  # ISO 8601 like 2008-06-10T21:09:10.268+0000, or epoch milliseconds
+
+class WebhookFields(BaseModel):
+    "The fields of a Jira issue alliedium reads (others are kept as they are)."
+    model_config = ConfigDict(extra='allow')
+    summary: str|None = None  # the issue's title
     description: str|dict|None = None  # plain text (REST v2) or an ADF document (v3)
-    issuetype: dict|None = None
-    reporter: dict|None = None
-    components: list[dict] = []
-    labels: list[str] = []
-    priority: dict|None = None
+    created: JiraTime = None
+    updated: JiraTime = None
+    issuetype: Named|str|None = None
+    reporter: Person|str|None = None
+    assignee: Person|str|None = None
+    components: list[Named|str]|None = None
+    labels: list[str]|None = None
+    priority: Named|str|None = None
+
+class IssueFields(WebhookFields):
+    "The fields of an issue to triage: those known when it is filed (a summary at least)."
+    summary: str = Field(min_length=1)
 
 class JiraIssue(BaseModel):
     "A Jira issue as REST v2/v3 or a webhook sends it."
@@ -114,7 +144,7 @@ class TriageAnswer(BaseModel):
 class WebhookIssue(BaseModel):
     model_config = ConfigDict(extra='allow')
     key: str = Field(min_length=1)
-    fields: dict = {}
+    fields: WebhookFields = WebhookFields()
 
 class WebhookEvent(BaseModel):
     "A Jira webhook delivery."
@@ -122,9 +152,15 @@ class WebhookEvent(BaseModel):
     webhookEvent: Literal['jira:issue_created', 'jira:issue_updated', 'jira:issue_deleted']
     issue: WebhookIssue
 
+TRAIN_TASKS = ('assignee', 'components', 'labels', 'priority')  # = alliedium.models.TASKS (not imported: light)
+
 class TrainRequest(BaseModel):
     "Optional body of a training request."
-    tasks: list[str]|None = None  # default: every task
+    tasks: list[Literal[TRAIN_TASKS]]|None = Field(None, max_length=64)  # default: every task
+
+    @field_validator('tasks')
+    @classmethod
+    def _once_each(cls, v): return list(dict.fromkeys(v)) if v is not None else v
 
 class Job(BaseModel):
     "A training job (a RUN row)."
@@ -136,6 +172,32 @@ class Job(BaseModel):
     started_at: Any = None
     finished_at: Any = None
     metrics: Any = None
+
+# %% ../../nbs/60_serving/60_api.ipynb #7b7289f3
+MAX_BODY_DEPTH = 110  # JSON levels: an ADF description of MAX_ADF_DEPTH inside a webhook event fits
+_TRIAGE_FIELDS = ('summary', 'description', 'created', 'updated', 'issuetype', 'reporter', 'assignee', 'components',
+                  'labels', 'priority')
+
+def not_too_deep(body:Any, limit:int=MAX_BODY_DEPTH) -> Any:
+    "`body` if it nests at most `limit` JSON levels, else `BadIssue` (422): deeper cannot travel between replicas."
+    from alliedium.jira import BadIssue
+    stack = [(body, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > limit: raise BadIssue(f"the body nests over {limit} levels of JSON: no Jira issue does; "
+                                         "send the issue as Jira's REST API returns it")
+        kids = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+        stack.extend((k, depth + 1) for k in kids if isinstance(k, (dict, list)))
+    return body
+
+def triage_issue(issue:dict) -> dict:
+    "The issue checked as the models will read it (`BadIssue`: 422 before any model loads), description as text."
+    from alliedium.jira import parse_issue
+    f = not_too_deep(issue).get('fields') or {}
+    t = parse_issue({'key': issue.get('key') or 'NEW-0', 'fields': {'created': 0, **f}}, 'triage')
+    fields = {k: f[k] for k in _TRIAGE_FIELDS if k in f}
+    if 'description' in fields: fields['description'] = t.description  # plain text: no tree to pickle for the hop
+    return {**({'key': issue['key']} if issue.get('key') else {}), 'fields': fields}
 
 # %% ../../nbs/60_serving/60_api.ipynb #938f3075
 def bearer_key(authorization:str|None) -> str:
@@ -318,19 +380,21 @@ def _routes_tenant(api:FastAPI, backend:ServingBackend, keys:KeyCache):
     s = backend.settings
     async def tenant_auth(tenant:str=PathParam(description="tenant id", min_length=1, max_length=128),
                           authorization:str|None=Header(None, description="Bearer <tenant API key>")) -> str:
-        return await authorize(authorization, tenant, keys)
+        from alliedium.tenants import check_tenant_id
+        return await authorize(authorization, check_tenant_id(tenant), keys)
 
     @api.post('/v1/tenants/{tenant}/triage', response_model=TriageAnswer, response_model_exclude_none=True,
               tags=['triage'])
     async def triage(issue:JiraIssue, tenant:str=Depends(tenant_auth)):
         "Suggest assignee, components, labels and priority for one Jira issue."
-        return await backend.triage(tenant, issue.model_dump(exclude_unset=True))
+        return await backend.triage(tenant, triage_issue(issue.model_dump(exclude_unset=True)))
 
     @api.post('/v1/tenants/{tenant}/webhooks/jira', tags=['ingest'])
     async def webhook(event:WebhookEvent, tenant:str=Depends(tenant_auth)) -> dict:
         "Ingest a Jira webhook delivery (issue created, updated, deleted); idempotent."
         from alliedium.ingest import ingest_webhook
-        return await asyncio.to_thread(ingest_webhook, tenant, event.model_dump(exclude_unset=True), s)
+        body = not_too_deep(event.model_dump(exclude_unset=True))
+        return await asyncio.to_thread(ingest_webhook, tenant, body, s)
 
     @api.get('/v1/tenants/{tenant}/models', tags=['models'])
     async def models(tenant:str=Depends(tenant_auth)) -> dict:
@@ -368,10 +432,10 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
         from alliedium.runs import UnknownRun, get_run, live_run
         try: run = await asyncio.to_thread(get_run, job_id, settings=s)
         except UnknownRun: run = None
-        if run and run.get('status') == 'running' and not await asyncio.to_thread(live_run, job_id, s):
-            run = await asyncio.to_thread(get_run, job_id, settings=s)  # lost: now marked failed
-        if not run or run.get('tenant_id') != tenant: raise JobNotFound(
+        if not run or run.get('tenant_id') != tenant: raise JobNotFound(  # before anything may change the run
             f"tenant {tenant!r} has no job {job_id!r}: use the job_id that POST /v1/tenants/{tenant}/train answered")
+        if run.get('status') == 'running' and not await asyncio.to_thread(live_run, job_id, s):
+            run = await asyncio.to_thread(get_run, job_id, settings=s)  # lost: now marked failed
         return _job(run)
 
 # %% ../../nbs/60_serving/60_api.ipynb #41d25c04
@@ -386,6 +450,10 @@ def make_api(backend:ServingBackend) -> FastAPI:
     @api.exception_handler(AlliediumError)
     async def _user_error(request:Request, exc:AlliediumError):
         return http_error(exc, request.path_params.get('tenant'), s)
+
+    @api.exception_handler(RequestValidationError)
+    async def _bad_body(request:Request, exc:RequestValidationError):  # FastAPI's own fails on a lone surrogate
+        return AsciiJSON({'error': 'RequestValidationError', 'detail': jsonable_encoder(exc.errors())}, 422)
 
     @api.exception_handler(Exception)
     async def _other_error(request:Request, exc:Exception):  # a user error wrapped by Ray, or a bug
