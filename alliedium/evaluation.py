@@ -55,12 +55,13 @@ def assignee_metrics(model, test:pd.DataFrame, ks=(1, 3, 5), curve:int=10) -> di
     if not len(test): return {}
     ranked = model.rank(asked(test, 'assignee'), k=max(*ks, curve)); truth = test['assignee'].to_numpy()
     hits = lambda k: float(np.mean([t in [n for n, _ in r[:k]] for r, t in zip(ranked, truth)]))
-    keep = np.array([bool(r) and r[0][1] >= model.threshold_ for r in ranked])
+    keep = ~model.abstains(ranked, test['reporter'])  # the rule `predict` applies
     slices = rank_slices(ranked, test, set(model.candidates_), keep, ks)
     out = {f'top{k}': slices['all'][f'top{k}'] for k in ks}
     out['candidate_share'] = slices['all']['ceiling']
     out['coverage'], out['accuracy_at_threshold'] = slices['all']['coverage'], slices['all']['precision']
-    out['threshold'] = float(model.threshold_); out['n_test'] = int(len(test)); out['slices'] = slices
+    out['threshold'], out['self_threshold'] = float(model.threshold_), float(model.self_threshold_)
+    out['n_test'] = int(len(test)); out['slices'] = slices
     out['topk_curve'] = [hits(k) for k in range(1, curve + 1)]  # plot_report draws it
     return out
 

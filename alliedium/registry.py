@@ -26,7 +26,7 @@ __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promot
            'load_model', 'load_active_models']
 
 # %% ../nbs/50_registry.ipynb #e93c7b52
-FORMAT = 'skops/3'
+FORMAT = 'skops/4'
 TRUSTED_TYPES = {'alliedium.features.OneHot', 'alliedium.features.ReporterHistory', 'alliedium.features.TextEncoder',
                  'alliedium.features.Linear', 'alliedium.models.assignee.AssigneeModel',
                  'alliedium.models.multilabel.MultiLabelModel', 'alliedium.models.multilabel.KnnIndex',

@@ -132,3 +132,70 @@ def test_one_ticket_rows_predict_what_the_frame_predicts(zk_split, zk_models):
         one_by_one = [m.predict(TicketRows({c: [q[c][i]] for c in FRAME_COLUMNS}))[0] for i in range(len(q))]
         assert _close(one_by_one, batch), task
         assert _close(m.predict(TicketRows({c: list(q[c]) for c in FRAME_COLUMNS})), batch), task
+
+
+def _toy_tickets():
+    "Five tickets, three people beside the reporters: `io` is ann's, `web` bob's; r1's tickets went to others."
+    import pandas as pd
+    df = pd.DataFrame(dict(created_at=pd.to_datetime(['2020-01-01', '2020-02-01', '2020-03-01', '2020-04-01',
+                                                      '2020-05-01']),
+                           summary=['disk full', 'ui colour', 'disk quota', 'ui font', 'net drop'], description='',
+                           reporter=['r1', 'r1', 'r2', 'r2', 'r1'], assignee=['ann', 'bob', 'ann', 'r2', 'cat'],
+                           components=[['io'], ['web'], ['io'], ['web'], ['net']]))
+    df['issue_key'], df['labels'], df['priority'] = [f'T-{i}' for i in range(5)], [[]] * 5, 'Major'
+    return df.assign(summary=df.summary + ' ' + df.assignee)
+
+
+def _toy_others(mix, **ticket):
+    "The others' mixture (reporter's scores dropped) for one new ticket of the toy tenant, by name."
+    import pandas as pd
+    from alliedium.models.assignee import AssigneeModel
+    df = _toy_tickets()
+    m = AssigneeModel(mix=mix, min_tickets=1, calibration_share=0).fit(df)
+    q = df.iloc[[4]].assign(created_at=pd.Timestamp('2020-06-01'), **{k: [v] for k, v in ticket.items()})
+    _, P, rep = m._raw_scores(q)
+    return m, {n: p for n, p in zip(m.classes_, P[0]) if n != rep[0]}, P[0][list(m.classes_).index(rep[0])] \
+        if rep[0] in set(m.classes_) else 0.0
+
+
+def test_assignee_mixture_parts_each_find_their_person():
+    m, p, _ = _toy_others((1, 0, 0, 0), reporter='zed', components=[])
+    assert list(m.classes_) == ['ann', 'bob', 'cat', 'r2']   # everyone who took a ticket, not only the classifier's
+    _, p, _ = _toy_others((0, 0, 1, 0), reporter='zed', components=['io'])
+    assert max(p, key=p.get) == 'ann' and p['ann'] > 0.99 * sum(p.values())   # the component share
+    _, p, _ = _toy_others((0, 0, 0, 1), reporter='r1', components=[])
+    assert {n for n, s in p.items() if s > 0} == {'ann', 'bob', 'cat'}   # r1's tickets taken by others
+    _, p, r = _toy_others((0, 1, 0, 0), reporter='r2', components=[], summary='ui colour bob')
+    assert max(p, key=p.get) == 'bob' and r == 0               # the kNN vote; the reporter is never an other
+
+
+def test_assignee_mixture_rows_sum_to_one_minus_p_self(zk_split, zk_models):
+    m = zk_models['assignee']
+    p_self, P, _ = m._raw_scores(asked(zk_split[1].head(30), 'assignee'))
+    assert np.allclose(P.sum(1) + p_self, 1, atol=1e-6) and P.shape[1] == len(m.people_) > len(m.clf_cols_)
+
+
+def test_assignee_reporter_threshold_is_stricter_where_reporters_miss_nonself_tickets():
+    from alliedium.models.assignee import _thresholds
+    rng = np.random.default_rng(1); n = 600
+    is_rep = rng.random(n) < 0.6; is_self = np.where(is_rep, rng.random(n) < 0.7, rng.random(n) < 0.2)
+    top = rng.random(n); hit = np.where(is_rep, is_self & (top > 0.3), rng.random(n) < 0.9)
+    to, ts = _thresholds(top, is_rep, hit, is_self, 0.8)
+    keep = np.where(is_rep, top >= ts, top >= to)
+    for m in (is_self, ~is_self, np.ones(n, bool)):
+        assert keep[m].sum() < 20 or hit[keep & m].mean() >= 0.8
+    assert ts > to and keep.sum() > 0
+
+
+def test_evaluation_answers_where_predict_answers(zk_split, zk_models):
+    m = zk_models['assignee']
+    test = zk_split[1][zk_split[1].assignee.notna()]
+    was = m.self_threshold_
+    m.self_threshold_ = 0.99   # a reporter's top-1 nearly never answers
+    try:
+        out = assignee_metrics(m, test)
+        answered = np.array([not p['abstain'] for p in m.predict(asked(test, 'assignee'))])
+        assert out['coverage'] == answered.mean() and out['self_threshold'] == 0.99
+        top = [r[0][0] for r in m.rank(asked(test, 'assignee'), k=1)]
+        assert not any(a and t == r for a, t, r in zip(answered, top, test.reporter))
+    finally: m.self_threshold_ = was   # the shared fixture as it was

@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 
 from ..features import (Linear, OneHot, ReporterHistory, TextMatrix, active_people, encode_all,
                                 encode_rows, recency_weights, text_rows, text_vectorizer, ticket_text)
+from .multilabel import KnnIndex
 
 # %% auto #0
 __all__ = ['AssigneeModel']
@@ -23,22 +24,35 @@ def _first(c): return c[0] if isinstance(c, (list, tuple, np.ndarray)) and len(c
 
 def _logit(p): p = np.clip(p, 1e-6, 1 - 1e-6); return np.log(p / (1 - p))
 
+def _list(v) -> list[str]: return [str(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else []
+
+def _names(xs) -> list: return [x if isinstance(x, str) and x else None for x in xs]
+
+def _days(ts) -> np.ndarray:
+    "Days since the epoch, as floats (a column, a list of timestamps)."
+    return np.array([pd.Timestamp(t).value for t in ts], float) / 86400e9  # one ticket: 20 us, not 800
+
 # %% ../../nbs/30_models/31_assignee.ipynb #9b2a3601
 class AssigneeModel:
-    "Top-k assignees with calibrated scores; `abstain` under the tenant's threshold."
+    "Top-k assignees with calibrated scores; `abstain` under the tenant's thresholds."
     task = 'assignee'
     def __init__(self, window_days:int=730, # people assigned in this many days before the newest ticket are candidates
                  min_tickets:int=3, # ... if they took at least this many tickets in the window
                  half_life_days:float=365, # recency weighting of training tickets
                  top_k:int=5, # suggestions returned
-                 target_precision:float=0.8, # held-out top-1 precision the abstain threshold aims at
+                 target_precision:float=0.8, # held-out top-1 precision the abstain thresholds aim at (per slice)
                  default_threshold:float=0.5, # abstain threshold when the history is too short to choose one
                  calibration_share:float=0.1, # newest share of the history held out to calibrate
-                 alpha:float=1e-5, epochs:int=15, seed:int=0):
+                 alpha:float=1e-5, epochs:int=15, seed:int=0,
+                 mix:tuple=(0.4, 0.3, 0.2, 0.1), # weights: classifier, kNN vote, component share, reporter's others
+                 k:int=40, # similar past tickets that vote
+                 knn_half_life:float=365, # their votes halve every this many days back
+                 share_days:float=365): # a component's share counts the tickets of this many days back
         self.window_days, self.min_tickets, self.half_life_days = window_days, min_tickets, half_life_days
         self.top_k = top_k
         self.target_precision, self.default_threshold = target_precision, default_threshold
         self.calibration_share, self.alpha, self.epochs, self.seed = calibration_share, alpha, epochs, seed
+        self.mix, self.k, self.knn_half_life, self.share_days = tuple(mix), k, knn_half_life, share_days
 
 # %% ../../nbs/30_models/31_assignee.ipynb #83f48e70
 @patch
@@ -56,6 +70,7 @@ def _fit_core(self:AssigneeModel, df:pd.DataFrame, text:TextMatrix|None=None):
     clf = LogisticRegression(C=1.0, solver='liblinear').fit(sp.hstack([X, H[a]]).tocsr(), y_self, sample_weight=w)
     self.self_clf_ = Linear.of(clf)
     self._fit_others(df, X, a, w, y_self, end)
+    self._fit_people(df[a], X, end)
     return self
 
 # %% ../../nbs/30_models/31_assignee.ipynb #1acf2bf4
@@ -78,21 +93,71 @@ def _cats(self:AssigneeModel, df, encode=encode_all) -> list:
     return [encode(self.reporters_, list(df['reporter'])),
             encode(self.components_, [_first(c) for c in df['components']])]
 
+# %% ../../nbs/30_models/31_assignee.ipynb #232a7152
+def _positions(keys:list) -> dict[str, np.ndarray]:
+    "Per key, the increasing positions of the rows holding it (`keys`: a list of keys per row)."
+    out = {}
+    for i, ks in enumerate(keys):
+        for k in ks: out.setdefault(k, []).append(i)
+    return {k: np.array(v, np.int64) for k, v in out.items()}
+
+@patch
+def _fit_people(self:AssigneeModel, ad:pd.DataFrame, X:sp.csr_matrix, end):
+    "The people index over the assigned tickets `ad` (time order) and their TF-IDF rows `X`."
+    asg, rep = list(ad['assignee']), list(ad['reporter'])
+    self.people_ = np.array(sorted(set(asg)), dtype=object); self.pid_ = {p: i for i, p in enumerate(self.people_)}
+    self.aid_, self.t_ = np.array([self.pid_[p] for p in asg], np.int64), _days(ad['created_at'])
+    self.end_ = float(_days([end])[0])
+    self.comp_pos_ = _positions([_list(c) for c in ad['components']])
+    self.rep_pos_ = _positions([[r] if r != a else [] for r, a in zip(rep, asg)])
+    self.index_ = KnnIndex(X, np.ones(X.shape[0]))
+    self.clf_cols_ = np.array([self.pid_[c] for c in self.classes_], np.int64)
+    self.classes_ = self.people_
+
+# %% ../../nbs/30_models/31_assignee.ipynb #a24a33d8
+@patch
+def _evidence(self:AssigneeModel, X, Pc:np.ndarray, tq:np.ndarray, comps:list, reps:list) -> np.ndarray:
+    "Per ticket, the four evidence rows over `people_`: classifier `Pc`, kNN vote, component share, reporter's."
+    n, m = len(tq), len(self.people_)
+    E = np.zeros((n, 4, m)); E[:, 0, self.clf_cols_] = Pc
+    if k := min(self.k, len(self.t_)):
+        top, sims = self.index_.neighbours(X, k)
+        w = np.clip(sims, 0, None) * 0.5 ** ((self.end_ - self.t_[top]) / self.knn_half_life)
+        np.add.at(E[:, 1], (np.repeat(np.arange(n), top.shape[1]), self.aid_[top].ravel()), w.ravel())
+    lo = np.searchsorted(self.t_, tq - self.share_days)  # the first ticket inside each one's window
+    for i, (cs, r) in enumerate(zip(comps, reps)):
+        for c in _list(cs):
+            if (pos := self.comp_pos_.get(c)) is not None:
+                E[i, 2] += np.bincount(self.aid_[pos[np.searchsorted(pos, lo[i]):]], minlength=m)
+        if (pos := self.rep_pos_.get(r)) is not None: E[i, 3] += np.bincount(self.aid_[pos], minlength=m)
+    return E
+
+# %% ../../nbs/30_models/31_assignee.ipynb #e474d1fb
+@patch
+def _others(self:AssigneeModel, X, Pc:np.ndarray, tq:np.ndarray, comps:list, reps:list) -> np.ndarray:
+    "The mixture over `people_` per ticket, the reporter's column zeroed; rows sum to 1 (0 with no evidence)."
+    E = self._evidence(X, Pc, tq, comps, reps)
+    r = np.array([self.pid_.get(x, -1) if x is not None else -1 for x in reps], np.int64); i = np.nonzero(r >= 0)[0]
+    E[i, :, r[i]] = 0
+    E /= np.clip(E.sum(2, keepdims=True), 1e-12, None)
+    P = np.einsum('j,ijk->ik', np.asarray(self.mix, float), E)
+    return P / np.clip(P.sum(1, keepdims=True), 1e-12, None)
+
 # %% ../../nbs/30_models/31_assignee.ipynb #a13da03a
 @patch
 def _raw_scores(self:AssigneeModel, df:pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Uncalibrated p_self per row and the others' scores (the reporter's zeroed; rows sum to 1 - p_self)."
+    "Uncalibrated p_self per row and the others' scores over `classes_` (the reporter's zeroed; sum 1 - p_self)."
     X = encode_rows(self.vectorizer_, ticket_text(df))
     p_self = self.self_clf_.predict_proba([X, self.history_.transform(df)])[:, 1]
     # a pandas column or `TicketRows`' list; the None keeps strings objects
-    rep = np.asarray(list(df['reporter']) + [None], dtype=object)[:-1]
-    p_self = np.where([r is None or r != r for r in rep], 0.0, p_self)
-    if self.others_ is None:
-        P = np.ones((len(df), len(self.classes_)))
-    else: P = self.others_.predict_proba([X, *self._cats(df, encode_rows)])
-    P = P * (self.classes_[None, :] != rep[:, None])
-    P = P / np.clip(P.sum(1, keepdims=True), 1e-12, None) * (1 - p_self)[:, None]
-    return p_self, P, rep
+    rep = np.asarray(_names(df['reporter']) + [None], dtype=object)[:-1]
+    p_self = np.where([r is None for r in rep], 0.0, p_self)
+    if self.others_ is None: Pc = np.ones((len(df), len(self.clf_cols_)))
+    else: Pc = self.others_.predict_proba([X, *self._cats(df, encode_rows)])
+    tq, comps = np.maximum(_days(df['created_at']), self.end_), list(df['components'])
+    P = np.vstack([self._others(X[s:s + 256] if len(df) > 256 else X, Pc[s:s + 256], tq[s:s + 256],
+                                comps[s:s + 256], rep[s:s + 256]) for s in range(0, len(df), 256)])
+    return p_self, P * (1 - p_self)[:, None], rep
 
 # %% ../../nbs/30_models/31_assignee.ipynb #8205bd54
 @patch
@@ -113,21 +178,37 @@ def rank(self:AssigneeModel, df:pd.DataFrame, k:int|None=None, calibrated:bool=T
     return out
 
 # %% ../../nbs/30_models/31_assignee.ipynb #72354052
+def _thresholds(top:np.ndarray, # calibrated top-1 score per held-out ticket
+                is_rep:np.ndarray, # whether that top-1 is the ticket's reporter
+                hit:np.ndarray, # whether it is right
+                is_self:np.ndarray, # whether the ticket was taken by its reporter
+                target:float, min_n:int=20) -> tuple[float, float]|None:
+    "Thresholds (others', reporter's) answering most tickets at precision >= `target` on each slice."
+    grid = lambda s: np.unique(np.r_[np.quantile(s, np.linspace(0, 1, 41)) if len(s) else [], np.inf])
+    best = None
+    for to in grid(top[~is_rep]):
+        for ts in grid(top[is_rep]):
+            keep = np.where(is_rep, top >= ts, top >= to)
+            ok = all(keep[m].sum() < min_n or hit[keep & m].mean() >= target for m in (is_self, ~is_self, keep | True))
+            if ok and keep.sum() >= min(min_n, len(top)) and (best is None or keep.sum() > best[0]):
+                best = (keep.sum(), float(to), float(ts))
+    return best[1:] if best else None
+
 @patch
-def _calibrate(self:AssigneeModel, ranked:list, truth:np.ndarray):
-    "Platt scaling on held-out (score, correct) pairs of the top 3, then the abstain threshold."
+def _calibrate(self:AssigneeModel, ranked:list, truth:np.ndarray, reporters:np.ndarray):
+    "Platt scaling on held-out (score, correct) pairs of the top 3, then the two abstain thresholds."
     s = np.array([sc for r in ranked for _, sc in r[:3]])
     y = np.array([n == t for r, t in zip(ranked, truth) for n, _ in r[:3]])
     if len(s) < 30 or y.all() or not y.any(): return
     lr = LogisticRegression(C=100).fit(_logit(s)[:, None], y)
-    self.platt_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
-    a, b = self.platt_
+    self.platt_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0])); a, b = self.platt_
     top = np.array([1 / (1 + np.exp(-(a * _logit(r[0][1]) + b))) if r else 0 for r in ranked])
     hit = np.array([bool(r) and r[0][0] == t for r, t in zip(ranked, truth)])
-    order = np.argsort(-top); prec = np.cumsum(hit[order]) / np.arange(1, len(order) + 1)
-    ok = np.nonzero((prec >= self.target_precision) & (np.arange(len(order)) >= min(19, len(order) - 1)))[0]
+    rep = np.array(_names(reporters) + [None], dtype=object)[:-1]
+    is_rep = np.array([bool(r) and r[0][0] == p for r, p in zip(ranked, rep)]); is_self = truth == rep
     # the default when too few held-out tickets agree
-    self.threshold_ = float(top[order][ok.max()]) if len(ok) else self.default_threshold
+    found = _thresholds(top, is_rep, hit, is_self, self.target_precision)
+    self.threshold_, self.self_threshold_ = found if found else (self.default_threshold, self.default_threshold)
 
 # %% ../../nbs/30_models/31_assignee.ipynb #26b63dd3
 @patch
@@ -137,15 +218,23 @@ def fit(self:AssigneeModel, df:pd.DataFrame, # the tenant's tickets (training hi
     "Fit on a tenant's tickets (calibrating on the newest share first when there are enough)."
     df = df.sort_values('created_at', kind='stable').reset_index(drop=True)
     n_cal = int(len(df) * self.calibration_share)
-    self.platt_, self.threshold_ = (1.0, 0.0), self.default_threshold
+    self.platt_, self.threshold_, self.self_threshold_ = (1.0, 0.0), self.default_threshold, self.default_threshold
     if n_cal >= 50:
         self._fit_core(df.iloc[:-n_cal], text)
         held = df.iloc[-n_cal:]; held = held[held['assignee'].notna()]
-        if len(held): self._calibrate(self.rank(held, k=3, calibrated=False), held['assignee'].to_numpy())
+        if len(held): self._calibrate(self.rank(held, k=3, calibrated=False), held['assignee'].to_numpy(),
+                                      held['reporter'].to_numpy())
     return self._fit_core(df, text)
+
+@patch
+def abstains(self:AssigneeModel, ranked:list, reporters) -> np.ndarray:
+    "Per ranked ticket: no suggestion, or a top score under its kind's threshold (the reporter's or others')."
+    return np.array([not r or r[0][1] < (self.self_threshold_ if r[0][0] == p else self.threshold_)
+                     for r, p in zip(ranked, _names(reporters))], dtype=bool)
 
 @patch
 def predict(self:AssigneeModel, df:pd.DataFrame) -> list[dict]:
     "The triage answer per ticket: `assignee` [{name, score}] and `abstain`."
-    return [dict(assignee=[dict(name=n, score=round(s, 4)) for n, s in r], abstain=not r or r[0][1] < self.threshold_)
-            for r in self.rank(df)]
+    ranked = self.rank(df)
+    return [dict(assignee=[dict(name=n, score=round(s, 4)) for n, s in r], abstain=bool(x))
+            for r, x in zip(ranked, self.abstains(ranked, df['reporter']))]
