@@ -11,7 +11,7 @@ THICK_JAR := ignite/lib/alliedium-ignite.jar
 JAVA_SRC := $(shell find ignite/src -name '*.java' 2>/dev/null)
 MVN := mvn -q -B
 
-.PHONY: setup setup-dl demo lint test lab bench export clean distclean help
+.PHONY: setup setup-dl demo lint test fuzz lab bench export clean distclean help
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -57,6 +57,9 @@ lint: setup  ## ruff (pyflakes, syntax, 120 columns) on the package, serve/ and 
 
 test: setup setup-dl lint  ## install (with PyTorch), lint, then run the whole test suite (real Ignite node, notebooks too)
 	@$(BIN)/python -m pytest tests nbs/index.ipynb --nbval-lax
+
+fuzz: setup  ## long fuzz runs: the Jira parsers and every API route (ALLIEDIUM_FUZZ_EXAMPLES per test, default 10000)
+	@ALLIEDIUM_FUZZ=long $(BIN)/python -m pytest -s -p no:cacheprovider tests/test_fuzz_parsers.py tests/test_fuzz_api.py
 
 lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
 	@$(BIN)/jupyter lab --notebook-dir=nbs
