@@ -226,6 +226,9 @@ def test_training_unknown_tasks_is_422_naming_the_valid_ones(api, two_tenants, i
     assert r.status_code == 422, r.text[:300]
     assert list_runs(t, settings=ignite) == []  # nothing was started
     assert TrainRequest(tasks=['priority', 'labels', 'priority']).tasks == ['priority', 'labels']
+    from alliedium.models import TASKS
+    from alliedium.serving.api import TRAIN_TASKS
+    assert TRAIN_TASKS == tuple(TASKS)  # the API's copy of the task names (the ingress does not import the models)
 
 
 def test_another_tenants_job_is_not_touched(ignite):
