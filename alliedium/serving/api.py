@@ -35,7 +35,7 @@ class BodyTooLarge(AlliediumError): "The request body is over the configured lim
 # %% ../../nbs/60_serving/60_api.ipynb #fb9169f6
 HTTP_STATUS = {  # error class name -> status; the first match along the class's MRO wins
     'Unauthorized': 401, 'Forbidden': 403, 'JobNotFound': 404, 'UnknownTenant': 404, 'BodyTooLarge': 413,
-    'NoModelYet': 409, 'TrainingRunning': 409, 'NotEnoughHistory': 409, 'TenantExists': 409,
+    'NoModelYet': 409, 'ArtifactRefused': 409, 'TrainingRunning': 409, 'NotEnoughHistory': 409, 'TenantExists': 409,
     'JiraError': 422, 'InvalidTenantId': 422, 'RequestValidationError': 422,
     'IgniteUnavailable': 503, 'ReconnectError': 503, 'HandshakeError': 503,
     'ConfigError': 500, 'AlliediumError': 400}
@@ -65,7 +65,7 @@ def http_error(exc:BaseException, # the error raised while answering
     name = type(e).__name__.removeprefix('RayTaskError(').removesuffix(')')
     detail = str(e) if status != 500 or isinstance(e, AlliediumError) else 'internal error'
     body, headers = dict(error=name, detail=detail), {}
-    if name == 'NoModelYet':
+    if name in ('NoModelYet', 'ArtifactRefused'):  # no model, or one this release cannot load: train
         body.update(status='untrained', todo=f"POST /v1/tenants/{tenant}/train (202 with a job id), "
                                              f"then poll GET /v1/tenants/{tenant}/jobs/{{job_id}}")
     if name == 'TrainingRunning':
