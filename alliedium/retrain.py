@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import AlliediumError, Settings, get_settings
+from .registry import FORMAT
 
 # %% auto #0
 __all__ = ['RESULT_MIME', 'SUCCEEDED', 'FAILED', 'SKIPPED', 'RUN_KIND', 'RetrainError', 'train_notebook', 'run_notebook_path',
@@ -188,7 +189,7 @@ def last_successful_run(tenant_id:str, settings:Settings|None=None) -> dict|None
 def run_metrics(run:TenantRun, fingerprint:str) -> dict:
     "What the RUN row keeps of a tenant's retrain (its notebook keeps the rest)."
     overhead = None if run.train_seconds is None else round(run.seconds - run.train_seconds, 3)
-    return dict(fingerprint=fingerprint, seconds=round(run.seconds, 3), train_seconds=run.train_seconds,
+    return dict(fingerprint=fingerprint, format=FORMAT, seconds=round(run.seconds, 3), train_seconds=run.train_seconds,
                 overhead_seconds=overhead, tasks=run.tasks, error=run.error)
 
 # %% ../nbs/65_retrain.ipynb #0be41e08
@@ -225,11 +226,13 @@ def retrain_tenant(tenant_id:str, force:bool=False, # retrain even if the ticket
     if on_cluster: return _retrain_colocated(tenant_id, s, gateway)
     fingerprint = tickets_fingerprint(tenant_id, settings=s)
     last = None if force else last_successful_run(tenant_id, s)
-    if last and (last.get('metrics') or {}).get('fingerprint') == fingerprint:
+    done = (last.get('metrics') or {}) if last else {}
+    if last and done.get('fingerprint') == fingerprint and done.get('format') == FORMAT:
         run = TenantRun(tenant_id, SKIPPED, start_run(tenant_id, RUN_KIND, settings=s),
                         notebook=last.get('notebook'),
-                        note=f"tickets unchanged since run {last['run_id']} (--force retrains anyway)")
-        finish_run(run.run_id, SKIPPED, dict(fingerprint=fingerprint, last_run=last['run_id']), settings=s)
+                        note=f"tickets and model format unchanged since run {last['run_id']} (--force retrains anyway)")
+        finish_run(run.run_id, SKIPPED, dict(fingerprint=fingerprint, format=FORMAT, last_run=last['run_id']),
+                   settings=s)
         return run
     run_id = start_run(tenant_id, RUN_KIND, settings=s)
     notebook = str(run_notebook_path(tenant_id, run_id, s))

@@ -9,10 +9,10 @@ import pytest
 from alliedium.ingest import ingest_tickets, tickets_fingerprint
 from alliedium.jira import jira_file, read_issues
 from alliedium.models import TASKS
-from alliedium.registry import active_versions
+from alliedium.registry import FORMAT, active_versions
 from alliedium.retrain import (FAILED, SKIPPED, SUCCEEDED, colocated_retrain, notebook_result, retrain,
                                run_notebook_path, train_notebook)
-from alliedium.runs import get_run, list_runs
+from alliedium.runs import finish_run, get_run, list_runs
 from alliedium.tenants import create_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +106,12 @@ def test_unchanged_tenant_is_skipped_and_a_changed_one_retrained(ignite, tenants
     skipped, = retrain([zk], settings=ignite, progress=False)
     assert skipped.status == SKIPPED and first_runs[zk].run_id in skipped.note
     assert get_run(skipped.run_id, settings=ignite)['status'] == SKIPPED
+    # models stored in another artifact format (an older release's) are trained again, tickets unchanged or not
+    last = get_run(first_runs[zk].run_id, settings=ignite)
+    finish_run(last['run_id'], SUCCEEDED, {**last['metrics'], 'format': 'skops/1'}, last['notebook'], settings=ignite)
+    redone, = retrain([zk], settings=ignite, progress=False)
+    assert redone.status == SUCCEEDED, redone.error
+    assert get_run(redone.run_id, settings=ignite)['metrics']['format'] == FORMAT
     # new tickets change the fingerprint: the tenant is retrained
     storm = tenants['storm']
     ingest_tickets(storm, itertools.islice(read_issues(jira_file('Storm'), storm), N_TICKETS, N_TICKETS + 20), ignite)
