@@ -221,7 +221,7 @@ def retrain_tenant(tenant_id:str, force:bool=False, # retrain even if the ticket
                    gateway=None) -> TenantRun: # the thick client to use with `on_cluster` (default: one per call)
     "Retrain one tenant with the notebook (skipped when its tickets are unchanged); records the RUN row."
     from alliedium.ingest import tickets_fingerprint
-    from alliedium.runs import start_run, finish_run
+    from alliedium.runs import TrainingRunning, claim_training, finish_run, release_training, start_run
     s = settings or get_settings()
     if on_cluster: return _retrain_colocated(tenant_id, s, gateway)
     fingerprint = tickets_fingerprint(tenant_id, settings=s)
@@ -235,12 +235,17 @@ def retrain_tenant(tenant_id:str, force:bool=False, # retrain even if the ticket
                    settings=s)
         return run
     run_id = start_run(tenant_id, RUN_KIND, settings=s)
+    try: claim_training(tenant_id, run_id, s)  # the claim every training takes (API, `alliedium train`, here)
+    except TrainingRunning as e:
+        finish_run(run_id, SKIPPED, dict(fingerprint=fingerprint, running=e.run_id), settings=s)
+        return TenantRun(tenant_id, SKIPPED, run_id, note=f"a training is running (run {e.run_id}): the next retrain")
     notebook = str(run_notebook_path(tenant_id, run_id, s))
     try: r = execute_training_notebook(tenant_id, run_id, parameters, s)
     except BaseException as e:
         finish_run(run_id, FAILED, dict(fingerprint=fingerprint, error=f'{type(e).__name__}: {e}'), notebook,
                    settings=s)
         raise
+    finally: release_training(tenant_id, run_id, s)
     res = r['result'] or {}
     error = r['error'] or (None if res else 'the notebook ran but showed no result (its last cell calls show_result)')
     run = TenantRun(tenant_id, FAILED if error else SUCCEEDED, run_id, r['notebook'], r['seconds'],

@@ -12,7 +12,7 @@ from alliedium.models import TASKS
 from alliedium.registry import FORMAT, active_versions
 from alliedium.retrain import (FAILED, SKIPPED, SUCCEEDED, colocated_retrain, notebook_result, retrain,
                                run_notebook_path, train_notebook)
-from alliedium.runs import finish_run, get_run, list_runs
+from alliedium.runs import finish_run, get_run, list_runs, release_training, start_training
 from alliedium.tenants import create_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +112,17 @@ def test_unchanged_tenant_is_skipped_and_a_changed_one_retrained(ignite, tenants
     redone, = retrain([zk], settings=ignite, progress=False)
     assert redone.status == SUCCEEDED, redone.error
     assert get_run(redone.run_id, settings=ignite)['metrics']['format'] == FORMAT
+    # a retrain takes the tenant's training claim: while another training runs it is skipped, naming that run
+    holder = start_training(zk, settings=ignite)
+    try:
+        held, = retrain([zk], force=True, settings=ignite, progress=False)
+        assert held.status == SKIPPED and holder in held.note
+    finally: release_training(zk, holder, settings=ignite)
+    start = len([r for r in list_runs(zk, settings=ignite) if r['status'] == SUCCEEDED])
+    again, = retrain([zk], force=True, settings=ignite, progress=False)  # released: it trains, and releases in turn
+    assert again.status == SUCCEEDED, again.error
+    assert len([r for r in list_runs(zk, settings=ignite) if r['status'] == SUCCEEDED]) == start + 1
+    release_training(zk, start_training(zk, settings=ignite), settings=ignite)  # nothing left holding the tenant
     # new tickets change the fingerprint: the tenant is retrained
     storm = tenants['storm']
     ingest_tickets(storm, itertools.islice(read_issues(jira_file('Storm'), storm), N_TICKETS, N_TICKETS + 20), ignite)
