@@ -22,8 +22,8 @@ from .schema import SCHEMA
 # %% auto #0
 __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promote', 'RegistryError', 'NoModelYet',
            'ArtifactRefused', 'UnknownModel', 'dump_artifact', 'load_artifact', 'ModelKey', 'ModelRow',
-           'register_model', 'list_models', 'active_versions', 'active_versions_of', 'promote', 'rollback',
-           'load_model', 'load_active_models']
+           'register_model', 'list_models', 'active_versions', 'active_versions_of', 'loadable_active', 'promote',
+           'rollback', 'load_model', 'load_active_models']
 
 # %% ../nbs/50_registry.ipynb #e93c7b52
 FORMAT = 'skops/4'
@@ -143,6 +143,12 @@ def active_versions_of(tenant_ids:list[str], settings:Settings|None=None,
         for t, task, v in c.sql(q, query_args=list(tenant_ids)): out.setdefault(t, {})[task] = v
         return out
     return _with_client(settings, client, run)
+
+# %% ../nbs/50_registry.ipynb #be3eedee
+def loadable_active(models:list[dict]) -> bool:
+    "Whether `models` (rows of `list_models`) have active versions, all in this release's artifact format."
+    active = [m for m in models if m['active']]
+    return bool(active) and all((m['format'] or '').partition(';')[0] == FORMAT for m in active)
 
 # %% ../nbs/50_registry.ipynb #25ef1c31
 on_promote: list[Callable[[str, str, int], None]] = []

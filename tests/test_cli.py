@@ -51,10 +51,7 @@ def test_serve_stop_leaves_no_process_behind(ignite, tmp_path):
     from alliedium.ignite import free_port
 
     def session_of(pid):
-        def sid(p):
-            try: return os.getsid(p.pid)
-            except OSError: return None
-        return [p for p in psutil.process_iter() if sid(p) == pid]
+        return [p for p in psutil.process_iter() if _sid(p.pid) == pid]
 
     env = dict(ALLIEDIUM_VAR_DIR=str(tmp_path), ALLIEDIUM_SERVE_PORT=str(free_port()))
     r = run('serve', '--background', env=env)

@@ -45,18 +45,19 @@ def _trained_source(tenant:str, project:str, s:Settings) -> str:
 
 def _current(tenant:str, s:Settings) -> bool:
     "Whether the tenant's active models exist and are in this release's artifact format."
-    from alliedium.registry import FORMAT, list_models
-    active = [m for m in list_models(tenant, settings=s) if m['active']]
-    return bool(active) and all((m['format'] or '').partition(';')[0] == FORMAT for m in active)
+    from alliedium.registry import list_models, loadable_active
+    return loadable_active(list_models(tenant, settings=s))
 
 # %% ../../nbs/70_bench/74_serve.ipynb #490794e9
-def clone_models(src:str, dst:str, s:Settings, _cache:dict={}):
+def clone_models(src:str, dst:str, s:Settings,
+                 cache:dict|None=None): # (src, task, version) -> (model, metrics), shared by a run's clones
     "Register `src`'s active models as new versions of `dst` and promote them, unless `dst` is current."
     from alliedium.registry import active_versions, load_model, promote, register_model
     if _current(dst, s): return
+    cache = {} if cache is None else cache
     for task, v in active_versions(src, s).items():  # through the registry: verified on load, stored like any model
-        if (src, task, v) not in _cache: _cache[(src, task, v)] = load_model(src, task, v, s)[1:]
-        model, metrics = _cache[(src, task, v)]
+        if (src, task, v) not in cache: cache[(src, task, v)] = load_model(src, task, v, s)[1:]
+        model, metrics = cache[(src, task, v)]
         promote(dst, task, register_model(dst, task, model, metrics, s), s)
 
 # %% ../../nbs/70_bench/74_serve.ipynb #2c351be3
@@ -65,11 +66,11 @@ def bench_tenants(n:int, s:Settings) -> dict[str, str]:
     from alliedium.tenants import create_api_key, create_tenant, tenant_exists
     sources = [_trained_source('bench-serve-zookeeper', 'Zookeeper', s),
                _trained_source('bench-serve-storm', 'Storm', s)]
-    keys = {}
+    keys, loaded = {}, {}  # the sources' models are loaded once for every clone
     for i in range(n):
         t = f'bench-serve-{i:03d}'
         keys[t] = create_api_key(t, settings=s) if tenant_exists(t, s) else create_tenant(t, settings=s)
-        clone_models(sources[i % 2], t, s)
+        clone_models(sources[i % 2], t, s, loaded)
     return keys
 
 # %% ../../nbs/70_bench/74_serve.ipynb #ec0c63db

@@ -14,7 +14,7 @@ from ..config import Settings, get_settings
 from ..ignite import cluster_status, ignite_client
 from ..ingest import ingest_files
 from ..jira import jira_file
-from ..registry import FORMAT
+from ..registry import loadable_active
 from ..schema import SCHEMA
 from ..serving.runtime import ServeFailed, curl_line, http_json, serve_background
 from ..tenants import TenantExists, create_api_key, create_tenant, tenant_exists
@@ -48,16 +48,11 @@ def _demo_tenant(tenant:str, project:str, s:Settings) -> str:
     if not n: ingest_files(tenant, [jira_file(project, s)], settings=s)
     return key
 
-def _usable(models:list[dict]) -> bool:
-    "Whether a tenant has active models this release can load (an older artifact format is refused)."
-    active = [m for m in models if m['active']]
-    return bool(active) and all((m['format'] or '').partition(';')[0] == FORMAT for m in active)
-
 def _train_online(url:str, keys:dict[str, str], timeout:float=1800) -> dict[str, dict]:
     "Train every tenant without usable active models through the API; the jobs' last status."
     jobs = {}
     for t, k in keys.items():
-        if _usable(http_json('GET', f'{url}/v1/tenants/{t}/models', k)[1].get('models', [])): continue
+        if loadable_active(http_json('GET', f'{url}/v1/tenants/{t}/models', k)[1].get('models', [])): continue
         status, r = http_json('POST', f'{url}/v1/tenants/{t}/train', k)
         if status not in (202, 409): raise ServeFailed(f"training {t} was refused: {status} {r}")
         jobs[t] = r['job_id']
