@@ -95,6 +95,10 @@ PRIMARY = {'assignee': 'top1', 'components': 'micro_f1', 'labels': 'micro_f1', '
 # %% ../nbs/40_evaluation.ipynb #3442c21b
 def _first(c): return c[0] if isinstance(c, (list, tuple, np.ndarray)) and len(c) else None
 
+def _plain_text(df:pd.DataFrame) -> list[str]:
+    "Summary and description as one string per ticket: the plain baselines' text."
+    return (df['summary'].fillna('').astype(str) + ' ' + df['description'].fillna('').astype(str)).tolist()
+
 def component_owner_ranks(train:pd.DataFrame, test:pd.DataFrame, k:int=10) -> list:
     "Baseline: the first component's most frequent assignees in the newest third of `train`, then everyone's."
     tr = train.sort_values('created_at', kind='stable').iloc[-(len(train) // 3):]; tr = tr[tr['assignee'].notna()]
@@ -111,9 +115,8 @@ def knn_vote_ranks(train:pd.DataFrame, test:pd.DataFrame, n:int=20, half_life_da
     "Baseline: assignees of the `n` most similar training tickets, votes by similarity and recency."
     from sklearn.feature_extraction.text import TfidfVectorizer
     tr = train[train['assignee'].notna()]
-    text = lambda df: (df['summary'].fillna('').astype(str) + ' ' + df['description'].fillna('').astype(str)).tolist()
-    v = TfidfVectorizer(sublinear_tf=True, min_df=2, dtype=np.float32).fit(text(tr))
-    S = (v.transform(text(test)) @ v.transform(text(tr)).T).toarray()
+    v = TfidfVectorizer(sublinear_tf=True, min_df=2, dtype=np.float32).fit(_plain_text(tr))
+    S = (v.transform(_plain_text(test)) @ v.transform(_plain_text(tr)).T).toarray()
     day = lambda s: pd.to_datetime(s).astype('datetime64[us]').astype('int64').to_numpy() / 86400e6
     t_tr, t_te, who = day(tr['created_at']), day(test['created_at']), tr['assignee'].to_numpy()
     out = []
@@ -169,15 +172,13 @@ def reference_assignee(train:pd.DataFrame, test:pd.DataFrame, window_days:int=73
     from sklearn.linear_model import SGDClassifier
     import scipy.sparse as sp
     from alliedium.features import OneHot, active_people, recency_weights
-    first = lambda c: c[0] if isinstance(c, (list, tuple, np.ndarray)) and len(c) else None
-    text = lambda df: (df['summary'].fillna('').astype(str) + ' ' + df['description'].fillna('').astype(str)).tolist()
     tr = train[train['assignee'].isin(set(active_people(train, train['created_at'].max(), window_days, min_tickets)))]
     te = test[test['assignee'].notna()]
     with threadpool_limits(1):
-        vec = TfidfVectorizer(sublinear_tf=True, min_df=2, dtype=np.float32).fit(text(tr))
-        rep, comp = OneHot().fit(tr['reporter'].tolist()), OneHot().fit(tr['components'].map(first).tolist())
-        X = lambda df: sp.hstack([vec.transform(text(df)), rep.transform(df['reporter'].tolist()),
-                                  comp.transform(df['components'].map(first).tolist())]).tocsr()
+        vec = TfidfVectorizer(sublinear_tf=True, min_df=2, dtype=np.float32).fit(_plain_text(tr))
+        rep, comp = OneHot().fit(tr['reporter'].tolist()), OneHot().fit(tr['components'].map(_first).tolist())
+        X = lambda df: sp.hstack([vec.transform(_plain_text(df)), rep.transform(df['reporter'].tolist()),
+                                  comp.transform(df['components'].map(_first).tolist())]).tocsr()
         clf = SGDClassifier(loss='log_loss', alpha=1e-5, max_iter=15, tol=None, random_state=seed).fit(
             X(tr), tr['assignee'].to_numpy(),
             sample_weight=recency_weights(tr['created_at'], train['created_at'].max(), half_life_days))
