@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 import alliedium
 
 # %% auto #0
-__all__ = ['AlliediumError', 'ConfigError', 'project_home', 'Settings', 'get_settings', 'reload_settings']
+__all__ = ['AlliediumError', 'ConfigError', 'project_home', 'Settings', 'get_settings', 'reload_settings', 'server_key']
 
 # %% ../nbs/00_config.ipynb #b51fae18
 class AlliediumError(Exception):
@@ -50,6 +50,18 @@ class Settings(BaseSettings):
     ignite_timeout: float = Field(30, gt=0)  # thin-client socket timeout, seconds
     ignite_libs: Path|None = None  # Ignite jars; default <home>/ignite/lib (filled by make setup)
     java: str = 'java'  # the java executable (JDK 17)
+    ignite_auth: bool = False  # Ignite authentication: every client logs in as `ignite_user`
+    ignite_tls: bool = False  # TLS on the thin-client connector, discovery and communication
+    ignite_tde: bool = False  # Transparent Data Encryption: every ALLIEDIUM table encrypted on disk (pages and WAL)
+    ignite_user: str = 'alliedium'  # the user clients log in as (created by the local node's first start)
+    ignite_password: str = ''  # its password; empty: <secrets>/ignite-password (generated on first start)
+    ignite_admin_password: str = ''  # the `ignite` superuser's; empty: <secrets>/ignite-admin-password (generated)
+    secrets_dir: Path|None = None  # passwords, keystores, CA, TDE master key (mode 0600); default <var>/secrets
+    ignite_store_password: str = ''  # password of the keystores below; empty: <secrets>/store-password (generated)
+    ignite_keystore: Path|None = None  # node key and certificate (PKCS12); default <secrets>/node.p12
+    ignite_truststore: Path|None = None  # certificates nodes trust (PKCS12); default <secrets>/trust.p12
+    ignite_ca: Path|None = None  # PEM certificate(s) the thin client verifies the node with; default <secrets>/ca.pem
+    ignite_tde_keystore: Path|None = None  # TDE master keys (PKCS12, AES); default <secrets>/tde.p12
     ignite_discovery_hosts: str = ''  # thick-client discovery "host:port,..."; empty: local
     thick_heap: str = Field('256m', pattern=r'^\d+[kmgKMG]$')  # JVM -Xmx of the thick-client gateway
     thick_start_timeout: float = Field(60, gt=0)  # seconds for the gateway JVM to join the cluster
@@ -71,8 +83,18 @@ class Settings(BaseSettings):
     serve_max_body_bytes: int = Field(1_048_576, gt=0)  # larger request bodies are refused with 413
     serve_retry_after: int = Field(5, ge=1)  # Retry-After seconds sent with 503 (Ignite unreachable)
     serve_key_cache_seconds: float = Field(5.0, ge=0)  # API key -> tenant lookups cached this long
+    serve_key_miss_seconds: float = Field(2.0, ge=0)  # an unknown API key is refused without a lookup this long
+    serve_health_cache_seconds: float = Field(1.0, ge=0)  # /healthz answers from its last check this long
+    rate_key_per_second: float = Field(100, ge=0)  # requests/s per API key and ingress replica; 0: no limit
+    rate_key_burst: int = Field(200, ge=1)  # requests one key may send at once before its rate applies
+    rate_address_per_second: float = Field(200, ge=0)  # requests/s per client address and ingress replica; 0: none
+    rate_address_burst: int = Field(400, ge=1)  # requests one address may send at once before its rate applies
+    webhook_max_skew_seconds: float = Field(300, ge=0)  # webhook times later than now + this are refused (422)
+    key_rotation_grace_hours: float = Field(24, ge=0)  # `tenants rotate`: the old keys keep working this long
     serve_train_cpus: float = Field(0.5, gt=0)  # CPUs of an online-training Ray task
     train_timeout: float = Field(3600, gt=0)  # seconds until a 'running' training is lost
+    train_heartbeat_seconds: float = Field(10, gt=0)  # a running training writes its heartbeat this often
+    train_lost_seconds: float = Field(60, gt=0)  # no heartbeat for this long: the training's worker is lost
     serve_models_in_ingress: bool = False  # models live in the ingress replicas
     train_min_tickets: int = Field(200, ge=20)  # fewer tickets than this: NotEnoughHistory instead of a model
     train_eval_days: int = Field(90, ge=1)  # promotion check: the newest tickets of this many days are held out
@@ -96,6 +118,16 @@ def var(self:Settings) -> Path:
     return Path(self.var_dir) if self.var_dir else self.home/'var'
 
 @patch(as_prop=True)
+def secrets_path(self:Settings) -> Path:
+    "Folder of the generated secrets (passwords, keystores): `ALLIEDIUM_SECRETS_DIR`, else `<var>/secrets`."
+    return Path(self.secrets_dir) if self.secrets_dir else self.var/'secrets'
+
+@patch(as_prop=True)
+def ignite_secure(self:Settings) -> bool:
+    "True when any of authentication, TLS or TDE is on."
+    return self.ignite_auth or self.ignite_tls or self.ignite_tde
+
+@patch(as_prop=True)
 def libs(self:Settings) -> Path:
     "Folder holding the Ignite jars."
     return Path(self.ignite_libs) if self.ignite_libs else self.home/'ignite'/'lib'
@@ -104,6 +136,13 @@ def libs(self:Settings) -> Path:
 def external_cluster(self:Settings) -> bool:
     "True when `ALLIEDIUM_IGNITE_HOSTS` names an existing cluster (not the local node)."
     return bool(self.ignite_hosts.strip())
+
+# %% ../nbs/00_config.ipynb #53742f1a
+@patch
+def as_env(self:Settings) -> dict[str,str]:
+    "`ALLIEDIUM_*` variables that make another process (a node's JVM and its jobs) see these settings."
+    return {f'ALLIEDIUM_{k.upper()}': str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in self.model_dump().items() if v is not None}
 
 # %% ../nbs/00_config.ipynb #018d4404
 def _parse_host(s:str) -> tuple[str,int]:
@@ -135,3 +174,34 @@ def reload_settings() -> Settings:
     "Re-read the environment (after changing `ALLIEDIUM_*` variables)."
     get_settings.cache_clear()
     return get_settings()
+
+# %% ../nbs/00_config.ipynb #dc8599b6
+def server_key(name:str, # what the key signs: 'artifact' or 'webhook'
+               settings:Settings|None=None) -> bytes:
+    "The HMAC key `name`: `ALLIEDIUM_<NAME>_KEY`, else `<secrets>/<name>.key` (made on first use, mode 0600)."
+    import os
+    env = f'ALLIEDIUM_{name.upper()}_KEY'
+    if given := os.environ.get(env, '').strip():
+        if len(given) < 32: raise ConfigError(f"{env} is {len(given)} characters: use at least 32 random ones "
+                                              "(e.g. `openssl rand -hex 32`)")
+        return given.encode()
+    s = settings or get_settings()
+    path = s.secrets_path/f'{name}.key'
+    return _key_file(str(path))
+
+@lru_cache(maxsize=16)
+def _key_file(path:str) -> bytes:
+    "The key in `path`, made when missing; two processes making it at once end up with the same one."
+    import os, secrets
+    p = Path(path)
+    if not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True); os.chmod(p.parent, 0o700)
+        tmp = p.with_name(f'.{p.name}.{os.getpid()}.{secrets.token_hex(4)}')
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, 'w') as f: f.write(secrets.token_hex(32) + '\n')
+        try: os.link(tmp, p)  # atomic, and refuses to replace a key another process made first
+        except FileExistsError: pass
+        finally: tmp.unlink()
+    key = p.read_text().strip()
+    if len(key) < 32: raise ConfigError(f"{p} holds {len(key)} characters: a server key has at least 32")
+    return key.encode()
