@@ -4,6 +4,7 @@
 
 # %% ../nbs/06_schema.ipynb #7acd0d93
 from __future__ import annotations
+import re
 from datetime import datetime, timezone
 
 from pyignite import Client
@@ -13,13 +14,14 @@ from .config import AlliediumError, Settings, get_settings
 from .ignite import ignite_client
 
 # %% auto #0
-__all__ = ['SCHEMA', 'SCHEMA_VERSION', 'migrations', 'SchemaError', 'schema_version', 'ensure_schema', 'tables']
+__all__ = ['SCHEMA', 'SCHEMA_VERSION', 'migrations', 'SchemaError', 'schema_version', 'ensure_schema', 'unencrypted_tables',
+           'encrypt_tables', 'tables']
 
 # %% ../nbs/06_schema.ipynb #0b4cba8a
 SCHEMA = 'ALLIEDIUM'
 
 def _with(table:str, backups:int, affinity:str|None=None, composite_key:bool=False, template:str='partitioned',
-          inline:int|None=None) -> str:
+          inline:int|None=None, encrypted:bool=False) -> str:
     "The `WITH` clause of a table: cache and type names, atomicity, backups, affinity, key inline size."
     name = table.title()
     opts = [f'template={template}', 'atomicity=transactional', f'cache_name={SCHEMA}_{table}',
@@ -28,12 +30,13 @@ def _with(table:str, backups:int, affinity:str|None=None, composite_key:bool=Fal
     if composite_key: opts.append(f'key_type=alliedium.{name}Key')
     if affinity: opts.append(f'affinity_key={affinity}')
     if inline: opts.append(f'PK_INLINE_SIZE={inline},AFFINITY_INDEX_INLINE_SIZE={inline}')
+    if encrypted: opts.append('ENCRYPTED=true')  # TDE: the cache's pages and WAL records encrypted on disk
     return 'WITH "' + ','.join(opts) + '"'
 
 # %% ../nbs/06_schema.ipynb #015c6fdf
-def migrations(backups:int=0) -> dict[int, list[str]]:
+def migrations(backups:int=0, encrypted:bool=False) -> dict[int, list[str]]:
     "Schema version -> the DDL that reaches it from the version before."
-    w = lambda *a, **k: _with(*a, backups=backups, **k)
+    w = lambda *a, **k: _with(*a, backups=backups, encrypted=encrypted, **k)  # every table: create it with `w`
     # (tenant_id, issue_key) index entries hold both strings whole (Ignite's default inlines 7 characters of each):
     # otherwise every index comparison past a shared prefix like 'bench-hive' reads the whole multi-page TICKET row.
     # A database created before this keeps its old sizes (they can only be set when a table is created).
@@ -63,43 +66,121 @@ def migrations(backups:int=0) -> dict[int, list[str]]:
         "updated_at TIMESTAMP, deleted BOOLEAN, PRIMARY KEY (tenant_id, issue_key)) "
         f"{w('TICKET_STATE', affinity='tenant_id', composite_key=True, inline=64)}",
     ]
-    return {1: v1, 2: v2}
+    # v3: the suggestion log and what people chose afterwards (issue 20), the source of live quality.
+    # SUGGESTION keeps two rows per (issue, task): slot 0 the first answer served, slot 1 the latest one;
+    # `issue_time` (UTC epoch ms) is the issue's own updated (or created) time as triaged, `prior` the value of
+    # the task's field it carried; `observed_at` the ticket's time when people set the value `chosen`.
+    # OUTCOME keeps the newest value people set for the task after that (never the value it already had).
+    v3 = [
+        f"CREATE TABLE IF NOT EXISTS {SCHEMA}.SUGGESTION (tenant_id VARCHAR, issue_key VARCHAR, task VARCHAR, "
+        "slot INT, version INT, served_at TIMESTAMP, issue_time BIGINT, ranked VARCHAR, abstain BOOLEAN, "
+        "prior VARCHAR, PRIMARY KEY (tenant_id, issue_key, task, slot)) "
+        f"{w('SUGGESTION', affinity='tenant_id', composite_key=True, inline=64)}",
+        f"CREATE INDEX IF NOT EXISTS SUGGESTION_TENANT_SERVED ON {SCHEMA}.SUGGESTION (tenant_id, served_at)",
+        f"CREATE TABLE IF NOT EXISTS {SCHEMA}.OUTCOME (tenant_id VARCHAR, issue_key VARCHAR, task VARCHAR, "
+        "observed_at BIGINT, recorded_at TIMESTAMP, chosen VARCHAR, PRIMARY KEY (tenant_id, issue_key, task)) "
+        f"{w('OUTCOME', affinity='tenant_id', composite_key=True, inline=64)}",
+    ]
+    return {1: v1, 2: v2, 3: v3}
 
 SCHEMA_VERSION = max(migrations())
 
 # %% ../nbs/06_schema.ipynb #3c5f3b41
-_VERSION_DDL = (f"CREATE TABLE IF NOT EXISTS {SCHEMA}.SCHEMA_VERSION (id INT PRIMARY KEY, version INT, "
-                f"applied_at TIMESTAMP) {_with('SCHEMA_VERSION', 0, template='replicated')}")
+def _version_ddl(encrypted:bool=False) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {SCHEMA}.SCHEMA_VERSION (id INT PRIMARY KEY, version INT, "
+            f"applied_at TIMESTAMP) {_with('SCHEMA_VERSION', 0, template='replicated', encrypted=encrypted)}")
 
 class SchemaError(AlliediumError): "The schema could not be created or is newer than this code."
 
-def schema_version(client:Client) -> int:
+def schema_version(client:Client, encrypted:bool=False) -> int:
     "The schema version recorded in Ignite (0 when none)."
-    client.sql(_VERSION_DDL)
+    client.sql(_version_ddl(encrypted))
     rows = list(client.sql(f'SELECT version FROM {SCHEMA}.SCHEMA_VERSION WHERE id = 1'))
     return rows[0][0] if rows else 0
 
 # %% ../nbs/06_schema.ipynb #136c6f49
-def ensure_schema(settings:Settings|None=None, client:Client|None=None) -> dict:
-    "Create or migrate the schema to `SCHEMA_VERSION` (idempotent); the versions before and after."
+def ensure_schema(settings:Settings|None=None, client:Client|None=None, progress=None) -> dict:
+    "Create or migrate the schema to `SCHEMA_VERSION` (idempotent): versions before and after, tables encrypted."
     s = settings or get_settings()
     if client is None:
-        with ignite_client(s) as c: return ensure_schema(s, c)
+        with ignite_client(s) as c: return ensure_schema(s, c, progress)
     try:
-        before = schema_version(client)
+        before, encrypted = schema_version(client, s.ignite_tde), []
         if before > SCHEMA_VERSION: raise SchemaError(
             f"the schema in Ignite is version {before}, newer than this code's {SCHEMA_VERSION}: upgrade alliedium")
-        for version, statements in sorted(migrations(s.ignite_backups).items()):
+        for version, statements in sorted(migrations(s.ignite_backups, s.ignite_tde).items()):
             if version <= before: continue
             for q in statements: client.sql(q)
             client.sql(f'MERGE INTO {SCHEMA}.SCHEMA_VERSION (id, version, applied_at) VALUES (1, ?, ?)',
                        query_args=[version, datetime.now(timezone.utc).replace(tzinfo=None)])
+        if s.ignite_tde: encrypted = encrypt_tables(s, client, progress)  # tables made before TDE was on
     except SQLError as e:
+        if 'encrypt' in str(e).lower(): raise SchemaError(
+            f"the cluster cannot create encrypted tables ({e}): start its nodes with TDE (ALLIEDIUM_IGNITE_TDE=true "
+            "on the local node, an encryptionSpi on a cluster of your own) or set ALLIEDIUM_IGNITE_TDE=false") from None
         if 'Schema' in str(e) and 'not found' in str(e): raise SchemaError(
             f"the cluster has no SQL schema {SCHEMA}: add it to the nodes' SqlConfiguration.sqlSchemas "
             "(ignite/node.xml.tmpl does this for the local node)") from None
         raise SchemaError(f"creating the schema failed: {e}") from None
-    return dict(before=before, after=schema_version(client))
+    return dict(before=before, after=schema_version(client, s.ignite_tde), encrypted=encrypted)
+
+# %% ../nbs/06_schema.ipynb #1daf49cf
+_KEY_PREFIX = 'grp-encryption-keys-'  # a cache group's TDE keys in the node's metastorage
+
+def unencrypted_tables(client:Client) -> list[str]:
+    "The `ALLIEDIUM` tables whose cache group has no TDE key: created before encryption was on."
+    keyed = {int(r[0][len(_KEY_PREFIX):]) for r in client.sql(
+        f"SELECT NAME FROM SYS.METASTORAGE WHERE NAME LIKE '{_KEY_PREFIX}%'")}
+    return [t for t, g in client.sql(f"SELECT TABLE_NAME, CACHE_GROUP_ID FROM SYS.TABLES WHERE SCHEMA_NAME = "
+                                     f"'{SCHEMA}' ORDER BY TABLE_NAME") if g not in keyed]
+
+_MOVING = '__ENC'  # suffix of the encrypted copy a table's rows wait in while the table is made anew
+
+def _table_ddl(table:str, backups:int, suffix:str='') -> list[str]:
+    "The encrypted DDL that makes `table` (its CREATE TABLE, indexes, ALTERs, in order), renamed by `suffix`."
+    qs = [_version_ddl(True)] if table == 'SCHEMA_VERSION' else [
+        q for _, v in sorted(migrations(backups, encrypted=True).items()) for q in v
+        if re.search(rf'(TABLE (IF NOT EXISTS )?|ON ){SCHEMA}\.{table}\b(?!_)', q)]
+    if not suffix: return qs
+    rename = lambda q: re.sub(rf'{SCHEMA}\.{table}\b', f'{SCHEMA}.{table}{suffix}', q)
+    return [re.sub(r'(cache_name=\w+|value_type=[\w.]+|key_type=[\w.]+)', rf'\1{suffix}',
+                   re.sub(r'(INDEX IF NOT EXISTS )(\w+)', rf'\g<1>\g<2>{suffix}', rename(q))) for q in qs]
+
+def _columns(client:Client, table:str) -> list[str]:
+    return [r[0] for r in client.sql("SELECT COLUMN_NAME FROM SYS.TABLE_COLUMNS WHERE SCHEMA_NAME = ? AND "
+                                     "TABLE_NAME = ? AND COLUMN_NAME NOT IN ('_KEY', '_VAL')",
+                                     query_args=[SCHEMA, table])]
+
+def _count(client:Client, table:str) -> int: return list(client.sql(f'SELECT COUNT(*) FROM {SCHEMA}.{table}'))[0][0]
+
+def _copy(client:Client, src:str, dst:str):
+    "Every row of `src` into `dst` (MERGE: a copy interrupted and run again ends the same); checked by count."
+    cols = ', '.join(_columns(client, src))
+    client.sql(f'MERGE INTO {SCHEMA}.{dst} ({cols}) SELECT {cols} FROM {SCHEMA}.{src}', lazy=True)
+    if (n := _count(client, dst)) < (m := _count(client, src)): raise SchemaError(
+        f"copying {SCHEMA}.{src} into {dst} left {n} of {m} rows; nothing was dropped: run it again")
+
+def encrypt_tables(settings:Settings, client:Client, progress=None) -> list[str]:
+    "Move every unencrypted `ALLIEDIUM` table's rows into an encrypted table of the same name; the tables moved."
+    say = progress or (lambda msg: None)
+    present = set(tables(client))
+    todo = set(unencrypted_tables(client)) | {t[:-len(_MOVING)] for t in present if t.endswith(_MOVING)}
+    moved = []
+    for table in sorted(todo):
+        if not _table_ddl(table, settings.ignite_backups):
+            say(f"{SCHEMA}.{table} is not one of alliedium's tables: left unencrypted"); continue
+        tmp = table + _MOVING
+        if table in present and table in unencrypted_tables(client):  # 1. the rows into an encrypted copy
+            say(f"encrypting {SCHEMA}.{table}: {_count(client, table)} rows into {tmp}")
+            for q in _table_ddl(table, settings.ignite_backups, _MOVING): client.sql(q)
+            _copy(client, table, tmp)
+            client.sql(f'DROP TABLE {SCHEMA}.{table}')
+        for q in _table_ddl(table, settings.ignite_backups): client.sql(q)  # 2. the table anew, encrypted
+        if tmp in set(tables(client)):  # 3. the rows back, then the copy goes
+            _copy(client, tmp, table)
+            client.sql(f'DROP TABLE {SCHEMA}.{tmp}')
+        moved.append(table)
+    return moved
 
 # %% ../nbs/06_schema.ipynb #6e6abdec
 def tables(client:Client) -> list[str]:
