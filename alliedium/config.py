@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     assignee_min_tickets: int = Field(3, ge=1)  # ... on at least this many tickets
     assignee_target_precision: float = Field(0.8, gt=0, le=1)  # held-out top-1 precision the abstain threshold aims at
     assignee_abstain_threshold: float = Field(0.5, ge=0, le=1)  # threshold when history is too short to choose one
+    feedback_log: str = Field('async', pattern=r'^(async|sync|off)$')  # triage answers into the suggestion log
+    feedback_flush_seconds: float = Field(0.5, gt=0)  # the async suggestion log writes at least this often
+    feedback_retention_days: int = Field(365, ge=1)  # suggestions and outcomes older than this are deleted
 
     @field_validator('ignite_page_size')
     @classmethod
