@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_registry.ipynb #06ad8f11
 from __future__ import annotations
-import hashlib, json, zipfile
+import hashlib, hmac, json, zipfile
 from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Callable
@@ -15,7 +15,7 @@ from pyignite import Client, GenericObjectMeta
 from pyignite.datatypes import BoolObject, ByteArrayObject, IntObject, String, TimestampObject
 from pyignite.datatypes.transactions import TransactionConcurrency, TransactionIsolation
 
-from .config import AlliediumError, Settings, get_settings
+from .config import AlliediumError, Settings, get_settings, server_key
 from .ignite import ignite_client
 from .schema import SCHEMA
 
@@ -26,7 +26,7 @@ __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promot
            'rollback', 'load_model', 'load_active_models']
 
 # %% ../nbs/50_registry.ipynb #e93c7b52
-FORMAT = 'skops/4'
+FORMAT = 'skops/5'  # skops/4 archives, signed
 TRUSTED_TYPES = {'alliedium.features.OneHot', 'alliedium.features.ReporterHistory', 'alliedium.features.TextEncoder',
                  'alliedium.features.Linear', 'alliedium.models.assignee.AssigneeModel',
                  'alliedium.models.multilabel.MultiLabelModel', 'alliedium.models.multilabel.KnnIndex',
@@ -37,29 +37,43 @@ class NoModelYet(RegistryError):
     "The tenant has no active model for a task."
     exit_code = 4
 class ArtifactRefused(RegistryError):
-    "A stored artifact is not one alliedium wrote (foreign format, tampered bytes or untrusted types)."
+    "A stored artifact is not one alliedium wrote (foreign format, tampered bytes, bad signature, untrusted types)."
     exit_code = 5
 class UnknownModel(RegistryError):
     "No such model version."
     exit_code = 2
 
 # %% ../nbs/50_registry.ipynb #11a04659
-def dump_artifact(model) -> tuple[bytes, str]:
-    "The skops bytes of `model` and the `format` tag naming their sha256."
+def _signature(kind:str, digest:str, context:str, settings:Settings|None) -> str:
+    "HMAC-SHA256 (hex) of an artifact's format, digest and purpose under the installation's artifact key."
+    msg = f"{kind};sha256={digest};for={context}".encode()
+    return hmac.new(server_key('artifact', settings), msg, hashlib.sha256).hexdigest()
+
+def dump_artifact(model, context:str='', # what the artifact is for: the registry signs '<tenant>/<task>'
+                  settings:Settings|None=None) -> tuple[bytes, str]:
+    "The skops bytes of `model` and the `format` tag naming their sha256 and signature."
     data = sio.dumps(model, compression=zipfile.ZIP_DEFLATED)
-    return data, f"{FORMAT};sha256={hashlib.sha256(data).hexdigest()}"
+    digest = hashlib.sha256(data).hexdigest()
+    return data, f"{FORMAT};sha256={digest};hmac={_signature(FORMAT, digest, context, settings)}"
 
 _RETRAIN = 'retrain with `alliedium train`'
 
-def load_artifact(data:bytes, fmt:str|None, what:str='artifact'):
-    "The model in `data`, after checking its format tag, digest and types; `ArtifactRefused` otherwise."
-    kind, _, digest = (fmt or '').partition(';sha256=')
+def load_artifact(data:bytes, fmt:str|None, what:str='artifact', context:str='', settings:Settings|None=None):
+    "The model in `data`, after checking its format tag, digest, signature and types; `ArtifactRefused` otherwise."
+    kind, *parts = (fmt or '').split(';')
+    tag = dict(p.partition('=')[::2] for p in parts)
+    digest = tag.get('sha256', '')
     if kind.startswith('skops/') and kind != FORMAT and digest: raise ArtifactRefused(
-        f"{what}: format {kind!r} was written by an older alliedium (this one reads {FORMAT!r}): {_RETRAIN}")
+        f"{what}: format {kind!r} was written by an older alliedium, unsigned (this one reads signed {FORMAT!r}): "
+        f"{_RETRAIN}")
     if kind != FORMAT or not digest: raise ArtifactRefused(
         f"{what}: format {fmt!r} is not {FORMAT!r}: it was not written by alliedium; {_RETRAIN}")
     if hashlib.sha256(bytes(data or b'')).hexdigest() != digest: raise ArtifactRefused(
         f"{what}: its bytes do not match the recorded sha256 (tampered or truncated): {_RETRAIN}")
+    if not hmac.compare_digest(tag.get('hmac', ''), _signature(kind, digest, context, settings)): raise ArtifactRefused(
+        f"{what}: its signature does not match: it was not written with this installation's artifact key "
+        "(rewritten by someone without the key, or ALLIEDIUM_ARTIFACT_KEY / <secrets>/artifact.key changed); "
+        f"refusing to load it: {_RETRAIN}")
     try: return sio.loads(bytes(data), trusted=sorted(TRUSTED_TYPES))  # skops audits every type before building any
     except UntrustedTypesFoundException as e: raise ArtifactRefused(
         f"{what}: contains types alliedium does not trust ({str(e).splitlines()[0]}); refusing to load it") from None
@@ -95,7 +109,7 @@ def _with_client(settings, client, fn):
 def register_model(tenant_id:str, task:str, model, metrics:dict, settings:Settings|None=None,
                    client:Client|None=None) -> int:
     "Store `model` as the next version of (tenant, task), inactive; returns the version."
-    data, fmt = dump_artifact(model)
+    data, fmt = dump_artifact(model, f'{tenant_id}/{task}', settings)
     def run(c):
         _register_types(c)
         cache = c.get_cache(MODEL_CACHE)
@@ -206,7 +220,8 @@ def load_model(tenant_id:str, task:str, version:int|None=None, settings:Settings
         if not rows: raise UnknownModel(f"{tenant_id}/{task} has no version {v}: "
                                         f"see `alliedium models list --tenant {tenant_id}`")
         data, fmt, metrics = rows[0]
-        return v, load_artifact(bytes(data or b''), fmt, f"{tenant_id}/{task} v{v}"), json.loads(metrics or '{}')
+        art = load_artifact(bytes(data or b''), fmt, f"{tenant_id}/{task} v{v}", f'{tenant_id}/{task}', settings)
+        return v, art, json.loads(metrics or '{}')
     return _with_client(settings, client, run)
 
 # %% ../nbs/50_registry.ipynb #7545799c
@@ -218,5 +233,6 @@ def load_active_models(tenant_id:str, settings:Settings|None=None,
     if not rows: raise NoModelYet(f"tenant {tenant_id!r} has no trained model yet: "
                                   f"run `alliedium train --tenant {tenant_id}` (or POST /v1/tenants/{tenant_id}/train)")
     versions = {t: int(v) for t, v, *_ in rows}
-    models = {t: load_artifact(bytes(data or b''), fmt, f"{tenant_id}/{t} v{v}") for t, v, data, fmt, _ in rows}
+    models = {t: load_artifact(bytes(data or b''), fmt, f"{tenant_id}/{t} v{v}", f'{tenant_id}/{t}', settings)
+              for t, v, data, fmt, _ in rows}
     return models, versions, {t: json.loads(m or '{}') for t, _, _, _, m in rows}

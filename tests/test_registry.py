@@ -3,7 +3,6 @@ tampered or foreign artifacts, a tenant's active models, promote-if-not-worse, h
 import hashlib, threading, uuid
 
 import pytest
-import skops.io as sio
 
 from alliedium.features import OneHot
 from alliedium.ignite import ignite_client
@@ -75,9 +74,10 @@ def test_tampered_or_foreign_artifacts_are_refused(ignite):
     with pytest.raises(ArtifactRefused, match='tampered'): load_model(tenant, 'components', v, ignite)
     _update(ignite, tenant, 'components', v, artifact=b'\x80\x04pickle', format='pickle')   # someone else's format
     with pytest.raises(ArtifactRefused, match='not written by alliedium'): load_model(tenant, 'components', v, ignite)
-    foreign = sio.dumps({'model': Foreign()})   # a valid skops archive holding a type alliedium does not trust
+    # a valid skops archive holding a type alliedium does not trust, even when signed with the installation's key
+    foreign, signed = dump_artifact({'model': Foreign()}, f'{tenant}/components', ignite)
     digest = hashlib.sha256(foreign).hexdigest()
-    _update(ignite, tenant, 'components', v, artifact=foreign, format=f"{registry.FORMAT};sha256={digest}")
+    _update(ignite, tenant, 'components', v, artifact=foreign, format=signed)
     with pytest.raises(ArtifactRefused, match='does not trust'): load_model(tenant, 'components', v, ignite)
     _update(ignite, tenant, 'components', v, format=f"skops/1;sha256={digest}")   # an older release's
     with pytest.raises(ArtifactRefused, match='older alliedium'): load_model(tenant, 'components', v, ignite)
