@@ -4,20 +4,22 @@
 
 # %% ../nbs/12_tenants.ipynb #72623c2c
 from __future__ import annotations
-import hashlib, re, secrets
-from datetime import datetime, timezone
+import base64, hashlib, hmac, json, re, secrets
+from datetime import datetime, timedelta, timezone
 
 from pyignite import Client
 from pyignite.exceptions import SQLError
 
-from .config import AlliediumError, Settings, get_settings
+from .config import AlliediumError, Settings, get_settings, server_key
 from .ignite import ignite_client, sql_time
 from .schema import SCHEMA
 
 # %% auto #0
-__all__ = ['TENANT_ID_PATTERN', 'UnknownTenant', 'TenantExists', 'InvalidTenantId', 'check_tenant_id', 'key_hash', 'new_api_key',
-           'tenant_exists', 'require_tenant', 'create_api_key', 'create_tenant', 'tenant_for_key', 'revoke_api_key',
-           'list_tenants']
+__all__ = ['TENANT_ID_PATTERN', 'KEY_ID_PATTERN', 'KEY_USE_CACHE', 'UnknownTenant', 'TenantExists', 'InvalidTenantId',
+           'check_tenant_id', 'key_hash', 'new_api_key', 'key_id_of', 'tenant_exists', 'require_tenant',
+           'create_api_key', 'create_tenant', 'UnknownKey', 'key_owner', 'tenant_for_key', 'revoke_api_key',
+           'list_tenants', 'list_keys', 'revoke_keys', 'rotate_keys', 'new_webhook_secret', 'remove_webhook_secret',
+           'webhook_secret', 'webhook_signature', 'signature_ok']
 
 # %% ../nbs/12_tenants.ipynb #825ed438
 class UnknownTenant(AlliediumError):
@@ -45,6 +47,12 @@ def key_hash(api_key:str) -> str:
 def new_api_key() -> str:
     "A fresh random API key (256 bits)."
     return 'ak_' + secrets.token_urlsafe(32)
+
+KEY_ID_PATTERN = re.compile(r'kid_[0-9a-f]{12}')
+
+def key_id_of(api_key:str|None=None, hash:str|None=None) -> str:
+    "The public id of a key (from the key or its stored hash): `kid_` and the first 12 hex digits of its sha256."
+    return 'kid_' + (hash or key_hash(api_key))[:12]
 
 # %% ../nbs/12_tenants.ipynb #e624db66
 def _client(settings, client):
@@ -90,19 +98,41 @@ def create_tenant(tenant_id:str, # slug: a-z, 0-9, '-', '_'
         return create_api_key(tenant_id, client=c)
 
 # %% ../nbs/12_tenants.ipynb #2fa69ea7
+KEY_USE_CACHE = 'ALLIEDIUM_KEY_USE'  # Ignite key-value cache: key hash -> when it was last used (epoch ms)
+
+class UnknownKey(AlliediumError):
+    "The tenant has no key with this id."
+    exit_code = 2
+
+def _use_cache(client:Client, s:Settings):
+    from pyignite.datatypes.cache_config import CacheAtomicityMode
+    from pyignite.datatypes.prop_codes import PROP_BACKUPS_NUMBER, PROP_CACHE_ATOMICITY_MODE, PROP_NAME
+    # transactional like every ALLIEDIUM cache
+    return client.get_or_create_cache({PROP_NAME: KEY_USE_CACHE, PROP_BACKUPS_NUMBER: s.ignite_backups,
+                                       PROP_CACHE_ATOMICITY_MODE: CacheAtomicityMode.TRANSACTIONAL})
+
+def key_owner(api_key:str, settings:Settings|None=None, client:Client|None=None) -> dict|None:
+    "`{tenant, until}` of an active key (`until`: when it stops working, None if never), else None; records the use."
+    if not isinstance(api_key, str) or not api_key: return None
+    h, now = key_hash(api_key), _now()
+    with _client(settings, client) as c:
+        rows = list(c.sql(f'SELECT tenant_id, revoked_at FROM {SCHEMA}.API_KEY WHERE key_hash = ? '
+                          'AND (revoked_at IS NULL OR revoked_at > ?)', query_args=[h, now]))
+        if not rows: return None
+        _use_cache(c, settings or get_settings()).put(h, int(now.replace(tzinfo=timezone.utc).timestamp() * 1000))
+    return dict(tenant=rows[0][0], until=sql_time(rows[0][1]))
+
 def tenant_for_key(api_key:str, settings:Settings|None=None, client:Client|None=None) -> str|None:
     "The tenant an API key opens, or None for an unknown or revoked key."
-    if not isinstance(api_key, str) or not api_key: return None
-    with _client(settings, client) as c:
-        rows = list(c.sql(f'SELECT tenant_id FROM {SCHEMA}.API_KEY WHERE key_hash = ? AND revoked_at IS NULL',
-                          query_args=[key_hash(api_key)]))
-    return rows[0][0] if rows else None
+    owner = key_owner(api_key, settings, client)
+    return owner['tenant'] if owner else None
 
 def revoke_api_key(api_key:str, settings:Settings|None=None, client:Client|None=None) -> bool:
-    "Revoke a key; True if it was active."
+    "Revoke a key given in full; True if it was active."
     with _client(settings, client) as c:
-        n = list(c.sql(f'UPDATE {SCHEMA}.API_KEY SET revoked_at = ? WHERE key_hash = ? AND revoked_at IS NULL',
-                       query_args=[_now(), key_hash(api_key)]))
+        now = _now()
+        n = list(c.sql(f'UPDATE {SCHEMA}.API_KEY SET revoked_at = ? WHERE key_hash = ? '
+                       'AND (revoked_at IS NULL OR revoked_at > ?)', query_args=[now, key_hash(api_key), now]))
     return bool(n and n[0][0])
 
 # %% ../nbs/12_tenants.ipynb #48ef06ba
@@ -110,6 +140,111 @@ def list_tenants(settings:Settings|None=None, client:Client|None=None) -> list[d
     "Every tenant: id, name, created_at, number of active API keys."
     with _client(settings, client) as c:
         keys = dict(c.sql(f'SELECT tenant_id, COUNT(*) FROM {SCHEMA}.API_KEY WHERE revoked_at IS NULL '
-                          'GROUP BY tenant_id'))
+                          'OR revoked_at > ? GROUP BY tenant_id', query_args=[_now()]))
         rows = list(c.sql(f'SELECT id, name, created_at FROM {SCHEMA}.TENANT ORDER BY id'))
     return [dict(id=i, name=n, created_at=sql_time(t), api_keys=keys.get(i, 0)) for i, n, t in rows]
+
+# %% ../nbs/12_tenants.ipynb #c124ae75
+def _ms_time(ms:int|None) -> datetime|None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc).replace(tzinfo=None)
+
+def list_keys(tenant_id:str, settings:Settings|None=None, client:Client|None=None) -> list[dict]:
+    "The tenant's keys, oldest first: key_id, created_at, last_used_at, revoked_at and state."
+    s, now = settings or get_settings(), _now()
+    with _client(s, client) as c:
+        require_tenant(tenant_id, client=c)
+        rows = list(c.sql(f'SELECT key_hash, created_at, revoked_at FROM {SCHEMA}.API_KEY WHERE tenant_id = ? '
+                          'ORDER BY created_at', query_args=[tenant_id]))
+        used = _use_cache(c, s).get_all([h for h, *_ in rows]) if rows else {}
+    out = []
+    for h, created, revoked in rows:
+        revoked = sql_time(revoked)
+        state = 'active' if revoked is None else 'retiring' if revoked > now else 'revoked'
+        out.append(dict(key_id=key_id_of(hash=h), created_at=sql_time(created), last_used_at=_ms_time(used.get(h)),
+                        revoked_at=revoked, state=state))
+    return out
+
+def _active_hashes(c:Client, tenant_id:str, after:datetime) -> list[str]:
+    "Hashes of the tenant's keys that still work at `after`."
+    return [h for h, in c.sql(f'SELECT key_hash FROM {SCHEMA}.API_KEY WHERE tenant_id = ? '
+                              'AND (revoked_at IS NULL OR revoked_at > ?)', query_args=[tenant_id, after])]
+
+def _retire(c:Client, hashes:list[str], at:datetime):
+    for h in hashes: c.sql(f'UPDATE {SCHEMA}.API_KEY SET revoked_at = ? WHERE key_hash = ?', query_args=[at, h])
+
+def revoke_keys(tenant_id:str, key_id:str|None=None, # one key's id (see `list_keys`), or None with `every`
+                every:bool=False, # revoke all of the tenant's keys
+                settings:Settings|None=None, client:Client|None=None) -> list[str]:
+    "Revoke a tenant's key by id (or all of them) now; the ids revoked (none when it was revoked already)."
+    if (key_id is None) == (not every): raise AlliediumError("name one key id, or all keys (--all), not both")
+    with _client(settings, client) as c:
+        require_tenant(tenant_id, client=c)
+        now = _now()
+        if every: hashes = _active_hashes(c, tenant_id, now)
+        else:
+            mine = [h for h, in c.sql(f'SELECT key_hash FROM {SCHEMA}.API_KEY WHERE tenant_id = ?',
+                                      query_args=[tenant_id]) if key_id_of(hash=h) == key_id]
+            if not mine: raise UnknownKey(f"tenant {tenant_id!r} has no key {key_id!r}: "
+                                          f"see `alliedium tenants keys {tenant_id}`")
+            hashes = [h for h in _active_hashes(c, tenant_id, now) if h in mine]
+        _retire(c, hashes, now)
+    return [key_id_of(hash=h) for h in hashes]
+
+def rotate_keys(tenant_id:str, grace_hours:float|None=None, # how long the old keys keep working; default: settings
+                settings:Settings|None=None, client:Client|None=None) -> tuple[str, list[str]]:
+    "A new key for the tenant (shown once) and the ids of the keys that stop working after the grace period."
+    s = settings or get_settings()
+    grace = s.key_rotation_grace_hours if grace_hours is None else grace_hours
+    if grace < 0: raise AlliediumError(f"the grace period is {grace} hours: use 0 (at once) or more")
+    with _client(s, client) as c:
+        until = _now() + timedelta(hours=grace)
+        old = _active_hashes(c, tenant_id, until)  # (keys ending sooner keep their earlier end)
+        new = create_api_key(tenant_id, client=c)
+        _retire(c, old, until)
+    return new, [key_id_of(hash=h) for h in old]
+
+# %% ../nbs/12_tenants.ipynb #885d4359
+def _tenant_settings(c:Client, tenant_id:str) -> dict:
+    rows = list(c.sql(f'SELECT settings FROM {SCHEMA}.TENANT WHERE id = ?', query_args=[tenant_id]))
+    if not rows: raise UnknownTenant(f"unknown tenant {tenant_id!r}: see `alliedium tenants list`")
+    try: return json.loads(rows[0][0] or '{}')
+    except ValueError: return {}
+
+def _put_tenant_settings(c:Client, tenant_id:str, value:dict):
+    c.sql(f'UPDATE {SCHEMA}.TENANT SET settings = ? WHERE id = ?', query_args=[json.dumps(value), tenant_id])
+
+def _derive_secret(tenant_id:str, nonce:str, s:Settings|None) -> str:
+    mac = hmac.new(server_key('webhook', s), f"{tenant_id}\n{nonce}".encode(), hashlib.sha256).digest()
+    return 'whsec_' + base64.urlsafe_b64encode(mac).decode().rstrip('=')
+
+def new_webhook_secret(tenant_id:str, settings:Settings|None=None, client:Client|None=None) -> str:
+    "A new webhook secret for the tenant (replacing any earlier one); returned once."
+    with _client(settings, client) as c:
+        value = _tenant_settings(c, tenant_id)
+        value['webhook_secret'] = dict(nonce=secrets.token_urlsafe(16), created_at=_now().isoformat(timespec='seconds'))
+        _put_tenant_settings(c, tenant_id, value)
+    return _derive_secret(tenant_id, value['webhook_secret']['nonce'], settings)
+
+def remove_webhook_secret(tenant_id:str, settings:Settings|None=None, client:Client|None=None) -> bool:
+    "Drop the tenant's webhook secret (deliveries then need its API key); True if it had one."
+    with _client(settings, client) as c:
+        value = _tenant_settings(c, tenant_id)
+        had = value.pop('webhook_secret', None) is not None
+        if had: _put_tenant_settings(c, tenant_id, value)
+    return had
+
+def webhook_secret(tenant_id:str, settings:Settings|None=None, client:Client|None=None) -> str|None:
+    "The tenant's current webhook secret (None when it has none)."
+    with _client(settings, client) as c:
+        try: nonce = (_tenant_settings(c, tenant_id).get('webhook_secret') or {}).get('nonce')
+        except UnknownTenant: return None
+    return _derive_secret(tenant_id, nonce, settings) if nonce else None
+
+def webhook_signature(secret:str, body:bytes) -> str:
+    "The `X-Hub-Signature` value Jira sends with `body` for a webhook with `secret`."
+    return 'sha256=' + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+def signature_ok(secret:str, body:bytes, header:str|None) -> bool:
+    "Whether `header` is `body`'s signature under `secret` (compared in constant time)."
+    return isinstance(header, str) and hmac.compare_digest(header.strip().lower().encode(),
+                                                           webhook_signature(secret, body).encode())
