@@ -15,7 +15,8 @@ from ..features import (OneHot, RowTable, SparseRow, TextMatrix, encode_rows, pa
                                 recency_weights, text_rows, text_vectorizer, ticket_text, unpack_values)
 
 # %% auto #0
-__all__ = ['KnnIndex', 'knn_scores', 'MultiLabelModel']
+__all__ = ['META_TEXT', 'DUPLICATES_DEFAULT', 'Strings', 'TicketMeta', 'KnnIndex', 'knn_scores', 'MultiLabelModel',
+           'fit_duplicates', 'LiveTickets', 'similar_tickets', 'duplicates_of', 'outcome']
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #26d4172e
 def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18)) -> float:
@@ -24,25 +25,88 @@ def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18))
     f1 = [2 * ((s >= t) & y).sum() / ((s >= t).sum() + y.sum()) for t in grid]
     return float(grid[int(np.argmax(f1))])
 
+# %% ../../nbs/30_models/32_multilabel.ipynb #c9b7136b
+META_TEXT = ('key', 'summary', 'assignee', 'status', 'resolution')  # what `similar` shows of a past ticket
+
+class Strings:
+    "A column of strings (or None) as one UTF-8 blob and offsets: a tenth of the memory of Python strings."
+    def __init__(self, xs:list):
+        parts = [x.encode('utf-8', 'replace') if isinstance(x, str) else b'' for x in xs]
+        self.blob, self.none = b''.join(parts), np.array([not isinstance(x, str) for x in xs], bool)
+        self.ends = np.cumsum([len(p) for p in parts], dtype=np.int64)
+
+    def __getitem__(self, i:int) -> str|None:
+        if self.none[i]: return None
+        return self.blob[(self.ends[i - 1] if i else 0):self.ends[i]].decode('utf-8', 'replace')
+
+    def __len__(self) -> int: return len(self.ends)
+
+class TicketMeta:
+    "What `similar` shows of each row of an index: key, summary, assignee, status, resolution, created (epoch ms)."
+    def __init__(self, cols:dict[str, Strings], created:np.ndarray, updated:np.ndarray):
+        self.cols, self.created, self.updated = cols, np.asarray(created, np.int64), np.asarray(updated, np.int64)
+        self._pos = None
+
+    @classmethod
+    def of(cls, df:pd.DataFrame, summary_chars:int=200) -> TicketMeta:
+        "From a ticket frame (`status` and `resolution` when it has them: they are shown, never a model's input)."
+        n, cols = len(df), {}
+        for c in META_TEXT:
+            src = {'key': 'issue_key'}.get(c, c)
+            xs = list(df[src]) if src in df else [None] * n
+            cols[c] = Strings([x[:summary_chars] if c == 'summary' and isinstance(x, str) else x for x in xs])
+        ms = lambda c: pd.to_datetime(df[c]).to_numpy('datetime64[ms]').astype(np.int64) if n else []
+        return cls(cols, ms('created_at'), ms('updated_at') if 'updated_at' in df else ms('created_at'))
+
+    def state(self) -> dict:
+        return {**{c: dict(blob=s.blob, ends=s.ends, none=s.none) for c, s in self.cols.items()},
+                'created': self.created, 'updated': self.updated}
+
+    @classmethod
+    def of_state(cls, s:dict) -> TicketMeta:
+        cols = {}
+        for c in META_TEXT:
+            col = Strings.__new__(Strings)
+            col.blob, col.ends, col.none = bytes(s[c]['blob']), np.asarray(s[c]['ends'], np.int64), \
+                np.asarray(s[c]['none'], bool)
+            cols[c] = col
+        return cls(cols, s['created'], s['updated'])
+
+    def __len__(self) -> int: return len(self.created)
+
+    def row(self, i:int) -> dict:
+        "Row `i`: key, summary, assignee, status, resolution, created (ISO UTC)."
+        out = {c: self.cols[c][i] for c in META_TEXT}
+        out['created'] = pd.Timestamp(int(self.created[i]), unit='ms').isoformat()
+        return out
+
+    def position(self, key:str) -> int|None:
+        "The row of issue `key` (None when the index has no such ticket)."
+        if self._pos is None: self._pos = {self.cols['key'][i]: i for i in range(len(self))}
+        return self._pos.get(key)
+
 # %% ../../nbs/30_models/32_multilabel.ipynb #416736df
 class KnnIndex:
     "Past tickets' TF-IDF rows as an inverted index with recency weights: the neighbours of new tickets."
     def __init__(self, X:sp.csr_matrix, # past tickets' rows (L2-normalised TF-IDF)
-                 w:np.ndarray): # past tickets' weights (recency)
+                 w:np.ndarray, # past tickets' weights (recency)
+                 meta:TicketMeta|None=None): # what `similar` shows of each row (key, summary, ...)
         self.XT, self.w = X.T.tocsr(), np.asarray(w, np.float32)
         parts = (self.XT.indptr, self.XT.indices, self.XT.data.astype(np.float16), self.w)
         self.digest = hashlib.sha1(b''.join(np.ascontiguousarray(a).tobytes() for a in parts)).hexdigest()
-        self._memo = None
+        self._memo, self.meta, self.duplicates = None, meta, None
 
-    def similarities(self, Q:sp.csr_matrix|SparseRow) -> np.ndarray:
-        "Weighted similarity of each query row to each past ticket."
-        if not isinstance(Q, SparseRow): return (Q @ self.XT).toarray() * self.w[None, :]
+    def similarities(self, Q:sp.csr_matrix|SparseRow, weighted:bool=True) -> np.ndarray:
+        "Similarity of each query row to each past ticket: weighted by recency, or the plain cosine."
+        if not isinstance(Q, SparseRow):
+            S = (Q @ self.XT).toarray()
+            return S * self.w[None, :] if weighted else S
         XT = self.XT
         starts, lens = XT.indptr[Q.indices], np.diff(XT.indptr)[Q.indices]
         # the query terms' postings, one after another
         pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
         S = np.bincount(XT.indices[pos], weights=XT.data[pos] * np.repeat(Q.data, lens), minlength=XT.shape[1])
-        return (S.astype(np.float32) * self.w)[None, :]
+        return ((S.astype(np.float32) * self.w) if weighted else S.astype(np.float32))[None, :]
 
     def neighbours(self, Q:sp.csr_matrix|SparseRow, k:int) -> tuple[np.ndarray, np.ndarray]:
         "Per query row, the `k` most similar past tickets and their weighted similarities."
@@ -55,14 +119,19 @@ class KnnIndex:
 
     def __getstate__(self) -> dict:  # half-precision similarities' inputs; ticket ids as uint16 when they fit
         XT = self.XT
-        return dict(shape=tuple(XT.shape), data=XT.data.astype(np.float16), indptr=XT.indptr.astype(np.int64),
-                    indices=XT.indices.astype(np.uint16 if XT.shape[1] < 2**16 else np.int32), w=self.w,
-                    digest=self.digest)
+        s = dict(shape=tuple(XT.shape), data=XT.data.astype(np.float16), indptr=XT.indptr.astype(np.int64),
+                 indices=XT.indices.astype(np.uint16 if XT.shape[1] < 2**16 else np.int32), w=self.w,
+                 digest=self.digest)
+        if self.meta is not None: s['meta'] = self.meta.state()  # plain bytes and arrays: no other stored type
+        if self.duplicates is not None: s['duplicates'] = dict(self.duplicates)
+        return s
 
     def __setstate__(self, s:dict):
         self.XT = sp.csr_matrix((np.asarray(s['data'], np.float32), np.asarray(s['indices'], np.int32), s['indptr']),
                                 shape=tuple(s['shape']))
         self.w, self.digest, self._memo = np.asarray(s['w'], np.float32), s['digest'], None
+        self.meta = TicketMeta.of_state(s['meta']) if 'meta' in s else None
+        self.duplicates = dict(s['duplicates']) if 'duplicates' in s else None
 
     @property
     def n(self) -> int: return self.XT.shape[1]
@@ -115,7 +184,8 @@ def _reporter_prior(self:MultiLabelModel, df:pd.DataFrame, Y:np.ndarray, a:float
 def _store(self:MultiLabelModel, df:pd.DataFrame, X:sp.csr_matrix):
     "Remember the history the neighbours come from."
     self.Y_ = self._Y(df).astype(np.float32)
-    self.index_ = KnnIndex(X, recency_weights(df['created_at'], df['created_at'].max(), self.half_life_days))
+    self.index_ = KnnIndex(X, recency_weights(df['created_at'], df['created_at'].max(), self.half_life_days),
+                           TicketMeta.of(df))
     self.prior_ = self._reporter_prior(df, self.Y_)
     self.base_ = self.Y_.mean(0) if len(self.Y_) else np.zeros(self.Y_.shape[1], np.float32)
 
@@ -156,20 +226,23 @@ def scores(self:MultiLabelModel, df:pd.DataFrame) -> np.ndarray:
 def fit(self:MultiLabelModel, df:pd.DataFrame, # the tenant's tickets (training history)
         text:TextMatrix|None=None # the shared TF-IDF of `df` (fitted here when None)
        ) -> MultiLabelModel:
-    "Fit on a tenant's tickets: thresholds from the newest share scored against the older part."
+    "Fit on a tenant's tickets: thresholds (and the duplicates' calibration) from the newest share against the rest."
     df = df.sort_values('created_at', kind='stable').reset_index(drop=True)
     self.values_ = OneHot(self.min_count).fit(df[self.field].tolist())
     self.classes_ = np.array(list(self.values_.index_), dtype=object)
     self.vectorizer_ = text.vectorizer if text is not None else text_vectorizer().fit(ticket_text(df))
     X = text_rows(df, text, self.vectorizer_)
     self.thresholds_ = np.full(len(self.classes_), 0.5)
-    n_held = int(len(df) * self.threshold_share)
-    if len(self.classes_) and n_held >= 50:
+    n_held, dup = int(len(df) * self.threshold_share), None
+    if n_held >= 50:
         old, held = df.iloc[:-n_held], df.iloc[-n_held:]
         self._store(old, X[:-n_held])
-        S, Y = self._scores(held, X[-n_held:]), self._Y(held).astype(bool)
-        self.thresholds_ = np.array([_best_threshold(S[:, j], Y[:, j]) for j in range(len(self.classes_))])
+        dup = fit_duplicates(self.index_, X[-n_held:], held)
+        if len(self.classes_):
+            S, Y = self._scores(held, X[-n_held:]), self._Y(held).astype(bool)
+            self.thresholds_ = np.array([_best_threshold(S[:, j], Y[:, j]) for j in range(len(self.classes_))])
     self._store(df, X)
+    self.index_.duplicates = dup
     return self
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #aaae2452
@@ -190,3 +263,122 @@ def predict(self:MultiLabelModel, df:pd.DataFrame) -> list[list[dict]]:
     if not len(self.classes_): return [[] for _ in range(len(df))]
     return [[dict(name=str(self.classes_[j]), score=round(float(s[j]), 4)) for j in self._chosen(s)]
             for s in self.scores(df)]
+
+# %% ../../nbs/30_models/32_multilabel.ipynb #d22229a6
+DUPLICATES_DEFAULT = dict(a=12.0, b=-9.0, threshold=0.5, calibrated=False, n=0, positives=0)  # 0.5 at cosine 0.75
+
+def _logistic(cal:dict, cos:np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-(cal['a'] * np.asarray(cos, np.float64) + cal['b'])))
+
+def fit_duplicates(index:KnnIndex, # the older tickets
+                   X:sp.csr_matrix, # the newer tickets' rows
+                   held:pd.DataFrame, # the newer tickets (`resolution` when known)
+                   min_positives:int=5) -> dict|None:
+    "The logistic map cosine -> P(resolved as Duplicate) and the threshold of best F1 (None without labels)."
+    from sklearn.linear_model import LogisticRegression
+    if 'resolution' not in held or index.n == 0 or not len(held): return None
+    y = (held['resolution'] == 'Duplicate').to_numpy()
+    if y.sum() < min_positives or (~y).sum() < min_positives: return None
+    top = index.similarities(X, weighted=False).max(1)
+    lr = LogisticRegression(C=100).fit(top[:, None], y)
+    cal = dict(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]), calibrated=True, n=int(len(y)),
+               positives=int(y.sum()))
+    p = _logistic(cal, top)
+    grid = np.unique(np.quantile(p, np.linspace(0.5, 1, 51)))
+    f1 = [2 * (y & (p >= t)).sum() / max((p >= t).sum() + y.sum(), 1) for t in grid]
+    return {**cal, 'threshold': float(grid[int(np.argmax(f1))])}
+
+class LiveTickets:
+    "Tickets learnt after an index was built: their rows (the index's encoder) and what `similar` shows of them."
+    def __init__(self, index:KnnIndex):
+        self.index, self.rows, self.hidden = index, {}, np.zeros(index.n, bool)
+        self.seen: dict[str, int] = {}  # key -> updated (epoch ms) of every ticket known, index and live
+        if index.meta is not None: self.seen = dict(zip(map(index.meta.cols['key'].__getitem__, range(index.n)),
+                                                        index.meta.updated.tolist()))
+        self._X = self._shown = None
+
+    def learn(self, X:sp.csr_matrix, # the tickets' TF-IDF rows
+              shown:list[dict], # per ticket: key, summary, assignee, status, resolution, created (ISO), updated (ms)
+             ) -> int:
+        "Add (or replace) tickets; how many were new or changed."
+        n = 0
+        for i, m in enumerate(shown):
+            if self.seen.get(m['key'], -1) >= m.get('updated', 0) and m['key'] in self.rows: continue
+            self.forget([m['key']], keep_seen=True)
+            self.rows[m['key']] = (X[i], m); self.seen[m['key']] = m.get('updated', 0); n += 1
+        self._X = None
+        return n
+
+    def forget(self, keys:list[str], keep_seen:bool=False):
+        "Drop tickets (deleted, or about to be replaced): their index rows are hidden, live rows removed."
+        for k in keys:
+            if self.index.meta is not None and (p := self.index.meta.position(k)) is not None: self.hidden[p] = True
+            self.rows.pop(k, None); self._X = None
+            if not keep_seen: self.seen.pop(k, None)
+
+    def matrix(self) -> tuple[sp.csr_matrix, list[dict]]:
+        "The live rows stacked, and their shown fields."
+        if self._X is None:
+            vals = list(self.rows.values())
+            self._X = sp.vstack([r for r, _ in vals]).tocsr() if vals else sp.csr_matrix((0, self.index.XT.shape[0]),
+                                                                                         dtype=np.float32)
+            self._shown = [m for _, m in vals]
+        return self._X, self._shown
+
+    def __len__(self) -> int: return len(self.rows)
+
+def _csr(Q:sp.csr_matrix|SparseRow) -> sp.csr_matrix:
+    if not isinstance(Q, SparseRow): return Q
+    return sp.csr_matrix((Q.data, Q.indices, np.array([0, len(Q.indices)])), shape=Q.shape)
+
+def similar_tickets(index:KnnIndex, Q:sp.csr_matrix|SparseRow, # query rows (the index's encoder)
+                    k:int=10, live:LiveTickets|None=None,
+                    keys:list|None=None, # per query its own key (never listed), or None
+                    S:np.ndarray|None=None, # the index's plain similarities to `Q`, when already computed
+                   ) -> list[list[dict]]:
+    "Per query row, the `k` most similar past tickets (plain cosine as `score`), best first."
+    if index.meta is None: return [[] for _ in range(Q.shape[0])]
+    S = index.similarities(Q, weighted=False) if S is None else S
+    shown = []
+    if live is not None:
+        if live.hidden.any(): S = np.where(live.hidden[None, :], -1, S)
+        L, shown = live.matrix()
+        if L.shape[0]: S = np.hstack([S, (_csr(Q) @ L.T).toarray()])
+    out, n = [], index.n
+    for i in range(S.shape[0]):
+        s = S[i]
+        own = keys[i] if keys is not None else None
+        if own is not None:
+            s = s.copy()
+            if (p := index.meta.position(own)) is not None: s[p] = -1
+            for j, m in enumerate(shown):
+                if m['key'] == own: s[n + j] = -1
+        kk = min(k, len(s))
+        top = np.argpartition(-s, kk - 1)[:kk] if kk else np.array([], int)
+        top = top[np.argsort(-s[top], kind='stable')]
+        out.append([{**(index.meta.row(j) if j < n else {c: v for c, v in shown[j - n].items() if c != 'updated'}),
+                     'score': round(float(s[j]), 4)} for j in top if s[j] > 0])
+    return out
+
+def duplicates_of(similar:list[dict], # one ticket's `similar_tickets`
+                  cal:dict|None, # the index's `duplicates` calibration (None: `DUPLICATES_DEFAULT`)
+                  created:str|None=None, # the ticket's creation time (ISO): only earlier ones are duplicates
+                 ) -> list[dict]:
+    "The similar tickets filed earlier whose calibrated duplicate score reaches the tenant's threshold."
+    cal = cal or DUPLICATES_DEFAULT
+    if not similar: return []
+    p = _logistic(cal, [s['score'] for s in similar])
+    return [dict(key=s['key'], summary=s['summary'], status=s['status'], resolution=s['resolution'],
+                 score=round(float(x), 4))
+            for s, x in zip(similar, p) if x >= cal['threshold'] and (created is None or s['created'] < created)]
+
+def outcome(raw:dict|str|bytes|None) -> dict:
+    "A ticket's `status` and `resolution` names from its Jira JSON (None when unknown): shown, never an input."
+    import json
+    if isinstance(raw, (str, bytes)):
+        try: raw = json.loads(raw)
+        except ValueError: raw = None
+    f = raw.get('fields') if isinstance(raw, dict) else None
+    name = lambda v: v.get('name') if isinstance(v, dict) and isinstance(v.get('name'), str) else None
+    return dict(status=name(f.get('status')) if isinstance(f, dict) else None,
+                resolution=name(f.get('resolution')) if isinstance(f, dict) else None)

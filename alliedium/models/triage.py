@@ -5,35 +5,128 @@
 # %% ../../nbs/30_models/35_triage.ipynb #5c7e9ab3
 from __future__ import annotations
 
+import pandas as pd
+from fastcore.basics import patch
+from pyignite import Client
+
 from ..config import Settings
-from ..features import issue_rows
+from ..features import TicketRows, _new_issue, encode_rows, issue_rows, ticket_text
+from ..ingest import _utc, tickets_fingerprint
+from ..jira import parse_issue
+from .multilabel import LiveTickets, duplicates_of, outcome, similar_tickets
 from ..registry import load_active_models
+from ..schema import SCHEMA
 
 # %% auto #0
 __all__ = ['TenantModels', 'load_tenant_models']
 
 # %% ../../nbs/30_models/35_triage.ipynb #8fabcde6
 class TenantModels:
-    "The active models of one tenant; `triage(issue)` answers one Jira issue."
-    def __init__(self, tenant_id:str, models:dict, versions:dict[str, int], metrics:dict|None=None):
+    "The active models of one tenant; `triage(issue)` answers one Jira issue, `triage_many(issues)` several."
+    def __init__(self, tenant_id:str, models:dict, versions:dict[str, int], metrics:dict|None=None,
+                 similar_k:int=10): # past tickets in `similar`
         self.tenant_id, self.models, self.versions, self.metrics = tenant_id, models, versions, metrics or {}
         shared = {}  # keep one of each equal part, so a request encodes its text and finds its neighbours once
         for m in models.values():
             for attr, digest in (('vectorizer_', 'digest_'), ('index_', 'digest')):
                 part = getattr(m, attr, None)
                 if key := getattr(part, digest, None): setattr(m, attr, shared.setdefault((attr, key), part))
+        # `similar` and `duplicates`: the components/labels neighbour index (the one kept above), and the tickets
+        # learnt since it was built
+        self.similar_k, self.index, self.encoder, self.live = similar_k, None, None, None
+        self._fp = self._newest = None  # `catch_up`: the tickets' fingerprint and newest state time seen
+        for task in ('components', 'labels'):
+            m = models.get(task)
+            if m is not None and getattr(getattr(m, 'index_', None), 'meta', None) is not None:
+                self.index, self.encoder, self.live = m.index_, m.vectorizer_, LiveTickets(m.index_); break
 
     def triage(self, issue:dict) -> dict:
-        "Versions, assignee top-k, components, labels, priority, rank_score and abstain for one issue."
-        row = issue_rows(issue, self.tenant_id)
-        out = dict(versions=dict(self.versions), assignee=[], components=[], labels=[], priority=None, rank_score=None,
-                   abstain=True)
-        if 'assignee' in self.models: out.update(self.models['assignee'].predict(row)[0])
+        "Versions, assignee top-k, components, labels, priority, rank_score, abstain, similar, duplicates."
+        return self.triage_many([issue])[0]
+
+    def triage_many(self, issues:list[dict]) -> list[dict]:
+        "The answer of each issue, in order; every model predicts them together (one matrix, not a loop)."
+        row = issue_rows(issues[0], self.tenant_id) if len(issues) == 1 else \
+            TicketRows.of([parse_issue(_new_issue(i), self.tenant_id) for i in issues])
+        outs = [dict(versions=dict(self.versions), assignee=[], components=[], labels=[], priority=None,
+                     rank_score=None, abstain=True, similar=[], duplicates=[]) for _ in issues]
+        if not issues: return outs
+        if 'assignee' in self.models:
+            for out, a in zip(outs, self.models['assignee'].predict(row)): out.update(a)
         for task in ('components', 'labels'):
-            if task in self.models: out[task] = self.models[task].predict(row)[0]
-        if 'priority' in self.models: out.update(self.models['priority'].predict(row)[0])
-        return out
+            if task in self.models:
+                for out, v in zip(outs, self.models[task].predict(row)): out[task] = v
+        if 'priority' in self.models:
+            for out, p in zip(outs, self.models['priority'].predict(row)): out.update(p)
+        if self.index is not None:
+            Q = encode_rows(self.encoder, ticket_text(row))
+            sims = similar_tickets(self.index, Q, self.similar_k, self.live, [i.get('key') for i in issues])
+            for out, s, c in zip(outs, sims, row['created_at']):
+                out['similar'] = s
+                out['duplicates'] = duplicates_of(s, self.index.duplicates, pd.Timestamp(c).isoformat())
+        return outs
 
 def load_tenant_models(tenant_id:str, settings:Settings|None=None) -> TenantModels:
     "The tenant's active models (verified artifacts); `NoModelYet` when there is none."
     return TenantModels(tenant_id, *load_active_models(tenant_id, settings))
+
+# %% ../../nbs/30_models/35_triage.ipynb #86ec0700
+def _shown(df:pd.DataFrame, raws:list) -> list[dict]:
+    "What `similar` shows of tickets (`raws`: their Jira JSON, for status and resolution)."
+    return [dict(key=k, summary=(s or '')[:200], assignee=a, **outcome(r), created=pd.Timestamp(c).isoformat(),
+                 updated=int(pd.Timestamp(u).value // 10**6))
+            for k, s, a, r, c, u in zip(df['issue_key'], df['summary'], df['assignee'], raws, df['created_at'],
+                                        df['updated_at'])]
+
+@patch
+def learn(self:TenantModels, df:pd.DataFrame, # tickets as `tickets_frame` columns
+          raws:list|None=None, # their Jira JSON (dict or text), for status and resolution
+         ) -> int:
+    "Add tickets to `similar` (new ones, or a newer version of one); how many were new or changed."
+    if self.live is None or not len(df): return 0
+    return self.live.learn(self.encoder.transform(ticket_text(df)), _shown(df, raws or [None] * len(df)))
+
+_STATE_MS = "DATEDIFF('MS', TIMESTAMP '1970-01-01 00:00:00', updated_at)"
+
+@patch
+def catch_up(self:TenantModels, client:Client) -> int:
+    "Learn the tickets ingested since the last look (new, changed; deleted ones forgotten); how many changed."
+    if self.live is None: return 0
+    fp = tickets_fingerprint(self.tenant_id, client=client)
+    if fp == self._fp: return 0
+    q, n = f"SELECT issue_key, updated_at, deleted, {_STATE_MS} FROM {SCHEMA}.TICKET_STATE WHERE tenant_id = ?", 0
+    if self._newest is not None:  # what changed after the newest state seen (its SQL value: one clock)
+        n += self._apply(client, list(client.sql(q + f" AND {_STATE_MS} > ?", query_args=[self.tenant_id, self._newest],
+                                                 page_size=2048)))
+    (count, deleted), = client.sql(f"SELECT COUNT(*), SUM(CASE WHEN deleted THEN 1 ELSE 0 END) FROM "
+                                   f"{SCHEMA}.TICKET_STATE WHERE tenant_id = ?", query_args=[self.tenant_id])
+    if self._newest is None or len(self.live.seen) != count - (deleted or 0):  # first look, or a backfill: all
+        rows = list(client.sql(q, query_args=[self.tenant_id], page_size=4096))
+        present = {r[0] for r in rows if not r[2]}
+        n += self._apply(client, rows, [k for k in self.live.seen if k not in present])
+    self._fp = fp
+    return n
+
+@patch
+def _apply(self:TenantModels, client:Client, rows:list, gone:list|None=None) -> int:
+    "Forget deleted tickets and learn new or newer ones among TICKET_STATE `rows` (key, updated_at, deleted, ms)."
+    changed, gone = self._changes(rows), list(gone or []) + [r[0] for r in rows if r[2] and r[0] in self.live.seen]
+    if rows: self._newest = max([self._newest if self._newest is not None else -2**62] + [r[3] for r in rows])
+    self.live.forget(gone)
+    n = len(gone)
+    for i in range(0, len(changed), 500):
+        keys = changed[i:i + 500]
+        got = list(client.sql(f"SELECT issue_key, created_at, updated_at, summary, assignee, description, raw FROM "
+                              f"{SCHEMA}.TICKET WHERE tenant_id = ? AND issue_key IN ({', '.join('?' * len(keys))})",
+                              query_args=[self.tenant_id, *keys]))
+        df = pd.DataFrame(got, columns=['issue_key', 'created_at', 'updated_at', 'summary', 'assignee', 'description',
+                                        'raw'])
+        for c in ('created_at', 'updated_at'): df[c] = pd.to_datetime([_utc(v) for v in df[c]])
+        n += self.learn(df, list(df['raw']))
+    return n
+
+@patch
+def _changes(self:TenantModels, rows:list) -> list[str]:
+    "The keys of TICKET_STATE `rows` (key, updated_at, deleted, ms) that are new or newer than what is known."
+    seen = self.live.seen
+    return [k for k, u, d, _ in rows if not d and seen.get(k, -1) < int(pd.Timestamp(_utc(u)).value // 10**6)]
