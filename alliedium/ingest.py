@@ -33,9 +33,10 @@ from .schema import SCHEMA
 from .tenants import require_tenant
 
 # %% auto #0
-__all__ = ['TicketKey', 'TicketValue', 'StateKey', 'StateValue', 'TICKET_CACHE', 'STATE_CACHE', 'TX_TIMEOUT_MS', 'BinaryType',
-           'register_types', 'IngestSummary', 'ingest_tickets', 'ingest_files', 'load_tickets', 'tickets_fingerprint',
-           'delete_tickets', 'ingest_webhook']
+__all__ = ['TicketKey', 'TicketValue', 'StateKey', 'StateValue', 'TICKET_CACHE', 'STATE_CACHE', 'TX_TIMEOUT_MS', 'OUTCOME_TASKS',
+           'BinaryType', 'register_types', 'IngestSummary', 'chosen_value', 'epoch_ms', 'has_suggestions',
+           'record_outcomes', 'ingest_tickets', 'ingest_files', 'load_tickets', 'tickets_fingerprint', 'delete_tickets',
+           'ingest_webhook']
 
 # %% ../nbs/15_ingest.ipynb #ba7a3348
 _TC = {t: int.from_bytes(c, 'little')
@@ -141,6 +142,7 @@ class IngestSummary:
     older_skipped: int = 0
     deleted: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    outcomes: int = 0  # OUTCOME rows written: what people chose after a logged suggestion
     seconds: float = 0.0
     @property
     def ok(self) -> bool: return not self.rejected
@@ -295,6 +297,48 @@ def _write_batch(client:Client, tenant_id:str, batch:_Batch|list[Ticket|Deletion
             setattr(summary, o, getattr(summary, o) + 1)
     return outcome
 
+# %% ../nbs/15_ingest.ipynb #41819f16
+OUTCOME_TASKS = ('assignee', 'components', 'labels', 'priority')  # the ticket fields suggestions are checked against
+
+def chosen_value(value) -> str|None:
+    "A field's value as SUGGESTION.prior and OUTCOME.chosen keep it: the name, or a sorted JSON list; None if unset."
+    if isinstance(value, (list, tuple)): return json.dumps(sorted(map(str, value))) if value else None
+    return str(value) if value not in (None, '') else None
+
+def epoch_ms(d:datetime) -> int:
+    "Milliseconds since 1970 of a naive UTC time."
+    return (d - _EPOCH) // timedelta(milliseconds=1)
+
+def has_suggestions(client:Client, tenant_id:str) -> bool:
+    "True when the tenant has any logged suggestion (else no outcome can be joined)."
+    return bool(list(client.sql(f'SELECT 1 FROM {SCHEMA}.SUGGESTION WHERE tenant_id = ? LIMIT 1',
+                                query_args=[tenant_id])))
+
+# %% ../nbs/15_ingest.ipynb #dcb56718
+_OUTCOME_COLUMNS = ('tenant_id', 'issue_key', 'task', 'observed_at', 'recorded_at', 'chosen')
+
+def record_outcomes(client:Client, tenant_id:str, tickets:Iterable[Ticket]) -> int:
+    "Join what these (just written) tickets show to the tenant's first suggestions for them; OUTCOME rows written."
+    by_key = {t.issue_key: t for t in tickets if isinstance(t, Ticket)}
+    keys, found, rows = list(by_key), [], []
+    for i in range(0, len(keys), 500):
+        part = keys[i:i + 500]
+        found += client.sql(f"SELECT issue_key, task, issue_time, prior FROM {SCHEMA}.SUGGESTION WHERE tenant_id = ? "
+                            f"AND slot = 0 AND issue_key IN ({', '.join('?' * len(part))})", query_args=[tenant_id, *part])
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    for key, task, issue_time, prior in found:
+        t = by_key[key]
+        chosen, when = chosen_value(getattr(t, task, None)), epoch_ms(t.updated_at)
+        # what the issue carried when triaged, or a version older than the triaged one, is no outcome
+        if chosen is None or chosen == prior or (issue_time is not None and when < issue_time): continue
+        rows.append([tenant_id, key, task, when, now, chosen])
+    marks = '(' + ', '.join('?' * len(_OUTCOME_COLUMNS)) + ')'
+    for i in range(0, len(rows), 100):
+        part = rows[i:i + 100]
+        client.sql(f"MERGE INTO {SCHEMA}.OUTCOME ({', '.join(_OUTCOME_COLUMNS)}) VALUES {', '.join([marks] * len(part))}",
+                   query_args=[v for r in part for v in r])
+    return len(rows)
+
 # %% ../nbs/15_ingest.ipynb #22fb6055
 def _unstorable_time(it:Ticket|Deletion) -> str|None:
     "Why `it` cannot be stored (a naive time outside `TIME_RANGE`: `parse_issue` refuses those), or None."
@@ -347,6 +391,7 @@ def ingest_tickets(tenant_id:str, # an existing tenant
         require_tenant(tenant_id, client=client)
         register_types(client)
         compact, failed, wrote = client.compact_footer, [], [True]
+        joins = has_suggestions(client, tenant_id)  # outcomes of logged suggestions (issue 20)
         todos = [queue.Queue(maxsize=2) for _ in range(max(1, writers))]
         def writer(todo:queue.Queue, own:bool):
             batch = True
@@ -356,6 +401,8 @@ def ingest_tickets(tenant_id:str, # an existing tenant
                         if not failed:
                             outcome = _write_batch(c, tenant_id, batch, summary)
                             wrote[0] = any(o in ('inserted', 'updated') for o in outcome.values())
+                            if joins: summary.outcomes += record_outcomes(c, tenant_id, [
+                                batch.newest[k] for k, o in outcome.items() if o in ('inserted', 'updated')])
             except BaseException as e:
                 failed.append(e)
                 while batch is not None: batch = todo.get()  # keep taking batches: the reader never blocks
@@ -433,5 +480,7 @@ def ingest_webhook(tenant_id:str, event:dict, settings:Settings|None=None) -> di
         require_tenant(tenant_id, client=client)
         register_types(client)
         outcome = _write_batch(client, tenant_id, [item], IngestSummary(tenant_id))
+        written = outcome[item.issue_key] in ('inserted', 'updated')
+        outcomes = record_outcomes(client, tenant_id, [item]) if written else 0
     return dict(event=event['webhookEvent'], issue_key=item.issue_key, result=outcome[item.issue_key],
-                updated_at=item.updated_at.isoformat())
+                updated_at=item.updated_at.isoformat(), outcomes=outcomes)
