@@ -4,7 +4,7 @@
 
 # %% ../nbs/45_runs.ipynb #f646df0b
 from __future__ import annotations
-import json, uuid
+import json, threading, uuid
 from datetime import datetime, timezone
 
 from .config import AlliediumError, Settings, get_settings
@@ -13,7 +13,8 @@ from .schema import SCHEMA
 
 # %% auto #0
 __all__ = ['COLUMNS', 'TRAINING_CACHE', 'UnknownRun', 'start_run', 'finish_run', 'delete_run', 'get_run', 'list_runs',
-           'TrainingRunning', 'live_run', 'claim_training', 'release_training', 'start_training']
+           'TrainingRunning', 'beat', 'lost_reason', 'live_run', 'start_heartbeat', 'stop_heartbeat', 'claim_training',
+           'release_training', 'start_training']
 
 # %% ../nbs/45_runs.ipynb #ce52eb36
 COLUMNS = ['run_id', 'tenant_id', 'kind', 'started_at', 'finished_at', 'status', 'metrics', 'notebook']
@@ -92,20 +93,70 @@ def _training_cache(client, s:Settings):
     return client.get_or_create_cache({PROP_NAME: TRAINING_CACHE, PROP_BACKUPS_NUMBER: s.ignite_backups,
                                        PROP_CACHE_ATOMICITY_MODE: CacheAtomicityMode.TRANSACTIONAL})
 
+def beat(run_id:str, settings:Settings|None=None) -> bool:
+    "Write the run's heartbeat now; False when its row no longer says running (it ended, or was given up)."
+    with ignite_client(settings or get_settings()) as c:
+        n = list(c.sql(f"UPDATE {SCHEMA}.RUN SET metrics = ? WHERE run_id = ? AND status = 'running'",
+                       query_args=[json.dumps({'heartbeat_at': _now().isoformat(timespec='milliseconds') + 'Z'}),
+                                   run_id]))
+    return bool(n and n[0][0])
+
+def _last_heard(run:dict) -> datetime|None:
+    "The run's last heartbeat, else its start (naive UTC)."
+    hb = (run.get('metrics') or {}).get('heartbeat_at') if isinstance(run.get('metrics'), dict) else None
+    try: return datetime.fromisoformat(hb).replace(tzinfo=None) if hb else run.get('started_at')
+    except (TypeError, ValueError): return run.get('started_at')
+
+def lost_reason(run:dict, settings:Settings|None=None) -> tuple[str, str]|None:
+    "Why a 'running' run is lost (error, detail), or None while it is alive."
+    s, now = settings or get_settings(), _now()
+    if run.get('started_at') is not None and (now - run['started_at']).total_seconds() > s.train_timeout:
+        return 'Abandoned', (f"still 'running' after {s.train_timeout:.0f} s (train_timeout): its process was lost "
+                             "(a new training may start)")
+    last = _last_heard(run)
+    if last is not None and (quiet := (now - last).total_seconds()) > s.train_lost_seconds:
+        return 'WorkerLost', (f"no heartbeat for {quiet:.0f} s (train_lost_seconds is {s.train_lost_seconds:.0f}): "
+                              "the process training it died or never started; a new training may start")
+    return None
+
 def live_run(run_id:str, settings:Settings|None=None) -> bool:
-    "Whether a run is still going: its row says running, for less than `train_timeout`."
+    "Whether a run is still going; a lost one is marked failed (with why) and its tenant's claim released."
     s = settings or get_settings()
     try: run = get_run(run_id, settings=s)
     except UnknownRun: return False
     if run.get('status') != 'running': return False
-    if run.get('started_at') is not None and (_now() - run['started_at']).total_seconds() > s.train_timeout:
-        finish_run(run_id, 'failed', {'error': 'Abandoned', 'detail': f"still 'running' after {s.train_timeout:.0f} s: "
-                                      "its process was lost (a new training may start)"}, settings=s)
-        return False
-    return True
+    if (why := lost_reason(run, s)) is None: return True
+    with ignite_client(s) as c:  # only while still running: a run that ended meanwhile keeps its own outcome
+        c.sql(f"UPDATE {SCHEMA}.RUN SET finished_at = ?, status = 'failed', metrics = ? "
+              "WHERE run_id = ? AND status = 'running'",
+              query_args=[_now(), json.dumps({'error': why[0], 'detail': why[1]}), run_id])
+    release_training(run['tenant_id'], run_id, s)
+    return False
 
 # %% ../nbs/45_runs.ipynb #a0311fd9
-def claim_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> None:
+_BEATS: dict[str, threading.Event] = {}  # run_id -> stop event of this process's heartbeat thread
+
+def start_heartbeat(run_id:str, settings:Settings|None=None) -> bool:
+    "Beat now, then every `train_heartbeat_seconds` in a thread; False (no thread) when the run no longer runs."
+    s = settings or get_settings()
+    if run_id in _BEATS: return True
+    if not beat(run_id, s): return False
+    stop = _BEATS[run_id] = threading.Event()
+    def _loop():
+        while not stop.wait(s.train_heartbeat_seconds):
+            try:
+                if not beat(run_id, s): break  # ended or given up: nothing left to keep alive
+            except Exception: pass  # Ignite away for a moment: the next beat tries again
+        if _BEATS.get(run_id) is stop: del _BEATS[run_id]
+    threading.Thread(target=_loop, name=f'heartbeat-{run_id[:8]}', daemon=True).start()
+    return True
+
+def stop_heartbeat(run_id:str) -> None:
+    "Stop this process's heartbeat of `run_id` (if it beats it)."
+    if (stop := _BEATS.pop(run_id, None)) is not None: stop.set()
+
+def claim_training(tenant_id:str, run_id:str, settings:Settings|None=None,
+                   heartbeat:bool=True) -> None: # beat from this process until `release_training`
     "Make run `run_id` the tenant's one training; `TrainingRunning` when a live run holds it."
     s = settings or get_settings()
     with ignite_client(s) as c:
@@ -113,18 +164,21 @@ def claim_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> No
         while not claims.put_if_absent(tenant_id, run_id):  # held: by a live run, or by one that ended or was lost
             held = claims.get(tenant_id)
             if held is not None and live_run(held, s): raise TrainingRunning(tenant_id, held)
-            if held is not None and claims.replace_if_equals(tenant_id, held, run_id): return
+            if held is not None and claims.replace_if_equals(tenant_id, held, run_id): break
+    if heartbeat: start_heartbeat(run_id, s)
 
 def release_training(tenant_id:str, run_id:str, settings:Settings|None=None) -> None:
-    "Give the tenant's training claim back when `run_id` still holds it (best effort)."
+    "Stop the run's heartbeat; give the tenant's training claim back when `run_id` still holds it (best effort)."
     s = settings or get_settings()
+    stop_heartbeat(run_id)
     try:
         with ignite_client(s) as c: _training_cache(c, s).remove_if_equals(tenant_id, run_id)
     except IgniteUnavailable: pass
 
-def start_training(tenant_id:str, settings:Settings|None=None) -> str:
+def start_training(tenant_id:str, settings:Settings|None=None, kind:str='train',
+                   heartbeat:bool=True) -> str: # False: the process that trains beats (`start_heartbeat`)
     "Record a training run and claim the tenant for it; `TrainingRunning` when another one runs."
-    run_id = start_run(tenant_id, 'train', settings=settings)  # recorded first: a claim always names a RUN row
-    try: claim_training(tenant_id, run_id, settings)
+    run_id = start_run(tenant_id, kind, settings=settings)  # recorded first: a claim always names a RUN row
+    try: claim_training(tenant_id, run_id, settings, heartbeat)
     except BaseException: delete_run(run_id, settings); raise
     return run_id

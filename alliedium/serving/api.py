@@ -21,10 +21,12 @@ from ..ignite import ignite_client
 # %% auto #0
 __all__ = ['HTTP_STATUS', 'JiraTime', 'TRAIN_TASKS', 'MAX_BODY_DEPTH', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge',
            'http_status', 'AsciiJSON', 'http_error', 'Named', 'Person', 'WebhookFields', 'IssueFields', 'JiraIssue',
-           'Scored', 'PriorityAnswer', 'TriageAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest', 'Job',
+           'Scored', 'AssigneeScored', 'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer', 'TriageAnswer',
+           'BatchRequest', 'BatchError', 'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest', 'Job',
            'not_too_deep', 'triage_issue', 'bearer_key', 'KeyCache', 'authorize', 'TenantSlot', 'poll_promotions',
            'run_training_job', 'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit', 'tenant_model_versions',
-           'make_api', 'AppArgs', 'settings_overrides']
+           'LaunchFailed', 'BatchTooLarge', 'catch_up_tickets', 'batch_item', 'make_api', 'AppArgs',
+           'settings_overrides']
 
 # %% ../../nbs/60_serving/60_api.ipynb #4c5ee9ed
 class Unauthorized(AlliediumError): "No API key, or one that matches no tenant."
@@ -37,7 +39,7 @@ HTTP_STATUS = {  # error class name -> status; the first match along the class's
     'Unauthorized': 401, 'Forbidden': 403, 'JobNotFound': 404, 'UnknownTenant': 404, 'BodyTooLarge': 413,
     'NoModelYet': 409, 'ArtifactRefused': 409, 'TrainingRunning': 409, 'NotEnoughHistory': 409, 'TenantExists': 409,
     'JiraError': 422, 'InvalidTenantId': 422, 'RequestValidationError': 422,
-    'IgniteUnavailable': 503, 'ReconnectError': 503, 'HandshakeError': 503,
+    'IgniteUnavailable': 503, 'LaunchFailed': 503, 'ReconnectError': 503, 'HandshakeError': 503,
     'ConfigError': 500, 'AlliediumError': 400}
 
 def _cause(exc:BaseException) -> BaseException:
@@ -123,6 +125,28 @@ class Scored(BaseModel):
     name: str
     score: float
 
+class AssigneeScored(Scored):
+    "A suggested assignee, its calibrated score and the evidence behind it in words and issue keys."
+    why: list[str] = Field([], examples=[["took 4 of the 10 most similar past tickets (HIVE-1234, HIVE-2345)"]])
+
+class SimilarTicket(BaseModel):
+    "A past ticket of the tenant similar to the issue (cosine of their TF-IDF texts as `score`)."
+    key: str
+    summary: str|None = None
+    assignee: str|None = None
+    status: str|None = None
+    resolution: str|None = None
+    created: str|None = None  # ISO 8601, UTC
+    score: float
+
+class DuplicateTicket(BaseModel):
+    "An earlier ticket likely the same problem: calibrated score over the tenant's threshold."
+    key: str
+    summary: str|None = None
+    status: str|None = None
+    resolution: str|None = None
+    score: float  # calibrated: about the chance that the issue is a duplicate of this ticket
+
 class PriorityAnswer(BaseModel):
     "The suggested priority and the score of every class."
     label: str|None = None
@@ -133,12 +157,28 @@ class TriageAnswer(BaseModel):
     model_config = ConfigDict(extra='allow')
     tenant: str
     versions: dict[str, int]  # task -> model version that answered
-    assignee: list[Scored] = []
+    assignee: list[AssigneeScored] = []
     components: list[Scored] = []
     labels: list[Scored] = []
     priority: PriorityAnswer|None = None
     rank_score: float|None = None  # higher = more urgent, to order a queue
     abstain: bool|dict|None = None  # true where confidence is below the tenant's threshold
+    similar: list[SimilarTicket] = []  # the most similar past tickets, best first
+    duplicates: list[DuplicateTicket] = []  # earlier tickets likely the same problem, best first
+
+class BatchRequest(BaseModel):
+    "Issues to triage at once (each checked on its own: an invalid one gets an error item, the rest are answered)."
+    issues: list[Any] = Field(min_length=1)
+
+class BatchError(BaseModel):
+    "Why one issue of a batch got no answer (the others are answered)."
+    error: str
+    detail: Any = None
+
+class BatchAnswer(BaseModel):
+    "One item per issue of the request, in its order: a triage answer or an error."
+    tenant: str
+    answers: list[TriageAnswer|BatchError]
 
 # %% ../../nbs/60_serving/60_api.ipynb #b4225f68
 class WebhookIssue(BaseModel):
@@ -297,10 +337,11 @@ async def poll_promotions(slots:weakref.WeakValueDictionary, # tenant -> TenantS
 
 # %% ../../nbs/60_serving/60_api.ipynb #462e3987
 def run_training_job(tenant:str, run_id:str, tasks:list[str]|None=None, settings:dict|None=None) -> dict:
-    "Train `tenant`, record the outcome in RUN `run_id`, then release the tenant's claim."
-    from alliedium.runs import finish_run, release_training
-    from alliedium.training import train_tenant
+    "Train `tenant` (beating), record the outcome in RUN `run_id`, then release the tenant's claim."
+    from alliedium.runs import finish_run, release_training, start_heartbeat
     s = Settings(**settings) if isinstance(settings, dict) else settings or get_settings()
+    if not start_heartbeat(run_id, s): return {}  # given up before it started (another training may hold the claim)
+    from alliedium.training import train_tenant  # (after the first beat: the import takes seconds on a busy host)
     try: result = train_tenant(tenant, tasks=tasks, settings=s)
     except AlliediumError as e:
         finish_run(run_id, 'failed', {'error': type(e).__name__, 'detail': str(e)}, settings=s); return {}
@@ -309,7 +350,7 @@ def run_training_job(tenant:str, run_id:str, tasks:list[str]|None=None, settings
     else:
         finish_run(run_id, 'succeeded', json.loads(json.dumps(result, default=str)), settings=s)
         return result
-    finally: release_training(tenant, run_id, s)
+    finally: release_training(tenant, run_id, s)  # (and stops the heartbeat)
 
 # %% ../../nbs/60_serving/60_api.ipynb #d1b7a80c
 class ServingBackend(Protocol):
@@ -413,6 +454,16 @@ def _job(run:dict) -> Job:
     rest = {k: v for k, v in run.items() if k not in ('run_id', 'tenant_id')}
     return Job(job_id=run['run_id'], tenant=run['tenant_id'], **rest)
 
+class LaunchFailed(AlliediumError): "The training job could not be started (503: retry)."
+
+def _launch_failed(tenant:str, run_id:str, e:BaseException, s:Settings) -> LaunchFailed:
+    "A launch that failed after the claim: the run failed, the claim released; the error to answer (503)."
+    from alliedium.runs import finish_run, release_training
+    try: finish_run(run_id, 'failed', {'error': 'LaunchFailed', 'detail': f"{type(e).__name__}: {e}"}, settings=s)
+    finally: release_training(tenant, run_id, s)
+    return LaunchFailed(f"the training job {run_id} could not be started ({type(e).__name__}); it is marked failed "
+                        "and the tenant is free: retry POST .../train later")
+
 def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
     s, locks = backend.settings, {}
 
@@ -422,8 +473,11 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
         from alliedium.runs import get_run, start_training
         # one replica's requests queue on the lock; replicas race for the claim in Ignite
         async with locks.setdefault(tenant, asyncio.Lock()):
-            run_id = await asyncio.to_thread(start_training, tenant, s)  # `TrainingRunning`: 409 with the job's id
-            backend.launch_training(tenant, run_id, body.tasks if body else None)
+            # `TrainingRunning`: 409 with the job's id; the job beats, not this replica
+            run_id = await asyncio.to_thread(start_training, tenant, s, heartbeat=False)
+            try: backend.launch_training(tenant, run_id, body.tasks if body else None)
+            except BaseException as e:
+                raise await asyncio.to_thread(_launch_failed, tenant, run_id, e, s) from e
         return _job(await asyncio.to_thread(get_run, run_id, settings=s))
 
     @api.get('/v1/tenants/{tenant}/jobs/{job_id}', response_model=Job, tags=['training'])
@@ -437,6 +491,38 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
         if run.get('status') == 'running' and not await asyncio.to_thread(live_run, job_id, s):
             run = await asyncio.to_thread(get_run, job_id, settings=s)  # lost: now marked failed
         return _job(run)
+
+# %% ../../nbs/60_serving/60_api.ipynb #2f9ce566
+class BatchTooLarge(AlliediumError): "A batch over `serve_batch_max` issues."
+
+def catch_up_tickets(slot:TenantSlot) -> int:
+    "Let the slot's `similar` learn the tickets ingested since its last look (on the process's kept connection)."
+    from alliedium.ignite import kept_client
+    return kept_client(slot.settings).run(slot.models.catch_up)
+
+def batch_item(raw:Any) -> dict:
+    "One batch entry checked like a single triage body: the issue to triage, or `{error, detail}`."
+    from pydantic import ValidationError
+    try: return triage_issue(JiraIssue.model_validate(raw).model_dump(exclude_unset=True))
+    except ValidationError as e:
+        return dict(error='RequestValidationError', detail=jsonable_encoder(
+            e.errors(include_url=False, include_context=False, include_input=False)))
+    except AlliediumError as e: return dict(error=type(e).__name__, detail=str(e))
+
+def _routes_batch(api:FastAPI, backend:ServingBackend, tenant_auth):
+    s = backend.settings
+
+    @api.post('/v1/tenants/{tenant}/triage/batch', response_model=BatchAnswer, response_model_exclude_none=True,
+              tags=['triage'])
+    async def triage_batch(body:BatchRequest, tenant:str=Depends(tenant_auth)):
+        "Triage up to `serve_batch_max` issues at once: one answer per issue, in order (an invalid one: its error)."
+        if len(body.issues) > s.serve_batch_max: raise BatchTooLarge(
+            f"{len(body.issues)} issues: a batch holds at most {s.serve_batch_max} (ALLIEDIUM_SERVE_BATCH_MAX)")
+        items = [batch_item(raw) for raw in body.issues]
+        ok = [i for i, it in enumerate(items) if 'error' not in it]
+        answers = await backend.triage_batch(tenant, [items[i] for i in ok]) if ok else []
+        for i, a in zip(ok, answers): items[i] = a
+        return dict(tenant=tenant, answers=items)
 
 # %% ../../nbs/60_serving/60_api.ipynb #41d25c04
 def make_api(backend:ServingBackend) -> FastAPI:
