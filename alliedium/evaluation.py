@@ -20,7 +20,7 @@ from .models import TASKS, new_model
 from .models.priority import urgency
 
 # %% auto #0
-__all__ = ['SLICES', 'TASK_METRICS', 'PRIMARY', 'asked', 'rank_slices', 'assignee_metrics', 'multilabel_metrics',
+__all__ = ['SLICES', 'TASK_METRICS', 'PRIMARY', 'asked', 'rank_slices', 'answer_kinds', 'assignee_metrics', 'multilabel_metrics',
            'priority_metrics', 'component_owner_ranks', 'knn_vote_ranks', 'assignee_baselines', 'fit_tasks',
            'evaluate_split', 'evaluate_tenant', 'reference_assignee', 'assignee_row', 'assignee_table',
            'evaluate_rolling', 'cross_validate', 'nested_cv', 'plot_slices', 'plot_report']
@@ -48,6 +48,19 @@ def rank_slices(ranked:list, test:pd.DataFrame, pool=None, keep=None, ks=(1, 3, 
         out[name] = s
     return out
 
+# %% ../nbs/40_evaluation.ipynb #8933dfd7
+def answer_kinds(ranked:list, test:pd.DataFrame, keep:np.ndarray) -> dict:
+    "Per kind of top-1 answer (the reporter, someone else): n, coverage, answered and answered top-1 precision."
+    truth, rep = test['assignee'].to_numpy(), test['reporter'].to_numpy()
+    is_rep = np.array([bool(r) and r[0][0] == p for r, p in zip(ranked, rep)], bool)
+    top1 = np.array([bool(r) and r[0][0] == t for r, t in zip(ranked, truth)], bool)
+    has = np.array([bool(r) for r in ranked], bool); out = {}
+    for name, m in (('reporter', is_rep), ('other', has & ~is_rep)):
+        out[name] = dict(n=int(m.sum()), coverage=float(keep[m].mean()) if m.any() else None,
+                         answered=int((m & keep).sum()),
+                         precision=float(top1[m & keep].mean()) if (m & keep).any() else None)
+    return out
+
 # %% ../nbs/40_evaluation.ipynb #1267bbd6
 def assignee_metrics(model, test:pd.DataFrame, ks=(1, 3, 5), curve:int=10) -> dict:
     "Top-k hits and curve, candidate ceiling, coverage and accuracy at the threshold, overall and per slice."
@@ -62,6 +75,7 @@ def assignee_metrics(model, test:pd.DataFrame, ks=(1, 3, 5), curve:int=10) -> di
     out['coverage'], out['accuracy_at_threshold'] = slices['all']['coverage'], slices['all']['precision']
     out['threshold'], out['self_threshold'] = float(model.threshold_), float(model.self_threshold_)
     out['n_test'] = int(len(test)); out['slices'] = slices
+    out['answers'] = answer_kinds(ranked, test, keep)  # per kind of top-1: the reporter, someone else
     out['topk_curve'] = [hits(k) for k in range(1, curve + 1)]  # plot_report draws it
     return out
 
@@ -194,6 +208,8 @@ def assignee_row(tenant:str, a:dict) -> dict:
                nonself_ceiling=s['nonself'].get('ceiling'))
     row |= {f'{sl}_{k}': s[sl].get(k) for sl in SLICES for k in ('top1', 'top3', 'precision', 'coverage')}
     row |= {f'{name}_{sl}_top3': x[sl]['top3'] for name, x in b.items() for sl in ('all', 'nonself')}
+    row |= {f'{kind}_answer_{k}': x.get(k) for kind, x in (a.get('answers') or {}).items()
+            for k in ('precision', 'coverage')}
     return row | dict(fit_s=a.get('fit_seconds'))
 
 def assignee_table(folder:str, # a folder of Jira dumps, one `<Tenant>.jsonl.gz` per tenant

@@ -199,3 +199,53 @@ def test_evaluation_answers_where_predict_answers(zk_split, zk_models):
         top = [r[0][0] for r in m.rank(asked(test, 'assignee'), k=1)]
         assert not any(a and t == r for a, t, r in zip(answered, top, test.reporter))
     finally: m.self_threshold_ = was   # the shared fixture as it was
+
+
+def test_assignee_suggestions_say_why_through_triage(zk_split, zk_models):
+    "Each assignee suggestion of a triage answer carries `why`: words citing past tickets the model was fitted on."
+    import re
+    train = zk_split[0]
+    loaded = {t: load_artifact(*dump_artifact(m)) for t, m in zk_models.items()}
+    tm = TenantModels('zk', loaded, {t: 1 for t in loaded})
+    known, cited = set(train['issue_key']), set()
+    for _, row in zk_split[1].head(20).iterrows():
+        issue = {'key': row['issue_key'], 'fields': {'summary': row['summary'], 'description': row['description'],
+                                                    'components': [{'name': c} for c in row['components']],
+                                                    'reporter': {'name': row['reporter']}}}
+        answer = tm.triage(issue)
+        for s in answer['assignee']:
+            assert s['why'] and all(isinstance(w, str) and w for w in s['why']), s
+            assert s['why'][0].startswith('reporter') == (s['name'] == row['reporter']), s
+            cited |= {k for w in s['why'] for k in re.findall(r'ZOOKEEPER-\d+', w)}
+    assert cited and cited <= known   # the similar tickets named are training tickets
+
+
+def _tenant(self_rate:float, n:int=400, seed:int=0):
+    "A synthetic tenant: each component's tickets go to its developer, or with `self_rate` to their reporter."
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    comp = rng.choice(['io', 'web', 'net', 'db'], n); dev = dict(io='ann', web='bob', net='cat', db='dan')
+    rep = [f'user{i}' for i in rng.integers(0, n // 2, n)]   # many reporters file once or twice
+    asg = [r if rng.random() < self_rate else dev[c] for r, c in zip(rep, comp)]
+    return pd.DataFrame(dict(created_at=pd.date_range('2020-01-01', periods=n, freq='D'), issue_key=[
+        f'T-{i}' for i in range(n)], summary=[f'{c} problem {w}' for c, w in zip(comp, rng.integers(0, 50, n))],
+        description='', reporter=rep, assignee=asg, components=[[c] for c in comp], labels=[[]] * n,
+        priority='Major'))
+
+
+@pytest.mark.parametrize('self_rate', [0.05, 0.9])
+def test_a_new_reporter_is_ranked_by_what_new_reporters_did(self_rate):
+    "A reporter never seen is first only where new reporters take their own tickets; the `why` says which."
+    import pandas as pd
+    from alliedium.models.assignee import AssigneeModel
+    df = _tenant(self_rate); m = AssigneeModel().fit(df)
+    q = df.tail(1).assign(created_at=df['created_at'].max() + pd.Timedelta(days=1), reporter='nobody',
+                          summary='net problem 7', components=[['net']])
+    (a,) = m.predict(q)
+    first = a['assignee'][0]
+    assert (first['name'] == 'nobody') == (self_rate > 0.5), a
+    if self_rate < 0.5: assert first['name'] == 'cat' and any('component net' in w for w in first['why']), a
+    why = next(s['why'] for s in a['assignee'] if s['name'] == 'nobody')
+    took, n = m.new_self_
+    assert why == [f'reporter new to this tenant: new reporters took {took} of their {n} first tickets here']
+    assert (took / n > 0.5) == (self_rate > 0.5)

@@ -69,6 +69,8 @@ def _fit_core(self:AssigneeModel, df:pd.DataFrame, text:TextMatrix|None=None):
     y_self = (df['assignee'][a] == df['reporter'][a]).to_numpy()
     clf = LogisticRegression(C=1.0, solver='liblinear').fit(sp.hstack([X, H[a]]).tocsr(), y_self, sample_weight=w)
     self.self_clf_ = Linear.of(clf)
+    new = (H[a][:, 1] == 0) & (H[a][:, 2] == 0)  # reporters with no assigned ticket before (filed or taken)
+    self.new_self_ = (int(y_self[new].sum()), int(new.sum()))  # how often they took their own: the `why` says it
     self._fit_others(df, X, a, w, y_self, end)
     self._fit_people(df[a], X, end)
     return self
@@ -107,6 +109,8 @@ def _fit_people(self:AssigneeModel, ad:pd.DataFrame, X:sp.csr_matrix, end):
     asg, rep = list(ad['assignee']), list(ad['reporter'])
     self.people_ = np.array(sorted(set(asg)), dtype=object); self.pid_ = {p: i for i, p in enumerate(self.people_)}
     self.aid_, self.t_ = np.array([self.pid_[p] for p in asg], np.int64), _days(ad['created_at'])
+    self.keys_ = np.array([str(k) for k in ad['issue_key']], dtype=object)  # what the `why` cites
+    self.last_ = np.full(len(self.people_), -np.inf); np.maximum.at(self.last_, self.aid_, self.t_)
     self.end_ = float(_days([end])[0])
     self.comp_pos_ = _positions([_list(c) for c in ad['components']])
     self.rep_pos_ = _positions([[r] if r != a else [] for r, a in zip(rep, asg)])
@@ -234,7 +238,57 @@ def abstains(self:AssigneeModel, ranked:list, reporters) -> np.ndarray:
 
 @patch
 def predict(self:AssigneeModel, df:pd.DataFrame) -> list[dict]:
-    "The triage answer per ticket: `assignee` [{name, score}] and `abstain`."
+    "The triage answer per ticket: `assignee` [{name, score, why}] and `abstain`."
     ranked = self.rank(df)
-    return [dict(assignee=[dict(name=n, score=round(s, 4)) for n, s in r], abstain=bool(x))
-            for r, x in zip(ranked, self.abstains(ranked, df['reporter']))]
+    return [dict(assignee=[dict(name=n, score=round(s, 4), why=w) for (n, s), w in zip(r, ws)], abstain=bool(x))
+            for r, ws, x in zip(ranked, self.why(df, ranked), self.abstains(ranked, df['reporter']))]
+
+# %% ../../nbs/30_models/31_assignee.ipynb #34950971
+def _cite(keys) -> str: return f" ({', '.join(keys)})" if len(keys) else ''
+
+@patch
+def _why_reporter(self:AssigneeModel, r:str) -> list[str]:
+    "The reporter's own record: tickets filed and taken, or what new reporters did."
+    s = self.history_.stats_.get(r)
+    if s and (s['filed'] or s['assigned']):
+        filed, took = int(s['filed']), int(s['self_taken'])
+        return [f"reporter: took {took} of the {filed} assigned tickets they filed" if filed
+                else f"reporter: took {int(s['assigned'])} tickets, filed none before"]
+    took, n = getattr(self, 'new_self_', (0, 0))
+    return [f"reporter new to this tenant: new reporters took {took} of their {n} first tickets here"]
+
+@patch
+def _why_other(self:AssigneeModel, j:int, near:np.ndarray, t:float, comps:list, r) -> list[str]:
+    "Person `j`'s evidence: similar tickets they took (`near`: neighbours, most similar first), components, reporter."
+    out = []
+    for n in (10, len(near)):
+        mine = near[:n][self.aid_[near[:n]] == j]
+        if len(mine):
+            out.append(f"took {len(mine)} of the {min(n, len(near))} most similar past tickets"
+                       + _cite(self.keys_[mine[:3]].tolist())); break
+    lo = np.searchsorted(self.t_, t - self.share_days)
+    for c in _list(comps):
+        if (pos := self.comp_pos_.get(c)) is not None:
+            pos = pos[np.searchsorted(pos, lo):]
+            if took := int((self.aid_[pos] == j).sum()):
+                out.append(f"took {took} of the {len(pos)} tickets in component {c} in the last {self.share_days:g} days")
+    if r is not None and (pos := self.rep_pos_.get(r)) is not None and (took := int((self.aid_[pos] == j).sum())):
+        out.append(f"took {took} of the {len(pos)} tickets from this reporter that went to someone else")
+    days = int(round(t - self.last_[j])) if np.isfinite(self.last_[j]) else None
+    out.append("no ticket taken yet" if days is None else
+               f"last took a ticket {days} day{'' if days == 1 else 's'} before this one")
+    return out
+
+@patch
+def why(self:AssigneeModel, df:pd.DataFrame, ranked:list) -> list[list[list[str]]]:
+    "Per ticket, per suggestion of `ranked`: short evidence in words, citing past tickets and components."
+    rep = _names(df['reporter']); tq = np.maximum(_days(df['created_at']), self.end_); comps = list(df['components'])
+    near = [np.zeros(0, np.int64)] * len(rep)
+    if k := min(self.k, len(self.t_)):
+        X = encode_rows(self.vectorizer_, ticket_text(df))
+        top, sims = self.index_.neighbours(X, k)  # the ranking's own neighbours (remembered for one ticket)
+        o = np.argsort(-sims, 1); top, sims = np.take_along_axis(top, o, 1), np.take_along_axis(sims, o, 1)
+        near = [t[s > 0] for t, s in zip(top, sims)]
+    return [[self._why_reporter(n) if n == rep[i] else
+             self._why_other(self.pid_[n], near[i], tq[i], comps[i], rep[i]) if n in self.pid_ else []
+             for n, _ in r] for i, r in enumerate(ranked)]
