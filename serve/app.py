@@ -69,6 +69,9 @@ def tenant_models_deployment(settings: Settings):
         async def triage(self, issue: dict) -> dict:
             return (await self._slot(serve.get_multiplexed_model_id())).triage(issue)
 
+        async def triage_many(self, issues: list) -> list:
+            return (await self._slot(serve.get_multiplexed_model_id())).triage_many(issues)
+
     return ModelPool
 
 
@@ -95,6 +98,12 @@ def triage_api_deployment(settings: Settings):
         async def triage(self, tenant: str, issue: dict) -> dict:
             if self.models is None: return (await self._slot(tenant)).triage(issue)
             try: return await self.models.options(multiplexed_model_id=tenant).triage.remote(issue)
+            except ray.exceptions.RayTaskError as e: raise (e.cause if isinstance(e.cause, Exception) else e) from None
+
+        async def triage_batch(self, tenant: str, issues: list) -> list:
+            "Several issues of one tenant in one call (one hop, one prediction per model)."
+            if self.models is None: return (await self._slot(tenant)).triage_many(issues)
+            try: return await self.models.options(multiplexed_model_id=tenant).triage_many.remote(issues)
             except ray.exceptions.RayTaskError as e: raise (e.cause if isinstance(e.cause, Exception) else e) from None
 
         def launch_training(self, tenant: str, run_id: str, tasks):

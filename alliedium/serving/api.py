@@ -4,8 +4,9 @@
 
 # %% ../../nbs/60_serving/60_api.ipynb #c0d4f5f7
 from __future__ import annotations
-import asyncio, hashlib, json, threading, time, weakref
+import asyncio, hashlib, json, math, re, threading, time, weakref
 from collections import OrderedDict
+from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Header, Path as PathParam, Request
@@ -20,13 +21,14 @@ from ..ignite import ignite_client
 
 # %% auto #0
 __all__ = ['HTTP_STATUS', 'JiraTime', 'TRAIN_TASKS', 'MAX_BODY_DEPTH', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge',
-           'http_status', 'AsciiJSON', 'http_error', 'Named', 'Person', 'WebhookFields', 'IssueFields', 'JiraIssue',
-           'Scored', 'AssigneeScored', 'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer', 'TriageAnswer',
-           'BatchRequest', 'BatchError', 'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest', 'Job',
-           'not_too_deep', 'triage_issue', 'bearer_key', 'KeyCache', 'authorize', 'TenantSlot', 'poll_promotions',
-           'run_training_job', 'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit', 'tenant_model_versions',
-           'LaunchFailed', 'BatchTooLarge', 'catch_up_tickets', 'batch_item', 'make_api', 'AppArgs',
-           'settings_overrides']
+           'http_status', 'without_addresses', 'AsciiJSON', 'http_error', 'Named', 'Person', 'WebhookFields',
+           'IssueFields', 'JiraIssue', 'Scored', 'AssigneeScored', 'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer',
+           'TriageAnswer', 'BatchRequest', 'BatchError', 'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest',
+           'Job', 'not_too_deep', 'triage_issue', 'bearer_key', 'KeyCache', 'authorize', 'FutureEvent',
+           'check_event_times', 'parse_webhook', 'webhook_auth', 'TenantSlot', 'poll_promotions', 'run_training_job',
+           'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit', 'RateLimit', 'HealthCheck',
+           'tenant_model_versions', 'LaunchFailed', 'BatchTooLarge', 'catch_up_tickets', 'batch_item', 'make_api',
+           'AppArgs', 'settings_overrides']
 
 # %% ../../nbs/60_serving/60_api.ipynb #4c5ee9ed
 class Unauthorized(AlliediumError): "No API key, or one that matches no tenant."
@@ -53,6 +55,14 @@ def http_status(exc:BaseException) -> int|None:
         if cls.__name__ in HTTP_STATUS: return HTTP_STATUS[cls.__name__]
     return None
 
+# %% ../../nbs/60_serving/60_api.ipynb #82dbc6aa
+_ADDRESS = re.compile(r'\[[0-9A-Fa-f:.]+\](?::\d{1,5})?|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b'
+                      r'|\b[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*:\d{2,5}\b')
+
+def without_addresses(text:str) -> str:
+    "`text` with host:port pairs and IP addresses replaced by `<address>` (5xx answers and /healthz show none)."
+    return _ADDRESS.sub('<address>', text)
+
 # %% ../../nbs/60_serving/60_api.ipynb #ec706d4a
 class AsciiJSON(JSONResponse):
     "JSON with non-ASCII as `\\u` escapes: an answer that echoes a lone surrogate can still be encoded."
@@ -66,6 +76,7 @@ def http_error(exc:BaseException, # the error raised while answering
     status = http_status(e) or 500
     name = type(e).__name__.removeprefix('RayTaskError(').removesuffix(')')
     detail = str(e) if status != 500 or isinstance(e, AlliediumError) else 'internal error'
+    if status >= 500: detail = without_addresses(detail)  # a 503 does not name the Ignite node
     body, headers = dict(error=name, detail=detail), {}
     if name in ('NoModelYet', 'ArtifactRefused'):  # no model, or one this release cannot load: train
         body.update(status='untrained', todo=f"POST /v1/tenants/{tenant}/train (202 with a job id), "
@@ -248,21 +259,57 @@ def bearer_key(authorization:str|None) -> str:
     return key.strip()
 
 class KeyCache:
-    "API key -> tenant, asking `alliedium.tenants` and remembering hits for `ttl` seconds."
+    "API key -> tenant through `alliedium.tenants`: hits remembered `serve_key_cache_seconds`, unknown keys less."
+    MAX = 100_000  # remembered keys (and unknown keys, and tenants' webhook secrets), the oldest dropped first
+
     def __init__(self, settings:Settings|None=None):
         self.settings = settings or get_settings()
-        self.hits: dict[str, tuple[str, float]] = {}
+        self.hits: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key hash -> (tenant, until)
+        self.misses: OrderedDict[str, float] = OrderedDict()  # key hash -> until
+        self.secrets: OrderedDict[str, tuple[str|None, float]] = OrderedDict()  # tenant -> (webhook secret, until)
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def digest(key:str) -> str: return hashlib.sha256(key.encode()).hexdigest()
+
+    def cached(self, h:str, now:float) -> tuple[bool, str|None]:
+        "(True, tenant) for a remembered key, (True, None) for a remembered unknown one, else (False, None)."
+        if (hit := self.hits.get(h)) and hit[1] > now: return True, hit[0]
+        if (miss := self.misses.get(h)) and miss > now: return True, None
+        return False, None
+
+    def _remember(self, memory:OrderedDict, k:str, v):
+        with self.lock:
+            memory[k] = v; memory.move_to_end(k)
+            while len(memory) > self.MAX: memory.popitem(last=False)
+
     def lookup(self, key:str) -> str|None:
         "The key's tenant (None if unknown or revoked)."
-        h, now = hashlib.sha256(key.encode()).hexdigest(), time.monotonic()
-        if (hit := self.hits.get(h)) and hit[1] > now: return hit[0]
         from alliedium.ignite import kept_client
-        from alliedium.tenants import tenant_for_key
+        from alliedium.tenants import key_owner
+        s, h, now = self.settings, self.digest(key), time.monotonic()
+        found, tenant = self.cached(h, now)
+        if found: return tenant
         # on the process's kept connection: no connection per lookup
-        tenant = kept_client(self.settings).run(lambda c: tenant_for_key(key, self.settings, client=c))
-        if tenant is not None and self.settings.serve_key_cache_seconds > 0:
-            self.hits[h] = (tenant, now + self.settings.serve_key_cache_seconds)
-        return tenant
+        owner = kept_client(s).run(lambda c: key_owner(key, s, client=c))
+        if owner is None:
+            if s.serve_key_miss_seconds > 0: self._remember(self.misses, h, now + s.serve_key_miss_seconds)
+            return None
+        ttl = s.serve_key_cache_seconds
+        if owner['until'] is not None:  # a key being rotated out: not remembered past its end
+            ttl = min(ttl, (owner['until'] - datetime.now(timezone.utc).replace(tzinfo=None)).total_seconds())
+        if ttl > 0: self._remember(self.hits, h, (owner['tenant'], now + ttl))
+        return owner['tenant']
+
+    def webhook_secret(self, tenant:str) -> str|None:
+        "The tenant's webhook secret (None: it has none), remembered `serve_key_cache_seconds`."
+        from alliedium.ignite import kept_client
+        from alliedium.tenants import webhook_secret
+        s, now = self.settings, time.monotonic()
+        if (known := self.secrets.get(tenant)) and known[1] > now: return known[0]
+        secret = kept_client(s).run(lambda c: webhook_secret(tenant, s, client=c))
+        if s.serve_key_cache_seconds > 0: self._remember(self.secrets, tenant, (secret, now + s.serve_key_cache_seconds))
+        return secret
 
 # %% ../../nbs/60_serving/60_api.ipynb #b763806a
 async def authorize(authorization:str|None, # the request's Authorization header
@@ -270,11 +317,64 @@ async def authorize(authorization:str|None, # the request's Authorization header
                     keys:KeyCache) -> str:
     "Check that the request's key opens `tenant`: 401 without a known key, 403 with another tenant's."
     key = bearer_key(authorization)
-    owner = keys.hits.get(hashlib.sha256(key.encode()).hexdigest(), (None, 0))
-    owner = owner[0] if owner[1] > time.monotonic() else await asyncio.to_thread(keys.lookup, key)
+    found, owner = keys.cached(keys.digest(key), time.monotonic())
+    if not found: owner = await asyncio.to_thread(keys.lookup, key)
     if owner is None: raise Unauthorized("unknown or revoked API key: use the key `alliedium tenants create` printed")
     if owner != tenant: raise Forbidden(f"this API key opens another tenant, not {tenant!r}")
     return tenant
+
+# %% ../../nbs/60_serving/60_api.ipynb #5200ed76
+class FutureEvent(AlliediumError): "A webhook event dated later than now (plus the allowed clock skew)."
+
+def check_event_times(event:dict, settings:Settings|None=None, now:float|None=None) -> dict:
+    "`event` if none of its times is later than now + `webhook_max_skew_seconds`, else `FutureEvent` (422)."
+    from alliedium.jira import JiraError, jira_time
+    s = settings or get_settings()
+    limit = (time.time() if now is None else now) + s.webhook_max_skew_seconds
+    fields = ((event.get('issue') or {}).get('fields') or {})
+    for name, value in (('timestamp', event.get('timestamp')), ('issue.fields.updated', fields.get('updated')),
+                        ('issue.fields.created', fields.get('created'))):
+        if value is None: continue
+        try: t = jira_time(value, name).replace(tzinfo=timezone.utc).timestamp()
+        except JiraError: continue  # not a time: ingestion refuses it with what is wrong (422 BadIssue)
+        if t > limit: raise FutureEvent(
+            f"{name} is {str(value)[:40]!r}, later than now + {s.webhook_max_skew_seconds:.0f} s: refused, so it cannot "
+            "shadow the ticket's real updates; check the sender's clock")
+    return event
+
+def parse_webhook(raw:bytes) -> WebhookEvent:
+    "The event in a raw body, or `RequestValidationError` (422) as FastAPI answers a bad body."
+    from pydantic import ValidationError
+    try: data = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # as FastAPI answers a body it cannot decode
+        raise RequestValidationError([{'type': 'json_invalid', 'loc': ('body', getattr(e, 'pos', 0)), 'input': {},
+                                       'msg': 'JSON decode error', 'ctx': {'error': getattr(e, 'msg', str(e))}}]) from None
+    try: return WebhookEvent.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, 'loc': ('body', *err['loc'])} for err in e.errors()]) from None
+
+def webhook_auth(keys:KeyCache):
+    "The webhook route's dependency: the tenant's signature when it has a secret, else its API key."
+    async def check(request:Request, tenant:str=PathParam(description="tenant id", min_length=1, max_length=128),
+                    authorization:str|None=Header(None, description="Bearer <tenant API key> (without a secret)"),
+                    x_hub_signature:str|None=Header(None, description="sha256=<hex HMAC-SHA256 of the body>")) -> str:
+        from alliedium.tenants import check_tenant_id, signature_ok
+        tenant = check_tenant_id(tenant)
+        secret = await asyncio.to_thread(keys.webhook_secret, tenant)
+        if secret is None: return await authorize(authorization, tenant, keys)
+        if not signature_ok(secret, await request.body(), x_hub_signature): raise Unauthorized(
+            "missing or wrong X-Hub-Signature: this tenant's webhooks must be signed with its webhook secret "
+            "(sha256=<hex HMAC-SHA256 of the raw body>, as Jira sends it for a webhook with a secret)")
+        if authorization is not None: await authorize(authorization, tenant, keys)
+        return tenant
+    return check
+
+def _webhook_openapi() -> tuple[dict, dict]:
+    "The webhook route's request body for the OpenAPI document, and the schemas it refers to."
+    schema = WebhookEvent.model_json_schema(ref_template='#/components/schemas/{model}')
+    defs = {**schema.pop('$defs', {}), 'WebhookEvent': schema}
+    body = {'required': True, 'content': {'application/json': {'schema': {'$ref': '#/components/schemas/WebhookEvent'}}}}
+    return {'requestBody': body}, defs
 
 # %% ../../nbs/60_serving/60_api.ipynb #1a2e333d
 class TenantSlot:
@@ -298,6 +398,8 @@ class TenantSlot:
             from alliedium.ignite import kept_client
             new = kept_client(self.settings).run(lambda c: active_versions(self.tenant, self.settings, client=c))
         if new == old: return False
+        if not new:  # no active version any more (the tenant erased): hold nothing of it
+            self.models = TenantModels(self.tenant, {}, {}); return True
         if set(new) != set(old): self.models = load_tenant_models(self.tenant, self.settings); return True
         models, metrics = dict(self.models.models), dict(self.models.metrics)
         for task in (t for t, v in new.items() if v != old[t]):
@@ -308,6 +410,10 @@ class TenantSlot:
     def triage(self, issue:dict) -> dict:
         "The models' answer for one Jira issue (`{'fields': {...}}`)."
         return {'tenant': self.tenant, **self.models.triage(issue)}
+
+    def triage_many(self, issues:list[dict]) -> list[dict]:
+        "The models' answers for several issues, in order (one prediction per model over all of them)."
+        return [{'tenant': self.tenant, **a} for a in self.models.triage_many(issues)]
 
 # %% ../../nbs/60_serving/60_api.ipynb #266f0714
 async def _poll_round(held:dict, log=None):
@@ -326,6 +432,10 @@ async def _poll_round(held:dict, log=None):
         try: await asyncio.to_thread(slot.refresh, active.get(tenant, {}))
         except Exception as e:  # the tenant's models deleted, or Ignite away: keep serving what is loaded
             if log: log.warning(f"refreshing {tenant}'s models failed: {e}")
+    for tenant, slot in held.items():  # `similar` learns the tickets ingested since the last round
+        try: await asyncio.to_thread(catch_up_tickets, slot)
+        except Exception as e:
+            if log: log.warning(f"learning {tenant}'s new tickets failed: {e}")
 
 async def poll_promotions(slots:weakref.WeakValueDictionary, # tenant -> TenantSlot held by a replica
                           seconds:float, # time between two rounds
@@ -357,6 +467,7 @@ class ServingBackend(Protocol):
     "What the HTTP routes need from where they run."
     settings: Settings
     async def triage(self, tenant:str, issue:dict) -> dict: ...
+    async def triage_batch(self, tenant:str, issues:list[dict]) -> list[dict]: ...
     def launch_training(self, tenant:str, run_id:str, tasks:list[str]|None) -> None: ...
     async def serve_status(self) -> dict: ...
 
@@ -372,11 +483,15 @@ class LocalBackend:
         if s is None:
             s = self.slots[tenant] = await asyncio.to_thread(TenantSlot, tenant, self.settings)
             while len(self.slots) > self.settings.serve_models_per_replica: self.slots.popitem(last=False)
-        elif time.monotonic() - s.checked > self.settings.serve_poll_seconds: await asyncio.to_thread(s.refresh)
+        elif time.monotonic() - s.checked > self.settings.serve_poll_seconds:
+            await asyncio.to_thread(s.refresh); await asyncio.to_thread(catch_up_tickets, s)
         self.slots.move_to_end(tenant)
         return s
 
     async def triage(self, tenant:str, issue:dict) -> dict: return (await self.slot(tenant)).triage(issue)
+
+    async def triage_batch(self, tenant:str, issues:list[dict]) -> list[dict]:
+        return (await self.slot(tenant)).triage_many(issues)
 
     def launch_training(self, tenant:str, run_id:str, tasks:list[str]|None):
         threading.Thread(target=run_training_job, args=(tenant, run_id, tasks, self.settings), daemon=True).start()
@@ -390,7 +505,7 @@ def ignite_health(settings:Settings|None=None) -> dict:
     try:
         with ignite_client(s, timeout=min(s.ignite_timeout, 3)) as c: ok = list(c.sql('SELECT 1')) == [[1]]
         return dict(ok=ok, ms=round(1000*(time.perf_counter() - t0), 1))
-    except Exception as e: return dict(ok=False, detail=str(e))
+    except Exception as e: return dict(ok=False, detail=without_addresses(str(e)))
 
 # %% ../../nbs/60_serving/60_api.ipynb #ee4f972f
 class BodyLimit:
@@ -416,9 +531,67 @@ class BodyLimit:
         async def replay(): return chunks.pop(0) if chunks else await receive()
         return await self.app(scope, replay, send)
 
+# %% ../../nbs/60_serving/60_api.ipynb #d25232f3
+class RateLimit:
+    "ASGI middleware: a token bucket per client address and per API key; past either, 429 with Retry-After."
+    MAX = 100_000  # buckets of each kind, the least recently used dropped first
+
+    def __init__(self, app, settings:Settings):
+        self.app, s = app, settings
+        self.limits = [(kind, rate, burst, OrderedDict()) for kind, rate, burst in (
+            ('client address', s.rate_address_per_second, s.rate_address_burst),
+            ('API key', s.rate_key_per_second, s.rate_key_burst)) if rate > 0]
+
+    def wait(self, buckets:OrderedDict, ident, rate:float, burst:int, now:float) -> float:
+        "Take a token of `ident`'s bucket: 0 if there was one, else the seconds until there is."
+        tokens, t = buckets.pop(ident, (burst, now))
+        tokens = min(burst, tokens + (now - t) * rate)
+        buckets[ident] = (tokens - 1 if tokens >= 1 else tokens, now)
+        if len(buckets) > self.MAX: buckets.popitem(last=False)
+        return 0.0 if tokens >= 1 else (1 - tokens) / rate
+
+    @staticmethod
+    def _ident(kind:str, scope) -> Any:
+        if kind == 'client address': return (scope.get('client') or ('unknown',))[0]
+        for name, value in scope.get('headers') or ():
+            if name == b'authorization': return value.partition(b' ')[2].strip()[:256] or None
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        now = time.monotonic()
+        for kind, rate, burst, buckets in self.limits:
+            if (ident := self._ident(kind, scope)) is None: continue
+            if (wait := self.wait(buckets, ident, rate, burst, now)) > 0:
+                retry = max(1, math.ceil(wait))
+                answer = AsciiJSON(dict(error='RateLimited', retry_after=retry,
+                                        detail=f"over {rate:g} requests/s (bursts of {burst}) for this {kind}: "
+                                               f"retry after {retry} s"),
+                                   status_code=429, headers={'Retry-After': str(retry)})
+                return await answer(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+class HealthCheck:
+    "`/healthz`'s answer from a check at most `serve_health_cache_seconds` old, without internal addresses."
+    def __init__(self, backend:ServingBackend):
+        self.backend, self.s, self.last, self.lock = backend, backend.settings, None, asyncio.Lock()
+
+    async def answer(self) -> JSONResponse:
+        async with self.lock:  # concurrent callers wait for one check
+            if self.last is None or time.monotonic() - self.last[0] >= self.s.serve_health_cache_seconds:
+                ig, sv = await asyncio.to_thread(ignite_health, self.s), await self.backend.serve_status()
+                if 'detail' in sv: sv = {**sv, 'detail': without_addresses(str(sv['detail']))}
+                self.last = (time.monotonic(), ig, sv)
+        _, ig, sv = self.last
+        ok = ig['ok'] and sv.get('status') == 'RUNNING'
+        body = dict(status='ok' if ok else 'degraded', ignite=ig, serve=sv, version=alliedium.__version__)
+        headers = {} if ok else {'Retry-After': str(self.s.serve_retry_after)}
+        return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
+
 # %% ../../nbs/60_serving/60_api.ipynb #795d6054
 def _routes_tenant(api:FastAPI, backend:ServingBackend, keys:KeyCache):
-    s = backend.settings
+    from alliedium.feedback import suggestion_log
+    s, suggestions = backend.settings, suggestion_log(backend.settings)
     async def tenant_auth(tenant:str=PathParam(description="tenant id", min_length=1, max_length=128),
                           authorization:str|None=Header(None, description="Bearer <tenant API key>")) -> str:
         from alliedium.tenants import check_tenant_id
@@ -428,19 +601,31 @@ def _routes_tenant(api:FastAPI, backend:ServingBackend, keys:KeyCache):
               tags=['triage'])
     async def triage(issue:JiraIssue, tenant:str=Depends(tenant_auth)):
         "Suggest assignee, components, labels and priority for one Jira issue."
-        return await backend.triage(tenant, triage_issue(issue.model_dump(exclude_unset=True)))
+        answer = await backend.triage(tenant, asked := triage_issue(issue.model_dump(exclude_unset=True)))
+        await suggestions.record(tenant, asked, answer)  # the suggestion log (issue 20): queued, off the answer's path
+        return answer
 
-    @api.post('/v1/tenants/{tenant}/webhooks/jira', tags=['ingest'])
-    async def webhook(event:WebhookEvent, tenant:str=Depends(tenant_auth)) -> dict:
-        "Ingest a Jira webhook delivery (issue created, updated, deleted); idempotent."
+    webhook_body, webhook_schemas = _webhook_openapi()
+    @api.post('/v1/tenants/{tenant}/webhooks/jira', tags=['ingest'], openapi_extra=webhook_body)
+    async def webhook(request:Request, tenant:str=Depends(webhook_auth(keys))) -> dict:
+        "Ingest a Jira webhook delivery (issue created, updated, deleted); idempotent. Signed (`X-Hub-Signature`) "
+        "when the tenant has a webhook secret, else with its API key; times later than now + 5 min: 422."
         from alliedium.ingest import ingest_webhook
-        body = not_too_deep(event.model_dump(exclude_unset=True))
+        event = parse_webhook(await request.body())  # parsed only once the signature or key is checked
+        body = check_event_times(not_too_deep(event.model_dump(exclude_unset=True)), s)
         return await asyncio.to_thread(ingest_webhook, tenant, body, s)
 
     @api.get('/v1/tenants/{tenant}/models', tags=['models'])
     async def models(tenant:str=Depends(tenant_auth)) -> dict:
         "The tenant's model versions, their metrics, and which is active."
         return dict(tenant=tenant, models=await asyncio.to_thread(tenant_model_versions, tenant, s))
+
+    plain_openapi = api.openapi
+    def openapi() -> dict:  # with the webhook body's schemas (its route reads the raw body itself)
+        if api.openapi_schema is None: plain_openapi().setdefault('components', {}).setdefault('schemas', {}).update(
+            webhook_schemas)
+        return api.openapi_schema
+    api.openapi = openapi
     return tenant_auth
 
 # %% ../../nbs/60_serving/60_api.ipynb #288a1edc
@@ -524,6 +709,32 @@ def _routes_batch(api:FastAPI, backend:ServingBackend, tenant_auth):
         for i, a in zip(ok, answers): items[i] = a
         return dict(tenant=tenant, answers=items)
 
+# %% ../../nbs/60_serving/60_api.ipynb #8260a865
+def _routes_feedback(api:FastAPI, backend:ServingBackend, keys:KeyCache, tenant_auth):
+    s = backend.settings
+
+    @api.get('/v1/tenants/{tenant}/quality', tags=['quality'])
+    async def quality(task:Literal[TRAIN_TASKS]|None=None, # one task (default: all)
+                      since:str|None=None, # only suggestions served since this ISO 8601 date or time
+                      period:Literal['day', 'week']='week', # the time series' step
+                      tenant:str=Depends(tenant_auth)) -> dict:
+        "Live quality from what people chose after each suggestion, per task and model version, beside offline."
+        from alliedium.feedback import live_quality
+        return await asyncio.to_thread(live_quality, tenant, task, since, period, s)
+
+    @api.delete('/v1/tenants/{tenant}', tags=['tenants'])
+    async def erase(confirm:str|None=None, # the tenant id again: erasure cannot be undone
+                    tenant:str=Depends(tenant_auth)) -> dict:
+        "Erase the tenant: every ticket, suggestion, outcome, model, run, API key and file; a report of it."
+        from alliedium.feedback import ErasureNotConfirmed, erase_tenant
+        if confirm != tenant: raise ErasureNotConfirmed(
+            f"erasing {tenant!r} removes all its data and cannot be undone: repeat its id as ?confirm={tenant}")
+        report = await asyncio.to_thread(erase_tenant, tenant, s)
+        keys.hits = {h: hit for h, hit in keys.hits.items() if hit[0] != tenant}  # its keys open nothing from now
+        slots = getattr(backend, 'slots', None)  # its models held here (other replicas drop them at their next poll)
+        if slots is not None: slots.pop(tenant, None)
+        return report
+
 # %% ../../nbs/60_serving/60_api.ipynb #41d25c04
 def make_api(backend:ServingBackend) -> FastAPI:
     "The FastAPI app of the triage API, answering with `backend`."
@@ -545,17 +756,18 @@ def make_api(backend:ServingBackend) -> FastAPI:
     async def _other_error(request:Request, exc:Exception):  # a user error wrapped by Ray, or a bug
         return http_error(exc, request.path_params.get('tenant'), s)
 
+    health = HealthCheck(backend)
     @api.get('/healthz', tags=['health'])
     async def healthz():
         "Ignite (a real SQL ping) and Serve status; 503 with Retry-After when Ignite does not answer."
-        ig, sv = await asyncio.to_thread(ignite_health, s), await backend.serve_status()
-        ok = ig['ok'] and sv.get('status') == 'RUNNING'
-        body = dict(status='ok' if ok else 'degraded', ignite=ig, serve=sv, version=alliedium.__version__)
-        headers = {} if ok else {'Retry-After': str(s.serve_retry_after)}
-        return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
+        return await health.answer()  # checked at most once per serve_health_cache_seconds
 
-    _routes_jobs(api, backend, _routes_tenant(api, backend, keys))
+    tenant_auth = _routes_tenant(api, backend, keys)
+    _routes_jobs(api, backend, tenant_auth)
+    _routes_batch(api, backend, tenant_auth)
+    _routes_feedback(api, backend, keys, tenant_auth)
     api.add_middleware(BodyLimit, max_bytes=s.serve_max_body_bytes)
+    if s.rate_key_per_second or s.rate_address_per_second: api.add_middleware(RateLimit, settings=s)  # outermost
     return api
 
 # %% ../../nbs/60_serving/60_api.ipynb #426db4f3
