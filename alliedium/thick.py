@@ -12,13 +12,16 @@ from pathlib import Path
 from fastcore.basics import patch
 
 from .config import AlliediumError, ConfigError, Settings, get_settings
-from .ignite import JAVA17_OPENS, IgniteUnavailable, LocalNode, free_port, ignite_client, java_major, running_nodes
+from .ignite import (JAVA17_OPENS, STORE_PASSWORD_ENV, IgniteUnavailable, LocalNode, free_port, ignite_client,
+                              add_master_key, java_major, running_nodes, store_password)
 
 # %% auto #0
-__all__ = ['TICKET_CACHE', 'MODEL_PROMOTED', 'GATEWAY_CLASS', 'log', 'RESULT_PREFIX', 'ThickError', 'GatewayJarsMissing',
-           'GatewayStartFailed', 'GatewayDied', 'GatewayAlreadyRunning', 'ThickTimeout', 'JobFailed', 'JobTimeout',
-           'gateway_classpath', 'discovery_addresses', 'gateway_command', 'Gateway', 'current_gateway', 'thick_client',
-           'job_main', 'probe_job', 'Subscription', 'publish_model_promoted', 'run_colocated_retrain']
+__all__ = ['TICKET_CACHE', 'MODEL_PROMOTED', 'GATEWAY_CLASS', 'log', 'JOB_ENTRIES', 'JOB_ENV_NAMES', 'JOB_ENV_PREFIXES',
+           'RESULT_PREFIX', 'ThickError', 'GatewayJarsMissing', 'GatewayStartFailed', 'GatewayDied',
+           'GatewayAlreadyRunning', 'ThickTimeout', 'JobFailed', 'JobTimeout', 'gateway_classpath',
+           'discovery_addresses', 'gateway_command', 'Gateway', 'current_gateway', 'thick_client', 'check_job',
+           'job_main', 'probe_job', 'Subscription', 'publish_model_promoted', 'run_colocated_retrain',
+           'rotate_master_key']
 
 # %% ../nbs/80_thick.ipynb #fd8e84ec
 class ThickError(AlliediumError): "The thick client (its gateway JVM) could not do what was asked."
@@ -77,12 +80,21 @@ def gateway_command(settings:Settings, work:Path, ready:Path) -> list[str]:
             '--discovery', ','.join(discovery_addresses(s)), '--communication-port', str(free_port(s.ignite_host)),
             '--work-dir', str(work), '--ready-file', str(ready),
             '--join-timeout-ms', str(int(s.thick_start_timeout*1000)),
-            '--no-servers-ms', str(int(s.thick_timeout*1000))]
+            '--no-servers-ms', str(int(s.thick_timeout*1000)),
+            # TLS on discovery and communication, as the servers have it (the password comes in the environment)
+            *(['--keystore', str(s.keystore), '--truststore', str(s.truststore)] if s.ignite_tls else []),
+            *(['--auth', 'true'] if s.ignite_auth else [])]
 
 # %% ../nbs/80_thick.ipynb #7adc473f
 def _tail(path:Path, n:int=20) -> str:
     try: return '\n'.join(path.read_text(errors='replace').splitlines()[-n:])
     except FileNotFoundError: return '(no log)'
+
+def _gateway_env(s:Settings, token:str) -> dict:
+    "The gateway JVM's environment: py4j's auth token and, with TLS, the stores' password."
+    env = {**os.environ, 'ALLIEDIUM_GATEWAY_TOKEN': token}
+    if s.ignite_tls: env[STORE_PASSWORD_ENV] = store_password(s)
+    return env
 
 def _launch_gateway(s:Settings) -> tuple[subprocess.Popen, Path, int, str]:
     "Start the gateway JVM; return (process, work dir, py4j port, auth token) once it has joined."
@@ -93,7 +105,7 @@ def _launch_gateway(s:Settings) -> tuple[subprocess.Popen, Path, int, str]:
     with open(log, 'ab') as out:
         proc = subprocess.Popen(gateway_command(s, work, ready), stdin=subprocess.PIPE, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=work,
-                                env={**os.environ, 'ALLIEDIUM_GATEWAY_TOKEN': token}, start_new_session=True)
+                                env=_gateway_env(s, token), start_new_session=True)
     deadline = time.monotonic() + s.thick_start_timeout + 15
     while not ready.exists():
         if proc.poll() is not None: raise GatewayStartFailed(
@@ -235,6 +247,21 @@ def ticket_key_node(self:Gateway, tenant_id:str, issue_key:str) -> str:
     "Primary node of the TICKET key (tenant_id, issue_key): `tenant_node`'s, by affinity."
     return self._call('ticketKeyNode', TICKET_CACHE, tenant_id, issue_key)
 
+# %% ../nbs/80_thick.ipynb #9a42c273
+JOB_ENTRIES = ('alliedium.training:train_tenant', 'alliedium.thick:probe_job')  # PythonJob.ENTRIES, the same
+JOB_ENV_NAMES = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'TZ', 'LANG', 'LC_ALL')
+JOB_ENV_PREFIXES = ('ALLIEDIUM_TRAIN_', 'ALLIEDIUM_ASSIGNEE_', 'ALLIEDIUM_PROMOTE_')  # training's own settings
+
+def check_job(entry:str, env:dict|None=None):
+    "`ConfigError` unless `entry` is an allowed entry point and every `env` name an allowed variable."
+    if entry not in JOB_ENTRIES: raise ConfigError(
+        f"entry point {entry!r} is not one a colocated job may run: {', '.join(JOB_ENTRIES)}")
+    bad = sorted(k for k in (env or {}) if k not in JOB_ENV_NAMES and not
+                 any(k.startswith(p) and len(k) > len(p) for p in JOB_ENV_PREFIXES))
+    if bad: raise ConfigError(
+        f"environment variable(s) {', '.join(bad)} may not be set for a colocated job; allowed: "
+        f"{', '.join(JOB_ENV_NAMES)} and names starting with {', '.join(JOB_ENV_PREFIXES)}")
+
 # %% ../nbs/80_thick.ipynb #5c2348b4
 @patch
 def submit_noop(self:Gateway, tenant_id:str, timeout:float|None=None) -> str:
@@ -246,8 +273,7 @@ def submit(self:Gateway, tenant_id:str,
            entry:str, # `alliedium.<module>:<function>`
            timeout:float|None=None, env:dict|None=None, **kwargs) -> str:
     "Send `entry(tenant_id, **kwargs)` to `tenant_id`'s node; the job id."
-    if not entry.startswith('alliedium.') or ':' not in entry: raise ConfigError(
-        f"entry point {entry!r} must be alliedium.<module>:<function> (e.g. alliedium.training:train_tenant)")
+    check_job(entry, env)
     return self._call('submitPython', TICKET_CACHE, tenant_id, entry, json.dumps(kwargs), dict(env or {}),
                       int((timeout or self.settings.job_timeout)*1000))
 
@@ -333,9 +359,8 @@ def job_main(argv:list[str]|None=None, die_with_parent:bool=True) -> int:
     a = ap.parse_args(argv)
     if die_with_parent: _die_with_parent()
     try:
+        check_job(a.entry)  # the node checked it too
         mod, _, fn = a.entry.partition(':')
-        if not mod.startswith('alliedium.') or not fn:
-            raise ConfigError(f"entry {a.entry!r} is not alliedium.<module>:<function>")
         entry = getattr(importlib.import_module(mod), fn)
         require_tenant(a.tenant)
         out = dict(ok=True, result=entry(a.tenant, **json.loads(a.kwargs)))
@@ -459,6 +484,10 @@ def run_colocated_retrain(tenant_id:str, settings:Settings|None=None, gateway:Ga
     gw = gateway or current_gateway()
     own, runs = gw is None, _runs()
     run_id = runs.start_run(tenant_id, 'retrain', settings=s) if runs else None
+    if runs:  # the claim every training takes (API, train, retrain); it beats from here while the node trains
+        try: runs.claim_training(tenant_id, run_id, s)
+        except runs.TrainingRunning as e:
+            runs.finish_run(run_id, 'skipped', dict(running=e.run_id), settings=s); raise
     try:
         fingerprint = _fingerprint(tenant_id, s)
         if own: gw = Gateway(s).start()
@@ -475,3 +504,34 @@ def run_colocated_retrain(tenant_id:str, settings:Settings|None=None, gateway:Ga
         raise
     finally:
         if own and gw is not None: gw.close()
+        if runs: runs.release_training(tenant_id, run_id, s)
+
+# %% ../nbs/80_thick.ipynb #38f36b01
+@patch
+def master_key(self:Gateway, name:str|None=None) -> str:
+    "The cluster's TDE master key name; with `name`, that key (in every server's keystore) becomes it first."
+    try: return self._call('masterKey', name, int(self.settings.thick_timeout*1000))
+    except ThickError as e: raise ThickError(f"the master key could not be {'changed' if name else 'read'}: {e}") from None
+
+@patch
+def checkpoint(self:Gateway) -> list[str]:
+    "A checkpoint on every server node now (dirty pages to the page files), waited for: the nodes."
+    return self._call('checkpoint', int(self.settings.thick_timeout*1000)).strip("[]").replace(" ", "").split(",")
+
+def rotate_master_key(settings:Settings|None=None, name:str|None=None, gateway:Gateway|None=None) -> dict:
+    "Switch the cluster to a new TDE master key (made in the local keystore unless `name` is given): `{before, after}`."
+    s = settings or get_settings()
+    if not s.ignite_tde: raise ConfigError("TDE is off (ALLIEDIUM_IGNITE_TDE=false): there is no master key to rotate")
+    if name is None:
+        if s.external_cluster: raise ConfigError(
+            "on a cluster of your own, add the new key to every server's TDE keystore, then pass its name (--name)")
+        name = f'alliedium.master.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}'
+        add_master_key(s, name)
+    gw = gateway or current_gateway()
+    own = gw is None
+    if own: gw = Gateway(s).start()
+    try:
+        before = gw.master_key()
+        return dict(before=before, after=gw.master_key(name))
+    finally:
+        if own: gw.close()

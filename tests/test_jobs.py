@@ -145,3 +145,22 @@ def test_sigkill_of_the_training_worker(serve_url, ignite):
             assert http.post(f'/v1/tenants/{t}/triage', json={'fields': {'summary': 'NPE in the leader election'}},
                              headers=bearer(key)).status_code == 200
     finally: serve.delete('jobs')
+
+
+def test_the_colocated_retrain_takes_the_training_claim(thick_gateway, ignite):
+    "While another training of the tenant runs, the colocated retrain is refused (run 'skipped'); then it runs."
+    from alliedium.runs import TrainingRunning, finish_run, list_runs, release_training, start_training
+    from alliedium.thick import run_colocated_retrain
+    t, _ = new_tenant(ignite, 'colo')
+    s = ignite.model_copy(update=dict(retrain_entry='alliedium.thick:probe_job'))
+    job = start_training(t, ignite)  # say, a training through the API
+    try:
+        try: run_colocated_retrain(t, settings=s, gateway=thick_gateway, timeout=120)
+        except TrainingRunning as e: assert e.run_id == job
+        else: raise AssertionError('the colocated retrain ran beside a running training')
+        refused = [r for r in list_runs(t, settings=ignite) if r['kind'] == 'retrain']
+        assert [(r['status'], r['metrics']['running']) for r in refused] == [('skipped', job)], refused
+    finally: release_training(t, job, ignite); finish_run(job, 'succeeded', settings=ignite)
+    r = run_colocated_retrain(t, settings=s, gateway=thick_gateway, timeout=120)
+    assert claim_of(t, ignite) is None  # released when it ended
+    assert [x['status'] for x in list_runs(t, settings=ignite) if x['run_id'] == r['run_id']] == ['succeeded']
