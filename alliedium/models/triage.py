@@ -73,7 +73,8 @@ def load_tenant_models(tenant_id:str, settings:Settings|None=None) -> TenantMode
 # %% ../../nbs/30_models/35_triage.ipynb #86ec0700
 def _shown(df:pd.DataFrame, raws:list) -> list[dict]:
     "What `similar` shows of tickets (`raws`: their Jira JSON, for status and resolution)."
-    return [dict(key=k, summary=(s or '')[:200], assignee=a, **outcome(r), created=pd.Timestamp(c).isoformat(),
+    return [dict(key=k, summary=(s or '')[:200], assignee=a if isinstance(a, str) else None,  # NaN: unassigned
+                 **outcome(r), created=pd.Timestamp(c).isoformat(),
                  updated=int(pd.Timestamp(u).value // 10**6))
             for k, s, a, r, c, u in zip(df['issue_key'], df['summary'], df['assignee'], raws, df['created_at'],
                                         df['updated_at'])]
