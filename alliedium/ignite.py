@@ -13,18 +13,23 @@ from string import Template
 
 from typing import Any, Callable
 
+from fastcore.basics import patch
+
 from pyignite import Client
 from pyignite.datatypes.cluster_state import ClusterState
-from pyignite.exceptions import CacheError, ClusterError, HandshakeError, ReconnectError, SocketError, SQLError
+from pyignite.exceptions import (AuthenticationError, CacheError, ClusterError, HandshakeError, ReconnectError,
+                                 SocketError, SQLError)
 
 from .config import AlliediumError, ConfigError, Settings, get_settings
 
 # %% auto #0
-__all__ = ['JAVA17_OPENS', 'JavaNotFound', 'IgniteJarsMissing', 'PortBusy', 'IgniteStartFailed', 'IgniteUnavailable',
-           'java_major', 'LocalNode', 'store_page_size', 'node_config', 'job_python', 'java_command', 'node_pid',
-           'local_nodes', 'running_nodes', 'port_free', 'free_port', 'client_addresses', 'ignite_client', 'KeptClient',
-           'kept_client', 'sql_time', 'sql_ready', 'StartResult', 'start_local_node', 'stop_local_node',
-           'cluster_status']
+__all__ = ['JAVA17_OPENS', 'MASTER_KEY', 'STORE_PASSWORD_ENV', 'JavaNotFound', 'IgniteJarsMissing', 'PortBusy',
+           'IgniteStartFailed', 'IgniteUnavailable', 'java_major', 'LocalNode', 'SecretsError', 'ignite_password',
+           'admin_password', 'store_password', 'keytool', 'add_master_key', 'ensure_secrets', 'security_xml',
+           'client_options', 'store_page_size', 'node_config', 'job_python', 'java_command', 'node_pid', 'local_nodes',
+           'running_nodes', 'port_free', 'free_port', 'client_addresses', 'IgniteLoginFailed', 'ignite_client',
+           'KeptClient', 'kept_client', 'sql_time', 'sql_ready', 'ensure_users', 'StartResult', 'start_local_node',
+           'stop_local_node', 'cluster_status']
 
 # %% ../nbs/05_ignite.ipynb #42d7bc51
 class JavaNotFound(AlliediumError): "No usable `java` (JDK 17) to run the node."
@@ -82,6 +87,160 @@ class LocalNode:
     @property
     def communication_port(self): return self.settings.ignite_communication_port + self.index
 
+# %% ../nbs/05_ignite.ipynb #09c8afc4
+class SecretsError(AlliediumError): "A secret (password, keystore, certificate) is missing or cannot be made."
+
+@contextmanager
+def _secrets_lock(s:Settings):
+    "Hold `<secrets>/.lock`, so two processes never generate the same secret twice."
+    import fcntl
+    s.secrets_path.mkdir(parents=True, exist_ok=True); os.chmod(s.secrets_path, 0o700)
+    with open(s.secrets_path/'.lock', 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def _write_secret(path:Path, text:str):
+    "Write `text` to `path` (mode 0600), atomically."
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, 'w') as f: f.write(text)
+    os.replace(tmp, path)
+
+def _password(s:Settings, given:str, name:str, setting:str, create:bool) -> str:
+    "`given`, else the secret file `name` (generated when `create`)."
+    if given: return given
+    p = s.secrets_path/name
+    if not p.exists() and create:
+        import secrets
+        with _secrets_lock(s):
+            if not p.exists(): _write_secret(p, secrets.token_urlsafe(24))
+    try: return p.read_text().strip()
+    except FileNotFoundError: raise SecretsError(
+        f"no {p}: start the local node once (`alliedium ignite start` generates it) or set {setting}") from None
+
+def ignite_password(s:Settings, create:bool=False) -> str:
+    "Password of `ignite_user`."
+    return _password(s, s.ignite_password, 'ignite-password', 'ALLIEDIUM_IGNITE_PASSWORD', create)
+
+def admin_password(s:Settings, create:bool=False) -> str:
+    "Password of the `ignite` superuser (it manages users)."
+    return _password(s, s.ignite_admin_password, 'ignite-admin-password', 'ALLIEDIUM_IGNITE_ADMIN_PASSWORD', create)
+
+def store_password(s:Settings, create:bool=False) -> str:
+    "Password of the keystore, truststore and TDE keystore."
+    return _password(s, s.ignite_store_password, 'store-password', 'ALLIEDIUM_IGNITE_STORE_PASSWORD', create)
+
+@patch(as_prop=True)
+def keystore(self:Settings) -> Path: return Path(self.ignite_keystore or self.secrets_path/'node.p12')
+@patch(as_prop=True)
+def truststore(self:Settings) -> Path: return Path(self.ignite_truststore or self.secrets_path/'trust.p12')
+@patch(as_prop=True)
+def ca_file(self:Settings) -> Path: return Path(self.ignite_ca or self.secrets_path/'ca.pem')
+@patch(as_prop=True)
+def tde_keystore(self:Settings) -> Path: return Path(self.ignite_tde_keystore or self.secrets_path/'tde.p12')
+
+# %% ../nbs/05_ignite.ipynb #a3accb9b
+MASTER_KEY = 'ignite.master.key'  # the TDE master key's alias on a new store (KeystoreEncryptionSpi's default)
+
+def keytool(s:Settings) -> str:
+    "The JDK's `keytool` next to `s.java`, else the one on PATH."
+    exe = shutil.which(s.java)
+    near = Path(exe).resolve().parent/'keytool' if exe else None
+    if near and near.exists(): return str(near)
+    if shutil.which('keytool'): return 'keytool'
+    raise JavaNotFound("`keytool` not found: it comes with the JDK (apt-get install openjdk-17-jdk-headless)")
+
+def _keytool(s:Settings, *args:str, password:str):
+    "Run `keytool` with `args`; the store password goes in its environment, not on its command line."
+    r = subprocess.run([keytool(s), *args, '-storepass:env', 'ALLIEDIUM_KT_PASS'], capture_output=True, text=True,
+                       timeout=120, stdin=subprocess.DEVNULL, env={**os.environ, 'ALLIEDIUM_KT_PASS': password})
+    if r.returncode: raise SecretsError(f"keytool {args[0]} failed: {(r.stderr or r.stdout).strip()[-500:]}")
+
+def add_master_key(s:Settings, name:str):
+    "Add a new random AES-256 master key called `name` to the TDE keystore (created if missing)."
+    _keytool(s, '-genseckey', '-alias', name, '-keyalg', 'AES', '-keysize', '256', '-storetype', 'PKCS12',
+             '-keystore', str(s.tde_keystore), password=store_password(s, create=True))
+    os.chmod(s.tde_keystore, 0o600)
+
+def _node_certificate(s:Settings, pw:str):
+    "A new key pair and self-signed certificate (10 years) for the nodes; the CA file and truststore hold it."
+    san = ['ip:127.0.0.1', 'dns:localhost']
+    if s.ignite_host not in ('127.0.0.1', 'localhost', '0.0.0.0'):
+        san.append(('ip:' if re.fullmatch(r'[\d.]+|[0-9a-fA-F:]+', s.ignite_host) else 'dns:') + s.ignite_host)
+    _keytool(s, '-genkeypair', '-alias', 'node', '-keyalg', 'RSA', '-keysize', '2048', '-validity', '3650',
+             '-dname', 'CN=alliedium-ignite-node', '-ext', 'SAN=' + ','.join(san), '-storetype', 'PKCS12',
+             '-keystore', str(s.keystore), password=pw)
+    for f in (s.ca_file, s.truststore): f.unlink(missing_ok=True)  # a new key: a new certificate to trust
+    _keytool(s, '-exportcert', '-rfc', '-alias', 'node', '-keystore', str(s.keystore), '-file', str(s.ca_file),
+             password=pw)
+    _keytool(s, '-importcert', '-noprompt', '-alias', 'alliedium-node', '-file', str(s.ca_file),
+             '-storetype', 'PKCS12', '-keystore', str(s.truststore), password=pw)
+    for f in (s.keystore, s.ca_file, s.truststore): os.chmod(f, 0o600)
+
+def ensure_secrets(s:Settings) -> list[str]:
+    "Generate what the enabled security settings need and is neither given nor there yet; the files made."
+    if not s.ignite_secure: return []
+    s.secrets_path.mkdir(parents=True, exist_ok=True); os.chmod(s.secrets_path, 0o700)
+    before = set(os.listdir(s.secrets_path))
+    if s.ignite_auth: ignite_password(s, create=True); admin_password(s, create=True)
+    pw = store_password(s, create=True) if s.ignite_tls or s.ignite_tde else ''
+    with _secrets_lock(s):
+        if s.ignite_tls and not s.keystore.exists(): _node_certificate(s, pw)
+        for f, setting in ((s.ca_file, 'ALLIEDIUM_IGNITE_CA'), (s.truststore, 'ALLIEDIUM_IGNITE_TRUSTSTORE')):
+            if s.ignite_tls and not f.exists(): raise SecretsError(
+                f"{f} is missing while the keystore {s.keystore} is there: give it ({setting}) or remove the "
+                "keystore to have a new key pair generated")
+    if s.ignite_tde and not s.tde_keystore.exists():
+        with _secrets_lock(s):
+            if not s.tde_keystore.exists(): add_master_key(s, MASTER_KEY)
+    return sorted(set(os.listdir(s.secrets_path)) - before - {'.lock'})
+
+# %% ../nbs/05_ignite.ipynb #e8717fb0
+STORE_PASSWORD_ENV = 'ALLIEDIUM_IGNITE_STORE_PASSWORD'  # how the node's JVM gets the stores' password
+
+def _esc(v) -> str:
+    from xml.sax.saxutils import quoteattr
+    return quoteattr(str(v))
+
+def _ssl_factory(s:Settings) -> str:
+    pw = f"#{{systemEnvironment['{STORE_PASSWORD_ENV}']}}"
+    return ('<bean class="org.apache.ignite.ssl.SslContextFactory">'
+            f'<property name="keyStoreFilePath" value={_esc(s.keystore)}/>'
+            f'<property name="keyStorePassword" value="{pw}"/><property name="keyStoreType" value="PKCS12"/>'
+            f'<property name="trustStoreFilePath" value={_esc(s.truststore)}/>'
+            f'<property name="trustStorePassword" value="{pw}"/><property name="trustStoreType" value="PKCS12"/>'
+            '</bean>')
+
+def security_xml(s:Settings) -> tuple[str, str]:
+    "The node configuration's security properties and its client connector's SSL properties, per the settings."
+    props, client = [], ''
+    if s.ignite_auth: props.append('<property name="authenticationEnabled" value="true"/>')
+    if s.ignite_tls:
+        props.append(f'<property name="sslContextFactory">{_ssl_factory(s)}</property>')
+        client = ('        <property name="sslEnabled" value="true"/>\n'
+                  '        <property name="useIgniteSslContextFactory" value="true"/>')
+    if s.ignite_tde:
+        props.append('<property name="encryptionSpi"><bean '
+                     'class="org.apache.ignite.spi.encryption.keystore.KeystoreEncryptionSpi">'
+                     f'<property name="keyStorePath" value={_esc(s.tde_keystore)}/>'
+                     f'<property name="keyStorePassword" value="#{{systemEnvironment[\'{STORE_PASSWORD_ENV}\']}}"/>'
+                     '</bean></property>')
+    return '\n'.join('    ' + p for p in props), client
+
+def client_options(s:Settings) -> dict:
+    "`pyignite.Client` keyword arguments: credentials with `ignite_auth`, TLS verified by the CA with `ignite_tls`."
+    import ssl
+    kw = dict(use_ssl=s.ignite_tls)  # pyignite would turn TLS on by itself when given a password
+    if s.ignite_auth: kw.update(username=s.ignite_user, password=ignite_password(s))
+    if s.ignite_tls:
+        if not s.ca_file.exists(): raise SecretsError(
+            f"no CA certificate {s.ca_file} to verify the nodes with: start the local node once (it generates it) "
+            "or set ALLIEDIUM_IGNITE_CA to the cluster's")
+        kw.update(ssl_ca_certfile=str(s.ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED)  # pyignite's default: none
+    return kw
+
 # %% ../nbs/05_ignite.ipynb #dbee2b4d
 def store_page_size(node:LocalNode) -> int|None:
     "The page size `node`'s persistent store was created with; None when it has no store yet."
@@ -104,7 +263,7 @@ def node_config(node:LocalNode, nodes:int=1) -> str:
         discovery_addresses=addrs, data_region_mb=s.ignite_data_region_mb, failure_detection_ms=10000,
         page_size=store_page_size(node) or s.ignite_page_size,  # an existing store keeps its own page size
         # one node activates itself; several start INACTIVE and are activated once all joined (the baseline)
-        cluster_state='ACTIVE' if nodes == 1 else 'INACTIVE')
+        cluster_state='ACTIVE' if nodes == 1 else 'INACTIVE', **dict(zip(('security', 'client_ssl'), security_xml(s))))
 
 # %% ../nbs/05_ignite.ipynb #511fdf26
 def job_python(settings:Settings) -> str:
@@ -178,20 +337,33 @@ def client_addresses(settings:Settings) -> list[tuple[str,int]]:
     return addrs + [(settings.ignite_host, LocalNode(settings, i).client_port) for i in running_nodes(settings)
                     if i]
 
+class IgniteLoginFailed(AlliediumError):
+    "The cluster refused this client's user name or password."
+    exit_code = 3
+
+def _connected(s:Settings, addrs, timeout:float, **options) -> Client:
+    "A `Client` connected to `addrs` (the settings' credentials and TLS unless `options` override them)."
+    client, log = Client(timeout=timeout, **{**client_options(s), **options}), logging.getLogger('pyignite')
+    level = log.level; log.setLevel(logging.CRITICAL)  # pyignite logs a traceback per refused address
+    try: client.connect(addrs)
+    finally: log.setLevel(level)
+    return client
+
 @contextmanager
 def ignite_client(settings:Settings|None=None, timeout:float|None=None):
     "A connected `pyignite.Client`, closed on exit."
     s = settings or get_settings()
-    client, log = Client(timeout=timeout or s.ignite_timeout), logging.getLogger('pyignite')
-    level = log.level; log.setLevel(logging.CRITICAL)  # pyignite logs a traceback per refused address
     addrs = client_addresses(s)
-    try: client.connect(addrs)
+    try: client = _connected(s, addrs, timeout or s.ignite_timeout)
+    except AuthenticationError: raise IgniteLoginFailed(
+        f"Ignite refused the login of user {s.ignite_user!r}: set ALLIEDIUM_IGNITE_PASSWORD to its password "
+        f"(the local node's is in {s.secrets_path/'ignite-password'})") from None
     except (ReconnectError, HandshakeError, OSError) as e:
         where = ', '.join(f'{h}:{p}' for h, p in addrs)
         hint = ('check ALLIEDIUM_IGNITE_HOSTS' if s.external_cluster
                 else 'start the local node with `alliedium ignite start`')
+        if s.ignite_tls: hint += ' (the cluster speaks TLS? ALLIEDIUM_IGNITE_TLS and ALLIEDIUM_IGNITE_CA must match it)'
         raise IgniteUnavailable(f"no Ignite node answers at {where} ({e}): {hint}") from None
-    finally: log.setLevel(level)
     try: yield client
     finally: client.close()
 
@@ -239,6 +411,34 @@ def sql_ready(settings:Settings) -> bool:
             return list(c.sql('SELECT 1')) == [[1]]
     except (IgniteUnavailable, SQLError, ClusterError, CacheError, ReconnectError, OSError): return False
 
+# %% ../nbs/05_ignite.ipynb #8b413248
+def _sql_str(v:str) -> str: return "'" + v.replace("'", "''") + "'"
+
+def ensure_users(settings:Settings) -> bool:
+    "Authentication: the `ignite` superuser's password changed, `ignite_user` made; False while the node does not answer."
+    s = settings
+    admin, addrs = admin_password(s, create=True), s.ignite_addresses()
+    for pw in (admin, 'ignite'):  # the generated superuser password, else the default of a new store
+        try: c = _connected(s, addrs, 5, username='ignite', password=pw)
+        except AuthenticationError: continue
+        except (ReconnectError, HandshakeError, OSError): return False
+        try:
+            cluster = c.get_cluster()
+            if cluster.get_state() == ClusterState.INACTIVE: cluster.set_state(ClusterState.ACTIVE)
+            if pw != admin: c.sql(f'ALTER USER "ignite" WITH PASSWORD {_sql_str(admin)}')
+            user, upw = _sql_str(s.ignite_user).replace("'", '"'), _sql_str(ignite_password(s, create=True))
+            try: c.sql(f'CREATE USER {user} WITH PASSWORD {upw}')
+            except SQLError as e:
+                if 'exist' not in str(e).lower(): raise
+                c.sql(f'ALTER USER {user} WITH PASSWORD {upw}')  # the password may have been given anew
+            return True
+        except (SQLError, ClusterError, CacheError, ReconnectError, OSError): return False
+        finally: c.close()
+    raise IgniteStartFailed(
+        "the node refuses both the generated and the default password of its `ignite` superuser: set "
+        "ALLIEDIUM_IGNITE_ADMIN_PASSWORD to the one it has (or remove the store under "
+        f"{LocalNode(s).dir/'db'} to start afresh)")
+
 # %% ../nbs/05_ignite.ipynb #86c58580
 def _log_tail(path:Path, n:int=25) -> str:
     try: return '\n'.join(path.read_text(errors='replace').splitlines()[-n:])
@@ -261,9 +461,14 @@ def _check_can_start(node:LocalNode):
 def _launch(node:LocalNode, nodes:int=1) -> subprocess.Popen:
     "Write `node`'s config and start its JVM in the background, logging to its log file."
     node.dir.mkdir(parents=True, exist_ok=True)
+    ensure_secrets(node.settings)  # generated on first start, when the security settings need them
     node.config_path.write_text(node_config(node, nodes))
+    s = node.settings
+    # the node runs with these settings in its environment: its colocated jobs see them (secrets included)
+    env = {**os.environ, **s.as_env()}
+    if s.ignite_tls or s.ignite_tde: env[STORE_PASSWORD_ENV] = store_password(s)
     with open(node.log_path, 'ab') as log:
-        proc = subprocess.Popen(java_command(node), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(java_command(node), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, cwd=node.dir, start_new_session=True)
     node.pid_path.write_text(str(proc.pid))
     return proc
@@ -276,7 +481,7 @@ def _wait_ready(node:LocalNode, proc:subprocess.Popen, t0:float):
             node.pid_path.unlink(missing_ok=True)
             raise IgniteStartFailed(f"the Ignite node exited with code {proc.returncode} while starting; "
                                     f"last lines of {node.log_path}:\n{_log_tail(node.log_path)}")
-        if sql_ready(s): return
+        if (not s.ignite_auth or ensure_users(s)) and sql_ready(s): return
         time.sleep(0.5)
     _terminate(proc.pid, 10)
     node.pid_path.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from ..ignite import LocalNode, cluster_status, node_pid, running_nodes, start_l
 from ..schema import ensure_schema
 
 # %% auto #0
-__all__ = ['ignite_start', 'ignite_stop', 'print_status', 'ignite_status', 'schema']
+__all__ = ['ignite_start', 'ignite_stop', 'print_status', 'ignite_status', 'ignite_rotate_master_key', 'schema']
 
 # %% ../../nbs/90_commands/91_ignite.ipynb #ed9f29b6
 @ignite_app.command('start')
@@ -28,9 +28,14 @@ def ignite_start(nodes: Annotated[int, typer.Option('--nodes', min=1, help="serv
     pids = ', '.join(map(str, r.pids)) or r.pid
     if r.already_running: console.print(f"{what} already running (pid {pids}); nothing to do.")
     else: console.print(f"{what} started in {r.seconds:.1f}s (pid {pids}, log {r.log}).")
-    v = ensure_schema()
+    s = get_settings()
+    if s.ignite_secure:
+        on = ', '.join(w for w, b in (('authentication', s.ignite_auth), ('TLS', s.ignite_tls), ('TDE', s.ignite_tde)) if b)
+        console.print(f"Security: {on}; secrets in {s.secrets_path} (generated on first start, mode 0600)")
+    v = ensure_schema(progress=console.print)
     migrated = f" (migrated from {v['before']})." if v['before'] != v['after'] else "."
     console.print(f"Schema {v['after']} ready" + migrated)
+    if v['encrypted']: console.print(f"Encrypted {len(v['encrypted'])} table(s), rows kept: {', '.join(v['encrypted'])}")
 
 @ignite_app.command('stop')
 def ignite_stop():
@@ -58,6 +63,15 @@ def ignite_status(as_json: bool = typer.Option(False, '--json', help="print JSON
     st = cluster_status()
     if as_json: print(json.dumps(st, indent=2))
     else: print_status(st)
+
+# %% ../../nbs/90_commands/91_ignite.ipynb #a0542514
+@ignite_app.command('rotate-master-key')
+def ignite_rotate_master_key(name: Annotated[str|None, typer.Option(
+        '--name', help="a key already in every server's TDE keystore (default: a new one in the local keystore)")] = None):
+    "TDE: switch the cluster to a new master key (the tables' keys are re-encrypted with it)."
+    from alliedium.thick import rotate_master_key
+    r = rotate_master_key(name=name)
+    console.print(f"TDE master key is now {r['after']} (was {r['before']}).")
 
 # %% ../../nbs/90_commands/91_ignite.ipynb #6d231f4a
 @app.command('schema')

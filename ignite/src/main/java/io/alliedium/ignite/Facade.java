@@ -94,6 +94,20 @@ public class Facade {
         return n == null ? null : String.valueOf(n.consistentId());
     }
 
+    /**
+     * TDE: make `name` the master key (null: leave it) on a server node, which rolls it out cluster-wide;
+     * the master key name in use afterwards.
+     */
+    public String masterKey(String name, long timeoutMs) {
+        return ignite.compute(ignite.cluster().forServers().forRandom()).withTimeout(timeoutMs).call(new MasterKeyJob(name));
+    }
+
+    /** A checkpoint on every server node, waited for; the nodes' consistent ids. */
+    public String checkpoint(long timeoutMs) {
+        return String.valueOf(ignite.compute(ignite.cluster().forServers()).withTimeout(timeoutMs)
+            .broadcast(new CheckpointJob()));
+    }
+
     public String submitNoop(String cache, String tenant, long timeoutMs) {
         return submit(cache, tenant, new NoopJob(), timeoutMs, timeoutMs);
     }

@@ -18,6 +18,7 @@ import org.apache.ignite.configuration.IgniteConfiguration;
 import org.apache.ignite.spi.communication.tcp.TcpCommunicationSpi;
 import org.apache.ignite.spi.discovery.tcp.TcpDiscoverySpi;
 import org.apache.ignite.spi.discovery.tcp.ipfinder.vm.TcpDiscoveryVmIpFinder;
+import org.apache.ignite.ssl.SslContextFactory;
 
 import py4j.GatewayServer;
 
@@ -28,8 +29,10 @@ import py4j.GatewayServer;
  * or on {@link Facade#shutdown()}.
  *
  * Arguments: --name N --host H --discovery host:port,... --communication-port P --work-dir D
- *            --ready-file F --join-timeout-ms T --no-servers-ms T. The py4j auth token comes in the
- * environment variable ALLIEDIUM_GATEWAY_TOKEN (not on the command line, which other users can read).
+ *            --ready-file F --join-timeout-ms T --no-servers-ms T [--keystore P12 --truststore P12] [--auth true]. The py4j auth
+ * token comes in the environment variable ALLIEDIUM_GATEWAY_TOKEN, the stores' password (with --keystore: TLS on
+ * discovery and communication, as the servers have it) in ALLIEDIUM_IGNITE_STORE_PASSWORD: not on the command
+ * line, which other users can read.
  */
 public final class Gateway {
     private Gateway() { }
@@ -55,7 +58,23 @@ public final class Gateway {
         comm.setLocalAddress(host);
         comm.setLocalPort(Integer.parseInt(o.getOrDefault("communication-port", "47100")));
         comm.setLocalPortRange(100);
-        return new IgniteConfiguration()
+        IgniteConfiguration cfg = new IgniteConfiguration();
+        if (o.containsKey("keystore")) {  // the servers speak TLS on discovery and communication: so does this node
+            String pw = System.getenv("ALLIEDIUM_IGNITE_STORE_PASSWORD");
+            if (pw == null) throw new IllegalArgumentException("--keystore needs ALLIEDIUM_IGNITE_STORE_PASSWORD");
+            SslContextFactory ssl = new SslContextFactory();
+            ssl.setKeyStoreFilePath(o.get("keystore"));
+            ssl.setKeyStorePassword(pw.toCharArray());
+            ssl.setKeyStoreType("PKCS12");
+            ssl.setTrustStoreFilePath(o.get("truststore"));
+            ssl.setTrustStorePassword(pw.toCharArray());
+            ssl.setTrustStoreType("PKCS12");
+            cfg.setSslContextFactory(ssl);
+        }
+        // the servers' authentication: a node joins only with it on too (the built-in authentication logs in
+        // thin clients; nodes prove themselves with the TLS certificate the servers trust)
+        if ("true".equals(o.get("auth"))) cfg.setAuthenticationEnabled(true);
+        return cfg
             .setIgniteInstanceName(o.getOrDefault("name", "alliedium-gateway"))
             .setClientMode(true)
             .setPeerClassLoadingEnabled(false)  // must match the servers; job classes are on their classpath

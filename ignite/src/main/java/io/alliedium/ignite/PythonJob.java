@@ -12,6 +12,8 @@ import java.util.Comparator;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Pattern;
 import java.util.stream.Stream;
@@ -30,13 +32,22 @@ import org.apache.ignite.resources.IgniteInstanceResource;
  * The child runs `alliedium.thick.job_main`, which prints one line `ALLIEDIUM_JOB_RESULT <json>`.
  * The Python is the node's system property `alliedium.python` (set by `alliedium ignite start`), else
  * the environment variable ALLIEDIUM_JOB_PYTHON, else `python3`; the working directory is `alliedium.home`.
- * The child talks to Ignite through this node's own thin-client port unless the caller says otherwise.
+ * The entry point must be one of {@link #ENTRIES}; the caller's environment variables are added to the node's
+ * own only when allowed ({@link #ENV_NAMES}, {@link #ENV_PREFIXES}: never LD_PRELOAD, PYTHON*, the Ignite
+ * address or credentials), else the job is refused. The child talks to Ignite through this node's own
+ * thin-client port, always; it inherits the node's environment (its ALLIEDIUM_* settings and secrets).
  * A job that outlives its timeout, is cancelled, or whose caller leaves the cluster has its process tree killed.
  */
 public class PythonJob implements IgniteCallable<String>, ComputeJobMasterLeaveAware {
     private static final long serialVersionUID = 1L;
     static final String RESULT_PREFIX = "ALLIEDIUM_JOB_RESULT ";
-    static final Pattern ENTRY = Pattern.compile("^alliedium(\\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$");
+    /** The only entry points a caller may run (alliedium.thick.JOB_ENTRIES is the same list). */
+    static final Set<String> ENTRIES = Set.of("alliedium.training:train_tenant", "alliedium.thick:probe_job");
+    /** Environment variables a caller may set for the child, by name or prefix (alliedium.thick.JOB_ENV_*). */
+    static final Set<String> ENV_NAMES = Set.of("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TZ",
+                                                "LANG", "LC_ALL");
+    static final List<String> ENV_PREFIXES = List.of("ALLIEDIUM_TRAIN_", "ALLIEDIUM_ASSIGNEE_", "ALLIEDIUM_PROMOTE_");
+    private static final Pattern ENV_VALUE = Pattern.compile("[^\\x00]{0,4096}");
     private static final String BOOT = "import sys; from alliedium.thick import job_main; sys.exit(job_main(sys.argv[1:]))";
     private static final int STDERR_TAIL = 4000;
 
@@ -74,8 +85,12 @@ public class PythonJob implements IgniteCallable<String>, ComputeJobMasterLeaveA
 
     @Override public String call() throws Exception {
         String node = String.valueOf(ignite.cluster().localNode().consistentId());
-        if (!ENTRY.matcher(entry).matches())
-            return Json.error("BadEntry", "entry point " + entry + " is not alliedium.<module>:<function>", node);
+        if (!ENTRIES.contains(entry))
+            return Json.error("BadEntry", "entry point " + entry + " is not one of " + new TreeSet<>(ENTRIES), node);
+        for (Map.Entry<String, String> e : env.entrySet())
+            if (!envAllowed(e.getKey()) || e.getValue() == null || !ENV_VALUE.matcher(e.getValue()).matches())
+                return Json.error("BadEnv", "environment variable " + e.getKey() + " may not be set for a job (allowed: "
+                    + new TreeSet<>(ENV_NAMES) + " and names starting with " + ENV_PREFIXES + ")", node);
         long t0 = System.nanoTime();
         Path work = Paths.get(ignite.configuration().getWorkDirectory(), "alliedium-jobs");
         Files.createDirectories(work);
@@ -88,8 +103,9 @@ public class PythonJob implements IgniteCallable<String>, ComputeJobMasterLeaveA
                 .redirectOutput(dir.resolve("stdout").toFile())
                 .redirectError(dir.resolve("stderr").toFile());
             pb.environment().putAll(env);
-            String thin = thinClientAddress();
-            if (thin != null && !env.containsKey("ALLIEDIUM_IGNITE_HOSTS")) pb.environment().put("ALLIEDIUM_IGNITE_HOSTS", thin);
+            String thin = thinClientAddress();  // always this node's own: a caller cannot point the job elsewhere
+            if (thin != null) pb.environment().put("ALLIEDIUM_IGNITE_HOSTS", thin);
+            else pb.environment().remove("ALLIEDIUM_IGNITE_HOSTS");
             try { proc = pb.start(); }
             catch (IOException e) {
                 return Json.error("PythonNotFound", "cannot start " + python() + " on node " + node + ": " + e.getMessage()
@@ -116,6 +132,13 @@ public class PythonJob implements IgniteCallable<String>, ComputeJobMasterLeaveA
             try (Stream<Path> s = Files.walk(dir)) { s.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete()); }
             catch (IOException ignored) { }
         }
+    }
+
+    static boolean envAllowed(String name) {
+        if (name == null) return false;
+        if (ENV_NAMES.contains(name)) return true;
+        for (String p : ENV_PREFIXES) if (name.startsWith(p) && name.length() > p.length()) return true;
+        return false;
     }
 
     static void kill(Process p) {
