@@ -28,13 +28,6 @@ IGNITE_PORTS = {10800, 47500, 47100}
 RAY_OPERATOR_PORTS = {8265, 52365}
 
 
-def load_render():
-    spec = importlib.util.spec_from_file_location('k8s_render', K8S/'render.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def load_docs(root: Path = K8S) -> list[dict]:
     "Every object of every manifest under `root`, each with `_file` (its path relative to `root`)."
     docs = []
@@ -209,12 +202,31 @@ def resource_problems(docs) -> list[str]:
     return out
 
 
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f'k8s_{name}', K8S/f'{name}.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_render(): return load_script('render')
+
+
 def secret_keys() -> set[str]:
     "The Secret's keys: the file names alliedium's settings read under ALLIEDIUM_SECRETS_DIR."
     import alliedium.ignite  # noqa: F401  (it adds the secrets' paths to Settings)
     s = Settings(secrets_dir='/s')
     files = {p.name for p in (s.keystore, s.truststore, s.ca_file, s.tde_keystore)}
-    return files | {'ignite-password', 'ignite-admin-password', 'store-password'}
+    server_keys = {f'{n}.key' for n in load_script('make_secrets').SERVER_KEYS}
+    return files | server_keys | {'ignite-password', 'ignite-admin-password', 'store-password'}
+
+
+# the Secret's keys each kind of pod needs (the Ignite pods mount the whole Secret)
+NEEDS = {
+    'alliedium-serve': {'ignite-password', 'ca.pem', 'artifact.key', 'webhook.key'},  # serving, online training
+    'alliedium-retrain': {'ignite-password', 'ca.pem', 'artifact.key'},  # writes signed artifacts
+    'alliedium-ignite-init': {'ignite-password', 'ignite-admin-password', 'ca.pem'},  # creates the user
+}
 
 
 _SECRETISH = re.compile(r'PASSWORD|TOKEN|PRIVATE|CREDENTIAL', re.I)
@@ -243,6 +255,10 @@ def secret_problems(docs) -> list[str]:
             if ref and (ref['name'] != SECRET or ref['key'] not in keys):
                 out.append(f"{where} {c['name']}: env {e['name']} reads {ref['name']}/{ref['key']}, "
                            f"not one of {SECRET}'s keys {sorted(keys)}")
+        mounted = {it['key'] for v in spec.get('volumes', []) if v.get('secret') for it in v['secret'].get('items', [])}
+        app = next((pod_labels(t, e).get('app.kubernetes.io/name') for w, e, t in pod_templates(docs) if w == where), None)
+        if app in NEEDS and NEEDS[app] - mounted:
+            out.append(f"{where}: mounts no {sorted(NEEDS[app] - mounted)} of {SECRET}")
         for v in spec.get('volumes', []):
             sec = v.get('secret')
             if not sec: continue
@@ -547,6 +563,10 @@ def test_a_committed_secret_value_is_caught(docs):
     assert secret_problems(_broken(docs, 'StatefulSet', 'alliedium-ignite', wrong_key))
     def in_settings(d): d['data']['ALLIEDIUM_IGNITE_PASSWORD'] = 'hunter2'
     assert secret_problems(_broken(docs, 'ConfigMap', 'alliedium-settings', in_settings))
+    def no_artifact_key(d):
+        items = d['spec']['rayClusterConfig']['workerGroupSpecs'][0]['template']['spec']['volumes'][0]['secret']['items']
+        items[:] = [i for i in items if i['key'] != 'artifact.key']
+    assert any('artifact.key' in p for p in secret_problems(_broken(docs, 'RayService', 'alliedium-serve', no_artifact_key)))
 
 
 def test_an_opened_port_is_caught(docs):
@@ -580,9 +600,10 @@ def test_a_stale_node_config_is_caught(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_secret_keys_are_the_files_alliedium_generates(tmp_path):
-    """The Secret's keys the manifests mount are exactly the files `ensure_secrets` writes with authentication, TLS
-    and TDE on (what deploy/k8s/README.md has the user create the Secret from)."""
-    from alliedium.ignite import ensure_secrets
-    s = Settings(secrets_dir=tmp_path/'secrets', ignite_auth=True, ignite_tls=True, ignite_tde=True)
-    made = set(ensure_secrets(s))
+    """The Secret's keys the manifests use are exactly the files deploy/k8s/make_secrets.py writes (what the README
+    has the user create the Secret from): `ensure_secrets` with authentication, TLS and TDE on, and every server key."""
+    made = set(load_script('make_secrets').generate(tmp_path/'secrets'))
     assert made == secret_keys(), made
+    called = set()
+    for f in (ROOT/'alliedium').rglob('*.py'): called |= set(re.findall(r"server_key\('(\w+)'", f.read_text()))
+    assert called and called <= set(load_script('make_secrets').SERVER_KEYS), called
