@@ -271,22 +271,29 @@ def _logistic(cal:dict, cos:np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(cal['a'] * np.asarray(cos, np.float64) + cal['b'])))
 
 def fit_duplicates(index:KnnIndex, # the older tickets
-                   X:sp.csr_matrix, # the newer tickets' rows
+                   X:sp.csr_matrix, # the newer tickets' rows (in creation order)
                    held:pd.DataFrame, # the newer tickets (`resolution` when known)
-                   min_positives:int=5) -> dict|None:
-    "The logistic map cosine -> P(resolved as Duplicate) and the threshold of best F1 (None without labels)."
+                   min_positives:int=5, target_precision:float=0.5) -> dict|None:
+    "The logistic map cosine -> P(resolved as Duplicate) and the tenant's threshold (None without labels)."
     from sklearn.linear_model import LogisticRegression
     if 'resolution' not in held or index.n == 0 or not len(held): return None
     y = (held['resolution'] == 'Duplicate').to_numpy()
     if y.sum() < min_positives or (~y).sum() < min_positives: return None
-    top = index.similarities(X, weighted=False).max(1)
+    # each ticket's best cosine among the older ones and those of `held` filed before it (as serving learns them)
+    H = np.tril((X @ X.T).toarray(), -1)
+    top = np.maximum(index.similarities(X, weighted=False).max(1), H.max(1))
     lr = LogisticRegression(C=100).fit(top[:, None], y)
+    if lr.coef_[0, 0] <= 0: return None  # no more duplicates at a higher cosine: nothing to calibrate
     cal = dict(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]), calibrated=True, n=int(len(y)),
                positives=int(y.sum()))
     p = _logistic(cal, top)
-    grid = np.unique(np.quantile(p, np.linspace(0.5, 1, 51)))
-    f1 = [2 * (y & (p >= t)).sum() / max((p >= t).sum() + y.sum(), 1) for t in grid]
-    return {**cal, 'threshold': float(grid[int(np.argmax(f1))])}
+    # the lowest threshold whose held-out precision reaches the target (>= 5 answers); else the most precise one
+    grid = np.unique(p)[::-1]
+    prec = [(y[p >= t].mean(), (p >= t).sum()) for t in grid]
+    ok = [t for t, (pr, m) in zip(grid, prec) if m >= min_positives and pr >= target_precision]
+    if ok: return {**cal, 'threshold': float(min(ok))}
+    best = max(((pr, t) for t, (pr, m) in zip(grid, prec) if m >= min_positives), default=(0, grid[0]))
+    return {**cal, 'threshold': float(best[1])}
 
 class LiveTickets:
     "Tickets learnt after an index was built: their rows (the index's encoder) and what `similar` shows of them."
