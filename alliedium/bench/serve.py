@@ -15,8 +15,8 @@ from ..serving.api import settings_overrides
 from ..serving.runtime import http_json, load_app, start_ray, stop_service
 
 # %% auto #0
-__all__ = ['sample_issues', 'triage_body', 'clone_models', 'bench_tenants', 'cold_loads', 'promotion_seconds', 'bench_serve_run',
-           'bench_table']
+__all__ = ['GUARD', 'sample_issues', 'triage_body', 'clone_models', 'bench_tenants', 'cold_loads', 'webhook_runs',
+           'protection_ratios', 'promotion_seconds', 'bench_serve_run', 'bench_table']
 
 # %% ../../nbs/70_bench/74_serve.ipynb #6663e135
 def sample_issues(project:str='Zookeeper', n:int=50, settings:Settings|None=None) -> list[dict]:
@@ -63,13 +63,13 @@ def clone_models(src:str, dst:str, s:Settings,
 # %% ../../nbs/70_bench/74_serve.ipynb #2c351be3
 def bench_tenants(n:int, s:Settings) -> dict[str, str]:
     "`n` benchmark tenants with models: tenant -> a fresh API key."
-    from alliedium.tenants import create_api_key, create_tenant, tenant_exists
+    from alliedium.tenants import create_tenant, rotate_keys, tenant_exists
     sources = [_trained_source('bench-serve-zookeeper', 'Zookeeper', s),
                _trained_source('bench-serve-storm', 'Storm', s)]
     keys, loaded = {}, {}  # the sources' models are loaded once for every clone
     for i in range(n):
         t = f'bench-serve-{i:03d}'
-        keys[t] = create_api_key(t, settings=s) if tenant_exists(t, s) else create_tenant(t, settings=s)
+        keys[t] = rotate_keys(t, 0, s)[0] if tenant_exists(t, s) else create_tenant(t, settings=s)  # old keys retired
         clone_models(sources[i % 2], t, s, loaded)
     return keys
 
@@ -79,6 +79,32 @@ def cold_loads(tenants:list[str], s:Settings) -> dict:
     from alliedium.serving.api import TenantSlot
     lat = [TenantSlot(t, s).load_seconds for t in tenants]
     return stats(lat, sum(lat))
+
+# %% ../../nbs/70_bench/74_serve.ipynb #c3f4fd8d
+GUARD = dict(rate_key_per_second=1e6, rate_key_burst=10**9, rate_address_per_second=1e6, rate_address_burst=10**9)
+
+def webhook_runs(issues:list[dict], n:int, s:Settings) -> dict[str, list]:
+    "`n` webhook deliveries each to a tenant with a webhook secret (signed) and to one without (its Bearer key)."
+    from alliedium.tenants import create_tenant, new_webhook_secret, rotate_keys, tenant_exists, webhook_signature
+    signed, keyed = 'bench-serve-webhook-signed', 'bench-serve-webhook-key'
+    keys = {t: rotate_keys(t, 0, s)[0] if tenant_exists(t, s) else create_tenant(t, settings=s) for t in (signed, keyed)}
+    secret = new_webhook_secret(signed, s)
+    events = [{'webhookEvent': 'jira:issue_updated', 'issue': i} for i in issues]
+    # the load generator sends json.dumps(body): the signature is of those bytes
+    sign = lambda ev: {'X-Hub-Signature': webhook_signature(secret, json.dumps(ev).encode())}
+    return {'webhook, signed': [(f'/v1/tenants/{signed}/webhooks/jira', sign(ev), ev)
+                                for ev in itertools.islice(itertools.cycle(events), n)],
+            'webhook, protections off': [(f'/off/v1/tenants/{keyed}/webhooks/jira',
+                                          {'Authorization': f'Bearer {keys[keyed]}'}, ev)
+                                         for ev in itertools.islice(itertools.cycle(events), n)]}
+
+def protection_ratios(out:dict) -> dict[str, float]:
+    "CPU per request with issue 16's protections on over off, at each concurrency (triage) and for webhooks."
+    pairs = [(k, k.replace('triage c=', 'triage, protections off c=')) for k in out if re.fullmatch(r'triage c=\d+', k)]
+    pairs.append(('webhook, signed c=8', 'webhook, protections off c=8'))
+    return {f"protections on/off, CPU per request: {on.removesuffix(' c=8') if 'webhook' in on else on}":
+            out[on]['cpu_ms'] / out[off]['cpu_ms'] for on, off in pairs
+            if out.get(on, {}).get('cpu_ms') and out.get(off, {}).get('cpu_ms')}
 
 # %% ../../nbs/70_bench/74_serve.ipynb #c5922081
 def promotion_seconds(url:str, tenant:str, key:str, issue:dict, s:Settings, prefix:str='',
@@ -100,15 +126,21 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
     from ray import serve
     s = settings or get_settings()
     keys = bench_tenants(tenants, s)
-    names, issues = list(keys), [triage_body(i) for i in sample_issues(n=50, settings=s)]
+    issues_raw = sample_issues(n=50, settings=s)
+    names, issues = list(keys), [triage_body(i) for i in issues_raw]
     triage_req = lambda ts, n, prefix='': [
         (f'{prefix}/v1/tenants/{t}/triage', {'Authorization': f'Bearer {keys[t]}'}, issues[i % len(issues)])
         for i, t in zip(range(n), itertools.cycle(ts))]
     out = dict(cold_load=cold_loads(names[:min(cold, len(names))], s))
+    hooks = webhook_runs(issues_raw, requests, s)
     start_ray(s)
     serve.start(http_options=dict(host='127.0.0.1', port=s.serve_port))
     cores = os.cpu_count() or 1  # models in the ingress: one ingress process per core
     variants = {'triage': '', f'triage, models in ingress x{cores}': '/in-ingress'}
+    # issue 16's protections on (limits high enough that none triggers: their checking is what is measured), and
+    # the same app with them off (no rate limits; webhooks with a Bearer key instead of a signature)
+    guarded = {**settings_overrides(s), **GUARD}
+    plain = {**settings_overrides(s), 'rate_key_per_second': 0, 'rate_address_per_second': 0}
     # name -> (replicas, route): the baseline, and the same in as many replicas as that ingress
     echoes = {'echo': (1, '/echo')}
     if cores > 1: echoes[f'echo x{cores}'] = (cores, f'/echo-x{cores}')
@@ -117,19 +149,23 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
             echo_settings = {**settings_overrides(s), 'serve_ingress_replicas': n}
             serve.run(load_app('serve.app:build_echo', dict(settings=echo_settings), s),
                       name=route[1:], route_prefix=route)
-        serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s),
-                  name='triage', route_prefix='/')
-        in_ingress = {**settings_overrides(s), 'serve_models_in_ingress': True, 'serve_ingress_replicas': cores}
+        serve.run(load_app('serve.app:build_app', dict(settings=guarded), s), name='triage', route_prefix='/')
+        serve.run(load_app('serve.app:build_app', dict(settings=plain), s), name='triage-off', route_prefix='/off')
+        in_ingress = {**guarded, 'serve_models_in_ingress': True, 'serve_ingress_replicas': cores}
         serve.run(load_app('serve.app:build_app', dict(settings=in_ingress), s),
                   name='triage-in-ingress', route_prefix='/in-ingress')
         url, warm = f'http://127.0.0.1:{s.serve_port}', names[:8]
         for _, route in echoes.values(): load(url, [(route, {}, issues[0])] * 20, 4)  # warm-up: connections, models
-        for prefix in variants.values(): load(url, triage_req(warm, 40, prefix), 4)
+        for prefix in [*variants.values(), '/off']: load(url, triage_req(warm, 40, prefix), 4)
+        for reqs in hooks.values(): load(url, reqs[:50], 4)  # every event stored once: the runs find them unchanged
         for c in levels:  # echo and triage alternate in `rounds` slices of their requests
             runs = {name: [(route, {}, issues[i % len(issues)]) for i in range(requests)]
                     for name, (_, route) in echoes.items()}
             runs.update({name: triage_req(warm, requests, prefix) for name, prefix in variants.items()})
+            runs['triage, protections off'] = triage_req(warm, requests, '/off')
             out.update({f'{name} c={c}': st for name, st in load_interleaved(url, runs, c, rounds).items()})
+        out.update({f'{name} c=8': st for name, st in load_interleaved(url, hooks, 8, rounds).items()})
+        out.update(protection_ratios(out))
         # promotion first, while the tenant's models are warm (polled, not reloaded by churn)
         for name, prefix in variants.items():
             out[f'{name}: promotion served after (s)'] = promotion_seconds(url, warm[0], keys[warm[0]], issues[0], s,
@@ -148,7 +184,9 @@ def bench_table(out:dict, s:Settings) -> Table:
         e = out.get(f"{echo} c={k.split('c=')[-1]}", {}).get('rps')
         return f"{out[k]['rps'] / e:.2f}x" if e and k.startswith('triage') and ':' not in k else ''
     for k, v in out.items():
-        if not isinstance(v, dict): t.add_row(k, '', '', '', f"{v:.2f} s", '', '', '', ''); continue
+        if not isinstance(v, dict):
+            if 'on/off' in k: t.add_row(k, '', '', '', '', '', f"{v:.2f}x", '', ''); continue
+            t.add_row(k, '', '', '', f"{v:.2f} s", '', '', '', ''); continue
         same = re.search(r' (x\d+) c=', k)  # triage in N ingress replicas, against echo in N replicas
         cpu = f"{v['cpu_ms']:.1f}" if v.get('cpu_ms') is not None and k != 'cold_load' else ''
         rps = f"{v['rps']:.0f}" if k != 'cold_load' else ''
@@ -158,6 +196,6 @@ def bench_table(out:dict, s:Settings) -> Table:
                  f"generator too). triage/echo: against the one-replica echo (the target's ratio); vs echo xN: against "
                  f"echo in as many replicas as that triage's ingress (what Serve's extra replicas cost is then on both "
                  f"sides). targets: triage >= 0.8x echo at c=8; warm p99 at c=1 <= 30 ms; cold load p99 <= 100 ms; "
-                 f"a promotion served within 5 s; "
+                 f"a promotion served within 5 s; protections on/off (rate limits, signed webhooks) <= 1.3x CPU per request; "
                  f"<= {s.serve_models_per_replica} models per replica (ALLIEDIUM_SERVE_MODELS_PER_REPLICA)")
     return t

@@ -20,13 +20,14 @@ from ..config import AlliediumError, Settings, get_settings
 from ..ignite import ignite_client
 
 # %% auto #0
-__all__ = ['HTTP_STATUS', 'JiraTime', 'TRAIN_TASKS', 'MAX_BODY_DEPTH', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge',
-           'http_status', 'without_addresses', 'AsciiJSON', 'http_error', 'Named', 'Person', 'WebhookFields',
-           'IssueFields', 'JiraIssue', 'Scored', 'AssigneeScored', 'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer',
-           'TriageAnswer', 'BatchRequest', 'BatchError', 'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest',
-           'Job', 'not_too_deep', 'triage_issue', 'bearer_key', 'KeyCache', 'authorize', 'FutureEvent',
-           'check_event_times', 'parse_webhook', 'webhook_auth', 'TenantSlot', 'poll_promotions', 'run_training_job',
-           'ServingBackend', 'LocalBackend', 'ignite_health', 'BodyLimit', 'RateLimit', 'HealthCheck',
+__all__ = ['HTTP_STATUS', 'JiraTime', 'TRAIN_TASKS', 'MAX_BODY_DEPTH', 'LOAD_FAILURES_CACHE', 'LOAD_RETRY_SECONDS',
+           'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'http_status', 'without_addresses', 'AsciiJSON',
+           'http_error', 'Named', 'Person', 'WebhookFields', 'IssueFields', 'JiraIssue', 'Scored', 'AssigneeScored',
+           'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer', 'TriageAnswer', 'BatchRequest', 'BatchError',
+           'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest', 'Job', 'not_too_deep', 'triage_issue',
+           'bearer_key', 'KeyCache', 'authorize', 'FutureEvent', 'check_event_times', 'parse_webhook', 'webhook_auth',
+           'TenantSlot', 'poll_promotions', 'run_training_job', 'ServingBackend', 'LocalBackend', 'ignite_health',
+           'record_load_failure', 'clear_load_failure', 'model_load_health', 'BodyLimit', 'RateLimit', 'HealthCheck',
            'tenant_model_versions', 'LaunchFailed', 'BatchTooLarge', 'catch_up_tickets', 'batch_item', 'make_api',
            'AppArgs', 'settings_overrides']
 
@@ -40,7 +41,7 @@ class BodyTooLarge(AlliediumError): "The request body is over the configured lim
 HTTP_STATUS = {  # error class name -> status; the first match along the class's MRO wins
     'Unauthorized': 401, 'Forbidden': 403, 'JobNotFound': 404, 'UnknownTenant': 404, 'BodyTooLarge': 413,
     'NoModelYet': 409, 'ArtifactRefused': 409, 'TrainingRunning': 409, 'NotEnoughHistory': 409, 'TenantExists': 409,
-    'JiraError': 422, 'InvalidTenantId': 422, 'RequestValidationError': 422,
+    'JiraError': 422, 'InvalidTenantId': 422, 'RequestValidationError': 422, 'FutureEvent': 422,
     'IgniteUnavailable': 503, 'LaunchFailed': 503, 'ReconnectError': 503, 'HandshakeError': 503,
     'ConfigError': 500, 'AlliediumError': 400}
 
@@ -168,6 +169,7 @@ class TriageAnswer(BaseModel):
     model_config = ConfigDict(extra='allow')
     tenant: str
     versions: dict[str, int]  # task -> model version that answered
+    versions_failed: dict[str, dict]|None = None  # task -> {version, serving, error}: promoted, failed to load
     assignee: list[AssigneeScored] = []
     components: list[Scored] = []
     labels: list[Scored] = []
@@ -385,6 +387,7 @@ class TenantSlot:
         t0 = time.perf_counter()
         self.models = load_tenant_models(tenant, self.settings)
         self.load_seconds, self.checked = time.perf_counter() - t0, time.monotonic()
+        self.failed: dict[str, dict] = {}  # task -> a promoted version that failed to load (the older one answers)
 
     @property
     def versions(self) -> dict[str, int]: return dict(self.models.versions)
@@ -401,19 +404,35 @@ class TenantSlot:
         if not new:  # no active version any more (the tenant erased): hold nothing of it
             self.models = TenantModels(self.tenant, {}, {}); return True
         if set(new) != set(old): self.models = load_tenant_models(self.tenant, self.settings); return True
-        models, metrics = dict(self.models.models), dict(self.models.metrics)
+        models, metrics, served = dict(self.models.models), dict(self.models.metrics), dict(new)
         for task in (t for t, v in new.items() if v != old[t]):
-            _, models[task], metrics[task] = load_model(self.tenant, task, new[task], self.settings)
-        self.models = TenantModels(self.tenant, models, new, metrics)
+            if (f := self.failed.get(task)) and f['version'] == new[task] and time.monotonic() < f['retry']:
+                served[task] = old[task]; continue  # failed a moment ago: not every poll round
+            try: _, models[task], metrics[task] = load_model(self.tenant, task, new[task], self.settings)
+            except Exception as e:  # said in /healthz and in the answers, while the older version answers
+                if http_status(e) == 503: raise  # Ignite away: not the model's fault
+                served[task] = old[task]
+                self.failed[task] = {**record_load_failure(self.tenant, task, new[task], old[task], e, self.settings),
+                                     'retry': time.monotonic() + LOAD_RETRY_SECONDS}
+            else:
+                if self.failed.pop(task, None): clear_load_failure(self.tenant, task, new[task], self.settings)
+        if served == old: return False
+        self.models = TenantModels(self.tenant, models, served, metrics)
         return True
+
+    def _not_loaded(self) -> dict:
+        "`versions_failed` for an answer: promoted versions that failed to load, while an older one answers."
+        failed = {t: {k: f[k] for k in ('version', 'serving', 'error')} for t, f in self.failed.items()
+                  if f['version'] != self.models.versions.get(t)}
+        return {'versions_failed': failed} if failed else {}
 
     def triage(self, issue:dict) -> dict:
         "The models' answer for one Jira issue (`{'fields': {...}}`)."
-        return {'tenant': self.tenant, **self.models.triage(issue)}
+        return {'tenant': self.tenant, **self.models.triage(issue), **self._not_loaded()}
 
     def triage_many(self, issues:list[dict]) -> list[dict]:
         "The models' answers for several issues, in order (one prediction per model over all of them)."
-        return [{'tenant': self.tenant, **a} for a in self.models.triage_many(issues)]
+        return [{'tenant': self.tenant, **a, **self._not_loaded()} for a in self.models.triage_many(issues)]
 
 # %% ../../nbs/60_serving/60_api.ipynb #266f0714
 async def _poll_round(held:dict, log=None):
@@ -507,6 +526,49 @@ def ignite_health(settings:Settings|None=None) -> dict:
         return dict(ok=ok, ms=round(1000*(time.perf_counter() - t0), 1))
     except Exception as e: return dict(ok=False, detail=without_addresses(str(e)))
 
+# %% ../../nbs/60_serving/60_api.ipynb #c8ca4bc1
+LOAD_FAILURES_CACHE = 'ALLIEDIUM_LOAD_FAILURES'  # Ignite key-value cache: 'tenant/task/version' -> why it failed
+LOAD_RETRY_SECONDS = 60.0  # a replica tries a version that failed to load again after this long
+
+def _failures(client, s:Settings):
+    from pyignite.datatypes.cache_config import CacheAtomicityMode
+    from pyignite.datatypes.prop_codes import PROP_BACKUPS_NUMBER, PROP_CACHE_ATOMICITY_MODE, PROP_NAME
+    return client.get_or_create_cache({PROP_NAME: LOAD_FAILURES_CACHE, PROP_BACKUPS_NUMBER: s.ignite_backups,
+                                       PROP_CACHE_ATOMICITY_MODE: CacheAtomicityMode.TRANSACTIONAL})
+
+def record_load_failure(tenant:str, task:str, version:int, serving:int|None, error:BaseException,
+                        settings:Settings|None=None) -> dict:
+    "Say (in Ignite, best effort) that `version` of a tenant's task failed to load; the entry."
+    s, e = settings or get_settings(), _cause(error)
+    entry = dict(tenant=tenant, task=task, version=version, serving=serving, error=type(e).__name__,
+                 detail=without_addresses(str(e))[:300], since=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+    try:
+        with ignite_client(s) as c: _failures(c, s).put(f'{tenant}/{task}/{version}', json.dumps(entry))
+    except Exception: pass  # the replica's own answers still say it
+    return entry
+
+def clear_load_failure(tenant:str, task:str, version:int, settings:Settings|None=None) -> None:
+    "Forget a load failure (the version loaded after all; best effort)."
+    s = settings or get_settings()
+    try:
+        with ignite_client(s) as c: _failures(c, s).remove_key(f'{tenant}/{task}/{version}')
+    except Exception: pass
+
+def model_load_health(settings:Settings|None=None) -> dict:
+    "Active model versions some replica failed to load: `{ok, failed: [...]}` (superseded entries forgotten)."
+    from alliedium.registry import active_versions_of
+    s = settings or get_settings()
+    try:
+        with ignite_client(s, timeout=min(s.ignite_timeout, 3)) as c:
+            cache = _failures(c, s)
+            entries = {k: json.loads(v) for k, v in cache.scan()}
+            active = active_versions_of(sorted({e['tenant'] for e in entries.values()}), s, client=c) if entries else {}
+            gone = [k for k, e in entries.items() if active.get(e['tenant'], {}).get(e['task']) != e['version']]
+            if gone: cache.remove_keys(gone)
+    except Exception as e: return dict(ok=None, detail=without_addresses(str(e)))  # Ignite's own entry says why
+    failed = sorted((e for k, e in entries.items() if k not in gone), key=lambda e: (e['tenant'], e['task']))
+    return dict(ok=not failed, failed=failed)
+
 # %% ../../nbs/60_serving/60_api.ipynb #ee4f972f
 class BodyLimit:
     "ASGI middleware answering 413 to a request body over `max_bytes`."
@@ -581,10 +643,12 @@ class HealthCheck:
             if self.last is None or time.monotonic() - self.last[0] >= self.s.serve_health_cache_seconds:
                 ig, sv = await asyncio.to_thread(ignite_health, self.s), await self.backend.serve_status()
                 if 'detail' in sv: sv = {**sv, 'detail': without_addresses(str(sv['detail']))}
-                self.last = (time.monotonic(), ig, sv)
-        _, ig, sv = self.last
+                models = await asyncio.to_thread(model_load_health, self.s) if ig['ok'] else dict(ok=None)
+                self.last = (time.monotonic(), ig, sv, models)
+        _, ig, sv, models = self.last
         ok = ig['ok'] and sv.get('status') == 'RUNNING'
-        body = dict(status='ok' if ok else 'degraded', ignite=ig, serve=sv, version=alliedium.__version__)
+        body = dict(status='ok' if ok and models['ok'] is not False else 'degraded', ignite=ig, serve=sv,
+                    models=models, version=alliedium.__version__)
         headers = {} if ok else {'Retry-After': str(self.s.serve_retry_after)}
         return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
 
