@@ -191,6 +191,48 @@ def rayservice_problems(docs, version=K8S_VERSIONS[0]) -> list[str]:
     return out
 
 
+def _cpus(q) -> float:
+    q = str(q)
+    return float(q[:-1]) / 1000 if q.endswith('m') else float(q)
+
+
+def app_deployments(docs) -> list[tuple[str, int, float]]:
+    """(name, num_replicas, num_cpus) of every deployment serveConfigV2's applications build in the Ray pods: the
+    import path's builder (alliedium.serving.runtime.load_app) with the pods' settings (alliedium-settings)."""
+    from alliedium.serving.runtime import load_app
+    serve = yaml.safe_load(find(docs, 'RayService')[0]['spec']['serveConfigV2'])
+    env = find(docs, 'ConfigMap', 'alliedium-settings')[0]['data']
+    pod = {k.removeprefix('ALLIEDIUM_').lower(): v for k, v in env.items()}
+    out = []
+    for app in serve['applications']:
+        args = app.get('args') or {}
+        todo = [load_app(app['import_path'], {**args, 'settings': {**pod, **args.get('settings', {})}})]
+        while todo:
+            d = todo.pop()._bound_deployment
+            out.append((d.name, d.num_replicas, (d.ray_actor_options or {}).get('num_cpus', 1)))
+            todo += [a for a in (*d.init_args, *d.init_kwargs.values()) if hasattr(a, '_bound_deployment')]
+    return out
+
+
+def serve_fit_problems(docs) -> list[str]:
+    "The deployments' replicas (and one online training) fit on the minimum number of workers; none on the head."
+    out, rc = [], find(docs, 'RayService')[0]['spec']['rayClusterConfig']
+    if rc['headGroupSpec'].get('rayStartParams', {}).get('num-cpus') != '0':
+        out.append("the head offers CPUs: replicas could land on it")
+    workers = [(g.get('minReplicas', g.get('replicas', 0)),
+                _cpus(g['template']['spec']['containers'][0]['resources']['limits']['cpu']))
+               for g in rc.get('workerGroupSpecs', [])]
+    capacity, biggest = sum(n * c for n, c in workers), max((c for _, c in workers), default=0)
+    deps = app_deployments(docs)
+    env = find(docs, 'ConfigMap', 'alliedium-settings')[0]['data']
+    train = Settings(**{k.removeprefix('ALLIEDIUM_').lower(): v for k, v in env.items()}).serve_train_cpus
+    need = sum(n * c for _, n, c in deps) + train
+    if need > capacity: out.append(f"deployments {deps} and a training need {need} CPUs; the workers have {capacity}")
+    for nm, _, c in deps:
+        if c > biggest: out.append(f"a {nm} replica needs {c} CPUs; a worker has {biggest}")
+    return out
+
+
 def resource_problems(docs) -> list[str]:
     out = []
     for where, c, _ in containers(docs):
@@ -413,6 +455,12 @@ def test_builtin_kinds_validate(docs, version):
 def test_rayservice(docs): assert rayservice_problems(docs) == []
 
 
+def test_serve_deployments_fit_the_ray_workers(docs):
+    deps = app_deployments(docs)
+    assert {nm for nm, _, _ in deps} == {'TriageAPI', 'ModelPool'}, deps
+    assert serve_fit_problems(docs) == []
+
+
 def test_every_container_has_requests_and_limits(docs): assert resource_problems(docs) == []
 
 
@@ -545,6 +593,12 @@ def test_a_rayservice_breakage_is_caught(docs):
     for what, change in cases.items():
         problems = rayservice_problems(_broken(docs, 'RayService', 'alliedium-serve', change))
         assert problems, f"a RayService with a broken {what} passed"
+
+
+def test_deployments_that_do_not_fit_are_caught(docs):
+    def many(d): d['data']['ALLIEDIUM_SERVE_MODEL_REPLICAS'] = '12'
+    problems = serve_fit_problems(_broken(docs, 'ConfigMap', 'alliedium-settings', many))
+    assert any('CPUs' in p for p in problems), problems
 
 
 def test_a_container_without_limits_is_caught(docs):
