@@ -90,7 +90,8 @@ def test_a_webhook_ticket_is_similar_before_any_retrain(api, backend, trained):
     text = 'Quorum peer spins forever on a corrupted snapshot file of four gigabytes'
     assert all(s['key'] != 'ZOOKEEPER-77777' for s in triage(api, t, key, {'fields': {'summary': text}})['similar'])
     ev = {'webhookEvent': 'jira:issue_created', 'issue': {'key': 'ZOOKEEPER-77777', 'fields': {
-        'summary': text, 'created': '2031-01-01T00:00:00.000+0000', 'updated': '2031-01-01T00:00:00.000+0000',
+        # (newer than every sample ticket, but not in the future: the API refuses events from the future)
+        'summary': text, 'created': '2026-01-01T00:00:00.000+0000', 'updated': '2026-01-01T00:00:00.000+0000',
         'status': {'name': 'Open'}}}}
     assert api.post(f'/v1/tenants/{t}/webhooks/jira', json=ev, headers=bearer(key)).status_code == 200
     backend.slots[t].checked = float('-inf')   # the next request is past the poll interval

@@ -17,7 +17,7 @@ from ..jira import jira_file
 from ..registry import loadable_active
 from ..schema import SCHEMA
 from ..serving.runtime import ServeFailed, curl_line, http_json, serve_background
-from ..tenants import TenantExists, create_api_key, create_tenant, tenant_exists
+from ..tenants import TenantExists, create_tenant, rotate_keys, tenant_exists
 
 # %% auto #0
 __all__ = ['DEMO_TENANTS', 'demo_data', 'serve_demo', 'demo']
@@ -41,8 +41,8 @@ def demo_data():
 
 # %% ../../nbs/90_commands/98_demo.ipynb #6e5b8c9c
 def _demo_tenant(tenant:str, project:str, s:Settings) -> str:
-    "A demo tenant with the sample's tickets; a fresh API key for it."
-    key = create_api_key(tenant, settings=s) if tenant_exists(tenant, s) else create_tenant(tenant, settings=s)
+    "A demo tenant with the sample's tickets; a fresh API key for it (its older keys retire after the grace period)."
+    key = rotate_keys(tenant, settings=s)[0] if tenant_exists(tenant, s) else create_tenant(tenant, settings=s)
     with ignite_client(s) as c:
         (n,), = c.sql(f'SELECT COUNT(*) FROM {SCHEMA}.TICKET WHERE tenant_id = ?', query_args=[tenant])
     if not n: ingest_files(tenant, [jira_file(project, s)], settings=s)
