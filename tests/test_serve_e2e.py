@@ -151,3 +151,47 @@ def test_models_held_by_the_ingress(serve_url, ignite):
             print(f"\nmodels in the ingress: promoted version served after {secs:.2f}s")
             assert secs < 60   # inf when the new version was never answered
     finally: serve.delete('in-ingress')
+
+
+def test_a_promoted_model_that_fails_to_load_is_said(service, ignite):
+    """A promoted version whose artifact is refused: the older one answers, naming it in `versions_failed`; every
+    replica's /healthz says degraded with tenant, task and version (no address); promoting back clears it."""
+    import re
+    from alliedium.ignite import ignite_client
+    from alliedium.ingest import ingest_files
+    from alliedium.jira import sample_dir
+    from alliedium.registry import load_model, promote, register_model
+    from alliedium.training import train_tenant
+    t = f'e2e-bad-{uuid.uuid4().hex[:6]}'
+    key = create_tenant(t, settings=ignite)
+    ingest_files(t, [sample_dir(ignite)/'Zookeeper.jsonl.gz'], settings=ignite)
+    train_tenant(t, tasks=['priority'], settings=ignite)
+    issue = {'fields': {'summary': 'Leader election hangs after a network partition', 'issuetype': {'name': 'Bug'}}}
+    r = service.post(f'/v1/tenants/{t}/triage', json=issue, headers=bearer(key))
+    assert r.status_code == 200 and 'versions_failed' not in r.json(), r.text
+    good = r.json()['versions']['priority']
+    _, model, metrics = load_model(t, 'priority', settings=ignite)
+    bad = register_model(t, 'priority', model, metrics, settings=ignite)
+    with ignite_client(ignite) as c:  # its stored signature no longer matches: the registry refuses to load it
+        c.sql("UPDATE ALLIEDIUM.MODEL SET format = CONCAT(format, '0') WHERE tenant_id = ? AND task = 'priority' "
+              "AND version = ?", query_args=[t, bad])
+    promote(t, 'priority', bad, settings=ignite)
+    for _ in range(240):
+        ans = service.post(f'/v1/tenants/{t}/triage', json=issue, headers=bearer(key))
+        assert ans.status_code == 200, ans.text
+        if 'versions_failed' in ans.json(): break
+        time.sleep(0.25)
+    ans = ans.json()
+    assert ans['versions']['priority'] == good, ans  # the older version answered ...
+    assert ans['versions_failed'] == {'priority': {'version': bad, 'serving': good, 'error': 'ArtifactRefused'}}, ans
+    time.sleep(1.1)  # past the /healthz cache
+    h = service.get('/healthz')
+    assert h.status_code == 200 and h.json()['status'] == 'degraded', h.text
+    [mine] = [f for f in h.json()['models']['failed'] if f['tenant'] == t]
+    assert (mine['task'], mine['version'], mine['serving'], mine['error']) == ('priority', bad, good, 'ArtifactRefused')
+    assert 'signature' in mine['detail'], mine  # its only free text, without addresses:
+    assert not re.search(r'\d+\.\d+\.\d+\.\d+|localhost|[a-z]:\d{2,5}\b', mine['detail']), mine
+    promote(t, 'priority', good, settings=ignite)  # back to the version that loads
+    time.sleep(1.1)
+    h = service.get('/healthz').json()
+    assert not [f for f in h['models']['failed'] if f['tenant'] == t], h
