@@ -230,3 +230,27 @@ def test_migration_moves_unencrypted_tables_into_encrypted_ones(tmp_path):
         assert ensure_schema(secure)['encrypted'] == []
     finally:
         stop_local_node(secure)
+
+
+def test_run_records_and_executed_retrain_notebooks_hold_no_ticket_text(ignite):
+    "A real retrain (papermill) of a real tenant: neither its executed notebook nor its RUN row shows a ticket."
+    import itertools
+    from alliedium.ingest import ingest_tickets
+    from alliedium.jira import Ticket, jira_file, read_issues
+    from alliedium.retrain import retrain
+    from alliedium.runs import get_run
+    from alliedium.tenants import create_tenant
+    tenant = f'rec-{uuid.uuid4().hex[:8]}'
+    create_tenant(tenant, settings=ignite)
+    tickets = [t for t in itertools.islice(read_issues(jira_file('Storm'), tenant), 260) if isinstance(t, Ticket)]
+    ingest_tickets(tenant, tickets, ignite)
+    [r] = retrain([tenant], jobs=1, settings=ignite, progress=False)
+    assert r.notebook and Path(r.notebook).exists()
+    texts = {'notebook': Path(r.notebook).read_text(), 'run': json.dumps(get_run(r.run_id, ignite), default=str)}
+    from alliedium.retrain import notebook_result
+    assert notebook_result(r.notebook)['tickets'] == len(tickets)  # it ran on them
+    for where, text in texts.items():
+        shown = [t.issue_key for t in tickets if f'"{t.issue_key}"' in text or f"'{t.issue_key}'" in text
+                 or f' {t.issue_key} ' in text or f'>{t.issue_key}<' in text]
+        shown += [t.summary for t in tickets if len(t.summary) > 20 and t.summary in text]
+        assert shown == [], f"the {where} shows ticket text: {shown[:3]}"

@@ -17,7 +17,7 @@ from ..tenants import create_tenant, tenant_exists
 
 # %% auto #0
 __all__ = ['parse_only', 'reset_tenant', 'warm_up', 'node_cpu_seconds', 'stored_count', 'bench_file', 'bench_report',
-           'default_data']
+           'default_data', 'bench_security', 'security_report']
 
 # %% ../../nbs/70_bench/72_ingest.ipynb #faf36634
 def parse_only(path:Path) -> tuple[int, float]:
@@ -101,3 +101,47 @@ def bench_report(r:dict) -> str:
 def default_data() -> Path:
     "The folder of Jira dumps to ingest: ../shared's eight projects, else the bundled sample."
     return shared_dir() if shared_dir().is_dir() else sample_dir()
+
+# %% ../../nbs/70_bench/72_ingest.ipynb #04353abb
+def bench_security(path:Path, warmup:int=1, progress:Callable[[str], None]|None=None) -> dict:
+    "`bench_file` of `path` on a node with security off, then on one with authentication, TLS and TDE on."
+    import tempfile
+    from ..config import reload_settings
+    from ..ignite import free_port, start_local_node, stop_local_node
+    from ..schema import ensure_schema
+    say, out = progress or (lambda msg: None), {}
+    saved = dict(os.environ)
+    try:
+        for mode in ('off', 'on'):
+            with tempfile.TemporaryDirectory(prefix=f'alliedium-bench-security-{mode}-') as d:
+                flag = 'true' if mode == 'on' else 'false'
+                os.environ.update(ALLIEDIUM_VAR_DIR=d, ALLIEDIUM_IGNITE_HOSTS='', ALLIEDIUM_SECRETS_DIR=f'{d}/secrets',
+                                  ALLIEDIUM_IGNITE_CLIENT_PORT=str(free_port()),
+                                  ALLIEDIUM_IGNITE_DISCOVERY_PORT=str(free_port()),
+                                  ALLIEDIUM_IGNITE_COMMUNICATION_PORT=str(free_port()),
+                                  ALLIEDIUM_IGNITE_AUTH=flag, ALLIEDIUM_IGNITE_TLS=flag, ALLIEDIUM_IGNITE_TDE=flag)
+                s = reload_settings()
+                say(f"security {mode}: starting a node of its own in {d}")
+                start_local_node(s)
+                try:
+                    ensure_schema(s)
+                    warm_up(path, rounds=warmup)
+                    out[mode] = bench_file(path, f"bench-security-{mode}")
+                    say(f"security {mode}: first ingest {out[mode]['ingest_s']:.2f}s")
+                finally: stop_local_node(s)
+    finally:
+        os.environ.clear(); os.environ.update(saved)
+        reload_settings()
+    on, off = out['on'], out['off']
+    cpu = (round(on['node_cpu_s'] / off['node_cpu_s'], 2)
+           if on.get('node_cpu_s') and off.get('node_cpu_s') else None)
+    return dict(file=path.name, off=off, on=on, ingest_ratio=round(on['ingest_s'] / off['ingest_s'], 2),
+                reingest_ratio=round(on['reingest_s'] / off['reingest_s'], 2), node_cpu_ratio=cpu)
+
+def security_report(r:dict) -> str:
+    "`bench_security`'s result as lines, with the goal."
+    cpu = f"; the node's CPU {r['node_cpu_ratio']}x" if r['node_cpu_ratio'] is not None else ''
+    return (f"{r['file']}, security off -> on (authentication + TLS + TDE): first ingest {r['off']['ingest_s']:.2f}s "
+            f"-> {r['on']['ingest_s']:.2f}s = {r['ingest_ratio']}x (goal <= 1.3x: "
+            f"{'met' if r['ingest_ratio'] <= 1.3 else 'MISSED'}); re-ingest {r['off']['reingest_s']:.2f}s -> "
+            f"{r['on']['reingest_s']:.2f}s = {r['reingest_ratio']}x" + cpu)

@@ -33,13 +33,22 @@ def bench_ingest(file: str = typer.Option('Hive', help="project file name (witho
                                                                      "tenant, checking row counts"),
                  warmup: int = typer.Option(3, '--warmup', min=0, help="untimed ingests of the file into a scratch "
                                             "tenant first (JIT warm-up of the node); 0 measures a cold node"),
-                 as_json: bool = typer.Option(False, '--json', help="print JSON")):
+                 as_json: bool = typer.Option(False, '--json', help="print JSON"),
+                 security: bool = typer.Option(False, '--security', help="instead: the file on two nodes of their "
+                                               "own, security (authentication, TLS, TDE) off then on; the ratio")):
     "Ingestion speed against parse-only, first and repeated; row counts against the files."
-    ensure_schema()
     data = data or default_data()
     path = data/f'{file}.jsonl.gz'
     if not path.is_file():
         raise AlliediumError(f"{path} not found: pass --data with a folder of <Project>.jsonl.gz files, or --file")
+    if security:
+        from alliedium.bench.ingest import bench_security, security_report
+        r = bench_security(path, warmup, None if as_json else lambda m: console.print(m, highlight=False))
+        if as_json: print(json.dumps(r, indent=2))
+        else: console.print(bench_report(r['off']) + '\n' + bench_report(r['on']) + '\n' + security_report(r),
+                            highlight=False)
+        return
+    ensure_schema()
     paths = sorted(data.glob('*.jsonl.gz')) if all_files else [path]
     said = lambda i, s: None if as_json else console.print(
         f"warm-up {i}/{warmup} (not in the figures): {path.name} ingested into a scratch tenant in {s.seconds:.2f}s",
