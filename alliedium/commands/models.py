@@ -14,7 +14,8 @@ from .app import app, console
 from ..config import AlliediumError
 
 # %% auto #0
-__all__ = ['models_app', 'NoTickets', 'train', 'evaluate', 'models_list', 'models_promote', 'models_rollback']
+__all__ = ['models_app', 'NoTickets', 'train', 'evaluate', 'triage_file', 'triage', 'models_list', 'models_promote',
+           'models_rollback']
 
 # %% ../../nbs/90_commands/93_models.ipynb #e4069874
 class NoTickets(AlliediumError):
@@ -65,15 +66,23 @@ def train(tenant: str = typer.Option(..., help="tenant id"),
 def evaluate(tenant: str = typer.Option(..., help="tenant id"),
              data: list[Path] = typer.Option(None, help="Jira dump file(s) to evaluate instead of the tenant's "
                                                         "tickets in Ignite"),
-             task: list[str] = typer.Option(None, help="task (repeat; default: all)"),
+             task: list[str] = typer.Option(None, help="task or 'duplicates' (repeat; default: all)"),
              rolling: bool = typer.Option(False, help="also the last 12 months, each trained on everything before it"),
              cv: bool = typer.Option(False, '--cv', help="also stratified 5-fold and nested CV (priority C)"),
              as_json: bool = typer.Option(False, '--json', help="print JSON")):
-    "Temporal-split metrics of a tenant (oldest 80% trains, newest 20% tests)."
+    "Temporal-split metrics of a tenant (oldest 80% trains, newest 20% tests); `duplicates` on its Jira links."
     from alliedium import evaluation as ev
-    df = _tickets(tenant, data)
-    temporal = ev.evaluate_tenant(df, task or None, params={'assignee': {'top_k': 10}})
+    from alliedium.duplicates import evaluate_duplicates, file_raws, ignite_raws
+    if data: df, raws = file_raws(data, tenant)
+    else: df = _tickets(tenant, None)
+    if not len(df): raise NoTickets(f"no tickets in {', '.join(map(str, data))}")
+    models_tasks = [t for t in task or [] if t != 'duplicates']
+    temporal = ev.evaluate_tenant(df, models_tasks or None, params={'assignee': {'top_k': 10}}) \
+        if models_tasks or not task else {}
     r = dict(tenant=tenant, tickets=len(df), temporal=temporal)
+    if not task or 'duplicates' in task:
+        with console.status(f"duplicates of {tenant} ..."):
+            r['duplicates'] = evaluate_duplicates(df, raws if data else ignite_raws(tenant))
     if rolling: r['rolling'] = ev.evaluate_rolling(df, task or None)
     if cv:
         r['cv'] = {t: ev.cross_validate(df, t, 5) for t in (task or ['priority'])}
@@ -84,7 +93,82 @@ def evaluate(tenant: str = typer.Option(..., help="tenant id"),
         if k in ev.PRIMARY:
             for name, v in m.items():
                 if isinstance(v, float): t.add_row(k, name, f"{v:.3f}")
+    if d := r.get('duplicates'):
+        f = lambda v: '' if v is None else f"{v:.3f}"
+        for name, v in [('linked test tickets', str(d['linked'])), ('recall@1', f(d['recall_at_1'])),
+                        ('recall@5', f(d['recall_at_5'])), ('TF-IDF recall@5', f(d['tfidf']['recall_at_5'])),
+                        ('threshold', f(d['duplicates']['threshold'])),
+                        ('precision at threshold', f(d['duplicates']['precision'])),
+                        ('recall at threshold', f(d['duplicates']['recall']))]: t.add_row('duplicates', name, v)
     console.print(t)
+
+# %% ../../nbs/90_commands/93_models.ipynb #58489b65
+def _issue(t) -> dict:
+    "A stored-shape ticket as the Jira issue a triage reads (the fields known at filing)."
+    f = dict(summary=t.summary or '(no summary)', description=t.description,
+             created=t.created_at.strftime('%Y-%m-%dT%H:%M:%S.000+0000'),
+             components=[dict(name=c) for c in t.components])  # labels: a target, not sent
+    if t.reporter: f['reporter'] = dict(name=t.reporter)
+    if t.issue_type: f['issuetype'] = dict(name=t.issue_type)
+    return dict(key=t.issue_key, fields=f)
+
+def _row(t, a:dict) -> dict:
+    "One triaged ticket as a flat row (CSV, table)."
+    top = (a.get('assignee') or [{}])[0]
+    return dict(key=t.issue_key, summary=t.summary, rank_score=a.get('rank_score'),
+                priority=(a.get('priority') or {}).get('label'), assignee=top.get('name'),
+                assignee_score=top.get('score'),
+                why='; '.join(top.get('why') or []), abstain=a.get('abstain'),
+                components=', '.join(c['name'] for c in a.get('components') or []),
+                labels=', '.join(c['name'] for c in a.get('labels') or []),
+                duplicates=', '.join(d['key'] for d in a.get('duplicates') or []),
+                similar=', '.join(s['key'] for s in a.get('similar') or []))
+
+def triage_file(tenant:str, path:Path, batch:int=100, progress=None) -> tuple[list[dict], int]:
+    "Every ticket of a Jira file triaged with the tenant's active models, highest `rank_score` first; (rows, rejected)."
+    from alliedium.ignite import ignite_client
+    from alliedium.jira import Ticket, read_issues
+    from alliedium.models.triage import load_tenant_models
+    tm = load_tenant_models(tenant)
+    with ignite_client() as c: tm.catch_up(c)   # `similar` knows the tickets ingested since training
+    items = list(read_issues(path, tenant))
+    tickets = [t for t in items if isinstance(t, Ticket)]
+    rows = []
+    for i in range(0, len(tickets), batch):
+        part = tickets[i:i + batch]
+        rows += [dict(_row(t, a), answer=a) for t, a in zip(part, tm.triage_many([_issue(t) for t in part]))]
+        if progress: progress(len(part))
+    rows.sort(key=lambda r: -(r['rank_score'] if r['rank_score'] is not None else -1))
+    return rows, len(items) - len(tickets)
+
+@app.command('triage')
+def triage(file: Path = typer.Argument(..., help="Jira issues: REST JSON, search page, JSONL(.gz) or CSV export"),
+           tenant: str = typer.Option(..., help="tenant id"),
+           out: Path = typer.Option(None, help="write every ticket to this .csv or .json (JSON: the full answers)"),
+           show: int = typer.Option(20, help="rows printed (highest rank_score first)"),
+           batch: int = typer.Option(100, help="issues predicted together")):
+    "Triage a backlog with the tenant's active models: sorted by rank_score, with assignee why and duplicates."
+    from rich.progress import Progress
+    if not file.exists(): raise typer.BadParameter(f"no file {file}")
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"triaging {file.name}", total=None)
+        rows, rejected = triage_file(tenant, file, batch, lambda n: bar.advance(task, n))
+    if out is not None:
+        if out.suffix.lower() == '.json': out.write_text(json.dumps([r['answer'] | {'key': r['key']} for r in rows],
+                                                                   indent=1, default=str))
+        else:
+            import csv
+            with open(out, 'w', newline='') as f:
+                w = csv.DictWriter(f, [k for k in rows[0] if k != 'answer'] if rows else ['key'])
+                w.writeheader(); w.writerows({k: v for k, v in r.items() if k != 'answer'} for r in rows)
+    t = Table('key', 'rank', 'priority', 'assignee (why)', 'components', 'duplicates', 'summary')
+    for r in rows[:show]:
+        t.add_row(r['key'], '' if r['rank_score'] is None else f"{r['rank_score']:.3f}", r['priority'] or '',
+                  f"{r['assignee'] or '-'}" + (f" ({r['why']})" if r['why'] else ''), r['components'], r['duplicates'],
+                  (r['summary'] or '')[:60])
+    console.print(t)
+    console.print(f"{len(rows)} tickets triaged" + (f", {rejected} records not usable" if rejected else '') +
+                  (f"; all written to {out}" if out else ''))
 
 # %% ../../nbs/90_commands/93_models.ipynb #3195a730
 models_app = typer.Typer(help="Registered model versions: list, promote, roll back.", no_args_is_help=True)
