@@ -656,8 +656,15 @@ def test_a_stale_node_config_is_caught(tmp_path):
 def test_secret_keys_are_the_files_alliedium_generates(tmp_path):
     """The Secret's keys the manifests use are exactly the files deploy/k8s/make_secrets.py writes (what the README
     has the user create the Secret from): `ensure_secrets` with authentication, TLS and TDE on, and every server key."""
-    made = set(load_script('make_secrets').generate(tmp_path/'secrets'))
+    r = subprocess.run([sys.executable, str(K8S/'make_secrets.py'), str(tmp_path/'secrets')], capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    made = {p.name for p in (tmp_path/'secrets').iterdir()}
     assert made == secret_keys(), made
+    assert 'kubectl -n NAMESPACE create secret generic alliedium-ignite-secrets' in r.stdout
+    r = subprocess.run([sys.executable, str(K8S/'make_secrets.py'), str(tmp_path/'secrets')], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and 'not empty' in r.stderr, "existing secrets must never be overwritten"
     called = set()
     for f in (ROOT/'alliedium').rglob('*.py'): called |= set(re.findall(r"server_key\('(\w+)'", f.read_text()))
     assert called and called <= set(load_script('make_secrets').SERVER_KEYS), called
