@@ -1,6 +1,6 @@
 """Generate the files of the Secret alliedium-ignite-secrets, as a secured local node makes its own.
 
-    .venv/bin/python deploy/k8s/make_secrets.py k8s-secrets     # then the kubectl command it prints
+    S=$(mktemp -d)/secrets && .venv/bin/python deploy/k8s/make_secrets.py $S   # then the kubectl command it prints
 
 Into an empty folder: the Ignite passwords, the nodes' keystore and truststore, the CA certificate the thin
 clients verify the nodes with and the TDE master key (`alliedium.ignite.ensure_secrets` with authentication, TLS
