@@ -1,0 +1,159 @@
+"""Issue 20: the suggestion log, outcomes joined from webhooks and ingests, and live quality, against the session's
+real Ignite node and a tenant trained on Storm's older tickets (the replay bar: live = offline within 0.01)."""
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from alliedium.feedback import SuggestionLog, feedback_rows, live_quality, prune_feedback, suggestion_log
+from alliedium.ignite import ignite_client
+from alliedium.ingest import ingest_tickets, ingest_webhook
+from alliedium.jira import parse_issue
+from alliedium.schema import SCHEMA
+from alliedium.serving.api import LocalBackend, make_api
+from alliedium.tenants import create_api_key
+
+T0 = '2024-01-02T03:04:05.000+0000'
+
+
+@pytest.fixture(scope='module')
+def replayed(ignite):
+    "Storm's newest 20% replayed through the API after training on the rest (`alliedium bench replay`)."
+    from alliedium.bench.replay import bench_replay
+    return bench_replay('Storm', 0.2, settings=ignite)
+
+
+@pytest.fixture(scope='module')
+def api(ignite):
+    "The API in this process, its suggestion log written before each answer (sync)."
+    return TestClient(make_api(LocalBackend(ignite.model_copy(update=dict(feedback_log='sync')))))
+
+
+def test_replay_live_quality_equals_the_offline_evaluation(replayed):
+    r = replayed
+    print({k: r[k] for k in ('older', 'newest', 'offline', 'live', 'diff_top1', 'diff_top3', 'triage_p50_ms')})
+    assert r['errors'] == [] and r['triages'] == r['newest'] == r['live']['suggested']
+    assert r['live']['outcomes'] == r['offline']['n_test'] > 100  # every assigned replayed ticket has its outcome
+    assert r['diff_top1'] <= 0.01 and r['diff_top3'] <= 0.01
+    assert abs(r['live']['answered_precision'] - r['offline']['accuracy_at_threshold']) <= 0.01
+
+
+def test_quality_endpoint_answers_per_task_and_version_beside_offline(replayed, api, ignite):
+    tenant = replayed['tenant']
+    key = create_api_key(tenant, ignite)
+    r = api.get(f'/v1/tenants/{tenant}/quality', headers={'Authorization': f'Bearer {key}'})
+    assert r.status_code == 200, r.text
+    tasks = {x['task']: x for x in r.json()['tasks']}
+    assert set(tasks) == {'assignee', 'components', 'labels', 'priority'}
+    a = tasks['assignee']
+    assert a['live']['top1'] == pytest.approx(replayed['live']['top1']) and 'top1' in a['offline']
+    assert sum(p['suggested'] for p in a['series']) == a['live']['suggested']
+    assert a['live']['verdicts']['accepted'] + a['live']['verdicts']['top_k'] + a['live']['verdicts']['overridden'] \
+        == a['live']['outcomes']
+    # the newest ones only: none served in the future
+    r = api.get(f'/v1/tenants/{tenant}/quality?since=2999-01-01&task=assignee&period=day',
+                headers={'Authorization': f'Bearer {key}'})
+    assert r.status_code == 200 and r.json()['tasks'] == []
+
+
+def test_quality_refuses_without_key_other_key_and_bad_queries(replayed, api, ignite, tenant):
+    other = create_api_key(tenant, ignite)
+    q = f"/v1/tenants/{replayed['tenant']}/quality"
+    key = create_api_key(replayed['tenant'], ignite)
+    auth = {'Authorization': f'Bearer {key}'}
+    assert api.get(q).status_code == 401
+    assert api.get(q, headers={'Authorization': f'Bearer {other}'}).status_code == 403
+    r = api.get(q + '?since=yesterday', headers=auth)
+    assert r.status_code == 400 and 'ISO 8601' in r.json()['detail']
+    assert api.get(q + '?task=owner', headers=auth).status_code == 422
+    assert api.get(q + '?period=month', headers=auth).status_code == 422
+
+
+def test_retriage_keeps_the_first_and_the_latest_suggestion(replayed, api, ignite):
+    tenant, key = replayed['tenant'], create_api_key(replayed['tenant'], ignite)
+    issue_key = f'NEW-{uuid.uuid4().hex[:6]}'
+    for summary in ('Nimbus crashes on startup', 'Supervisor leaks file handles in the worker'):
+        r = api.post(f'/v1/tenants/{tenant}/triage', headers={'Authorization': f'Bearer {key}'},
+                     json=dict(key=issue_key, fields=dict(summary=summary, created=T0)))
+        assert r.status_code == 200, r.text
+    with ignite_client(ignite) as c:
+        rows = {(t, slot): (served, ranked) for t, slot, served, ranked in c.sql(
+            f"SELECT task, slot, served_at, ranked FROM {SCHEMA}.SUGGESTION WHERE tenant_id = ? AND issue_key = ?",
+            query_args=[tenant, issue_key])}
+    assert {slot for _, slot in rows} == {0, 1} and len(rows) == 8  # 4 tasks, first and latest
+    assert rows[('assignee', 0)][0] < rows[('assignee', 1)][0]  # the first kept, the latest moved on
+
+
+def test_untriaged_issues_and_issues_without_a_key_are_not_logged(replayed, api, ignite):
+    tenant, key = replayed['tenant'], create_api_key(replayed['tenant'], ignite)
+    with ignite_client(ignite) as c:
+        n = lambda: list(c.sql(f'SELECT COUNT(*) FROM {SCHEMA}.SUGGESTION WHERE tenant_id = ?', query_args=[tenant]))
+        before = n()
+        r = api.post(f'/v1/tenants/{tenant}/triage', headers={'Authorization': f'Bearer {key}'},
+                     json=dict(fields=dict(summary='no key: nothing to join an outcome to')))
+        assert r.status_code == 200 and n() == before
+
+
+def _event(key, when, **fields):
+    return dict(webhookEvent='jira:issue_updated',
+                issue=dict(key=key, fields=dict(summary='Worker dies', reporter=dict(name='rita'), created=T0,
+                                                updated=when, **fields)))
+
+
+def test_outcomes_count_only_what_people_set_after_the_triaged_version(ignite, tenant):
+    log = SuggestionLog(ignite, mode='sync')
+    answer = dict(versions=dict(assignee=1, labels=1), abstain=False, labels=[dict(name='ui', score=.9)],
+                  assignee=[dict(name='bob', score=.6), dict(name='ann', score=.2), dict(name='cy', score=.1)])
+    triaged = dict(key='K-1', fields=dict(summary='Worker dies', reporter=dict(name='rita'), created=T0,
+                                          updated='2024-01-02T05:00:00.000+0000', labels=['ui']))
+    log.log(tenant, triaged, answer)
+    # a version older than the one triaged, and the labels it already carried: no outcome
+    assert ingest_webhook(tenant, _event('K-1', '2024-01-02T04:00:00.000+0000', assignee=dict(name='zed')),
+                          ignite)['outcomes'] == 0
+    assert ingest_webhook(tenant, _event('K-1', '2024-01-02T06:00:00.000+0000', labels=['ui']), ignite)['outcomes'] == 0
+    assert [r['verdict'] for r in feedback_rows(tenant, settings=ignite)] == ['open', 'open']
+    # people assign it later: an outcome; they change their mind: the newest choice is the outcome
+    assert ingest_webhook(tenant, _event('K-1', '2024-01-03T00:00:00.000+0000', assignee=dict(name='cy')),
+                          ignite)['outcomes'] == 1
+    assert ingest_webhook(tenant, _event('K-1', '2024-01-04T00:00:00.000+0000', assignee=dict(name='zed'),
+                                         labels=['ui', 'core']), ignite)['outcomes'] == 2
+    rows = {r['task']: r for r in feedback_rows(tenant, settings=ignite)}
+    assert (rows['assignee']['verdict'], rows['assignee']['chosen']) == ('overridden', 'zed')
+    assert (rows['labels']['verdict'], rows['labels']['chosen']) == ('partial', ['core', 'ui'])
+    q = {x['task']: x['live'] for x in live_quality(tenant, settings=ignite)['tasks']}
+    assert (q['assignee']['top1'], q['assignee']['top3'], q['assignee']['answered']) == (0.0, 0.0, 1)
+    assert (q['labels']['precision'], q['labels']['recall']) == (1.0, 0.5)
+
+
+def test_a_bulk_ingest_joins_outcomes_and_the_async_log_writes_in_the_background(ignite, tenant, zk_issues):
+    log = SuggestionLog(ignite, mode='async')
+    issues = [i for i in zk_issues if (i['fields'].get('assignee') or {}).get('name')][:20]
+    for i in issues:
+        filed = {k: v for k, v in i['fields'].items() if k not in ('assignee', 'updated')}
+        log.log(tenant, dict(key=i['key'], fields=filed | {'updated': i['fields']['created']}),
+                dict(versions=dict(assignee=1), abstain=False, assignee=[dict(name='nobody', score=.5)]))
+    assert log.flush(60) and log.written == len(issues) and log.failed == log.dropped == 0
+    s = ingest_tickets(tenant, [parse_issue(i, tenant) for i in zk_issues], ignite)
+    assert s.outcomes == len(issues)
+    assert {r['verdict'] for r in feedback_rows(tenant, 'assignee', settings=ignite)} == {'overridden'}
+    # a replay of the same file writes nothing, so it records no outcome again
+    assert ingest_tickets(tenant, [parse_issue(i, tenant) for i in zk_issues], ignite).outcomes == 0
+
+
+def test_retention_prunes_old_rows_only(ignite, tenant):
+    SuggestionLog(ignite, mode='sync').log(tenant, dict(key='R-1', fields=dict(summary='s', created=T0)),
+                                           dict(versions=dict(priority=1), priority=dict(label='Major',
+                                                                                         scores={'Major': 1.0})))
+    with ignite_client(ignite) as c:
+        c.sql(f"UPDATE {SCHEMA}.SUGGESTION SET served_at = DATEADD('DAY', -400, served_at) WHERE tenant_id = ?",
+              query_args=[tenant])
+    SuggestionLog(ignite, mode='sync').log(tenant, dict(key='R-2', fields=dict(summary='s', created=T0)),
+                                           dict(versions=dict(priority=1), priority=dict(label='Major',
+                                                                                         scores={'Major': 1.0})))
+    assert prune_feedback(ignite, days=365)['SUGGESTION'] >= 2
+    assert [r['issue_key'] for r in feedback_rows(tenant, settings=ignite)] == ['R-2']
+
+
+def test_the_process_log_is_one_per_cluster_and_mode(ignite):
+    assert suggestion_log(ignite) is suggestion_log(ignite)
+    assert suggestion_log(ignite.model_copy(update=dict(feedback_log='off'))) is not suggestion_log(ignite)
