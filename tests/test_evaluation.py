@@ -133,13 +133,25 @@ def test_assignee_slices_and_baselines_on_a_real_tenant(zk_tickets):
         assert s['n'] == len(idx) > 20
         for k in (1, 3, 5):
             assert s[f'top{k}'] == pytest.approx(np.mean([truth[i] in [n for n, _ in ranked[i][:k]] for i in idx]))
-        answered = [i for i in idx if ranked[i] and ranked[i][0][1] >= m.threshold_]
+        answered = [i for i in idx if ranked[i] and ranked[i][0][1] >= (m.self_threshold_ if ranked[i][0][0] == rep[i]
+                                                                     else m.threshold_)]
         assert (s['answered'], s['coverage']) == (len(answered), pytest.approx(len(answered) / len(idx)))
         if answered:
             assert s['precision'] == pytest.approx(np.mean([ranked[i][0][0] == truth[i] for i in answered]))
         pool = set(m.candidates_)
         assert s['ceiling'] == pytest.approx(np.mean([truth[i] in pool or truth[i] == rep[i] for i in idx]))
     assert a['slices']['all']['top1'] == a['top1'] and a['slices']['nonself']['top1'] < a['slices']['self']['top1']
+    # per kind of top-1 answer (the reporter, someone else), recounted from what `predict` answers
+    answers = m.predict(asked(test, 'assignee'))
+    assert a['answers']['reporter']['n'] + a['answers']['other']['n'] == len(test) > 0
+    for kind in ('reporter', 'other'):
+        idx = [i for i, p in enumerate(answers) if p['assignee'] and (p['assignee'][0]['name'] == rep[i]) == (kind == 'reporter')]
+        done = [i for i in idx if not answers[i]['abstain']]
+        k = a['answers'][kind]
+        assert (k['n'], k['answered']) == (len(idx), len(done))
+        assert k['coverage'] == (pytest.approx(len(done) / len(idx)) if idx else None)
+        assert k['precision'] == (pytest.approx(np.mean([answers[i]['assignee'][0]['name'] == truth[i] for i in done]))
+                                  if done else None)
     for name, f in (('component_owner', component_owner_ranks), ('knn_vote', knn_vote_ranks)):
         ranks = f(train, test)
         for sl, mask in (('self', is_self), ('nonself', ~is_self)):
