@@ -434,6 +434,10 @@ def ignite_problems(docs) -> list[str]:
     pods = {f"{find(docs, 'StatefulSet')[0]['metadata']['name']}-{i}.{sts['serviceName']}" for i in range(sts['replicas'])}
     if {h for h, _ in s.ignite_addresses()} != pods: out.append(f"ALLIEDIUM_IGNITE_HOSTS {s.ignite_hosts} != {pods}")
     if s.ignite_backups < 1: out.append("ALLIEDIUM_IGNITE_BACKUPS < 1")
+    pdbs = [p for p in find(docs, 'PodDisruptionBudget')
+            if _selects(p['spec']['selector'], sts['template']['metadata']['labels'])]
+    if not pdbs or any(p['spec'].get('maxUnavailable', sts['replicas']) > s.ignite_backups for p in pdbs):
+        out.append(f"no PodDisruptionBudget keeps evictions of Ignite pods within the backups ({s.ignite_backups})")
     for flag, prop in (('ignite_auth', 'authenticationEnabled'), ('ignite_tls', 'sslContextFactory'),
                        ('ignite_tde', 'encryptionSpi')):
         if getattr(s, flag) != (f'name="{prop}"' in xml):
@@ -448,7 +452,7 @@ def ignite_problems(docs) -> list[str]:
 def test_builtin_kinds_validate(docs, version):
     kinds = {d['kind'] for d in docs}
     assert {'StatefulSet', 'Service', 'ConfigMap', 'ServiceAccount', 'Role', 'RoleBinding', 'NetworkPolicy',
-            'CronJob', 'Job', 'PersistentVolumeClaim', 'RayService'} <= kinds, kinds
+            'CronJob', 'Job', 'PersistentVolumeClaim', 'RayService', 'PodDisruptionBudget'} <= kinds, kinds
     assert builtin_problems(docs, version) == []
 
 
@@ -642,6 +646,9 @@ def test_a_broken_reference_is_caught(docs):
     assert any('WAL' in p for p in ignite_problems(_broken(docs, 'StatefulSet', 'alliedium-ignite', no_wal_volume)))
     def no_tls(d): d['data']['ALLIEDIUM_IGNITE_TLS'] = 'false'
     assert any('ignite_tls' in p for p in ignite_problems(_broken(docs, 'ConfigMap', 'alliedium-settings', no_tls)))
+    def two_at_once(d): d['spec']['maxUnavailable'] = 2
+    assert any('PodDisruptionBudget' in p
+               for p in ignite_problems(_broken(docs, 'PodDisruptionBudget', 'alliedium-ignite', two_at_once)))
 
 
 def test_a_stale_node_config_is_caught(tmp_path):
