@@ -1,7 +1,7 @@
 """Durable training jobs against the session's Ignite node (and, for the kill test, real Ray Serve): a job beats,
 a job whose worker died is failed by whoever reads it next and its tenant released, a launch that fails after the
 claim leaves neither a running row nor a claim. Times are printed, never asserted."""
-import os, signal, time, uuid
+import json, os, signal, time, uuid
 
 import httpx
 import psutil
@@ -164,3 +164,43 @@ def test_the_colocated_retrain_takes_the_training_claim(thick_gateway, ignite):
     r = run_colocated_retrain(t, settings=s, gateway=thick_gateway, timeout=120)
     assert claim_of(t, ignite) is None  # released when it ended
     assert [x['status'] for x in list_runs(t, settings=ignite) if x['run_id'] == r['run_id']] == ['succeeded']
+
+
+def test_sigkill_of_a_bulk_ingest_loses_and_duplicates_nothing(ignite):
+    "`alliedium ingest` SIGKILLed after its first batches: a re-run stores exactly the rest, once."
+    import subprocess, sys
+    from pathlib import Path
+    from alliedium.ignite import ignite_client
+    from alliedium.jira import read_issues, sample_dir
+    t, _ = new_tenant(ignite, 'ingkill')
+    files = [str(sample_dir(ignite)/f'{p}.jsonl.gz') for p in ('Zookeeper', 'Storm')]
+    newest = {}
+    for f in files:
+        for item in read_issues(f, t):
+            if getattr(item, 'issue_key', None): newest[item.issue_key] = max(newest.get(item.issue_key, 0),
+                                                                            int(item.updated_at.timestamp() * 1000))
+    def stored() -> dict:
+        with ignite_client(ignite) as c:
+            return {k: ms for k, ms in c.sql(
+                "SELECT issue_key, DATEDIFF('MS', TIMESTAMP '1970-01-01 00:00:00', updated_at) "
+                "FROM ALLIEDIUM.TICKET WHERE tenant_id = ?", query_args=[t])}
+    cli = [str(Path(sys.executable).with_name('alliedium')), 'ingest', '--tenant', t, '--json', *files]
+    p = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while p.poll() is None and not stored(): time.sleep(0.05)  # the first batch is committed ...
+        p.send_signal(signal.SIGKILL)  # ... and the process dies mid-file
+    finally: p.wait(30)
+    assert p.returncode == -signal.SIGKILL, p.returncode
+    seen, kept = None, stored()
+    first = len(kept)
+    while kept != seen:  # SQL reads are not transactional: a commit the node was applying when the client died shows
+        time.sleep(0.5)  # part-way; read until the node is quiet
+        seen, kept = kept, stored()
+    print(f"\nkilled after {len(kept)} of {len(newest)} tickets were stored (SQL saw {first} right after the kill)")
+    assert 0 < len(kept) < len(newest) and all(newest[k] == ms for k, ms in kept.items())
+    r = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"re-run: {again}")
+    assert (again['inserted'], again['unchanged'], again['rejected']) == (len(newest) - len(kept), len(kept), 0), again
+    assert stored() == newest  # every ticket once, each at its newest version
