@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from fastcore.basics import patch
+from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -104,6 +105,16 @@ class Settings(BaseSettings):
     assignee_min_tickets: int = Field(3, ge=1)  # ... on at least this many tickets
     assignee_target_precision: float = Field(0.8, gt=0, le=1)  # held-out top-1 precision the abstain threshold aims at
     assignee_abstain_threshold: float = Field(0.5, ge=0, le=1)  # threshold when history is too short to choose one
+    deep_tasks: str = Field('', pattern=r'^[a-z, ]*$')  # tasks also trained deep (PyTorch), e.g. priority,components
+    deep_serving: Literal['inprocess', 'sagemaker'] = 'inprocess'  # where a promoted deep model answers
+    sagemaker_endpoint: str = ''  # the SageMaker (multi-model) endpoint deep models are forwarded to
+    sagemaker_region: str = 'us-east-1'  # its AWS region
+    sagemaker_endpoint_url: str = ''  # another runtime URL (the local stand-in: alliedium sagemaker serve)
+    sagemaker_multi_model: bool = True  # send TargetModel (many tenants' models, one endpoint)
+    sagemaker_timeout: float = Field(5.0, gt=0)  # connect and read timeout of one invocation, seconds
+    sagemaker_retries: int = Field(3, ge=0)  # retries of a throttled (429 / ThrottlingException) or failed call
+    sagemaker_breaker_failures: int = Field(3, ge=1)  # failed invocations in a row that open the circuit
+    sagemaker_breaker_seconds: float = Field(30, gt=0)  # how long an open circuit answers 503 before trying again
     feedback_log: str = Field('async', pattern=r'^(async|sync|off)$')  # triage answers into the suggestion log
     feedback_flush_seconds: float = Field(0.5, gt=0)  # the async suggestion log writes at least this often
     feedback_retention_days: int = Field(365, ge=1)  # suggestions and outcomes older than this are deleted

@@ -30,7 +30,8 @@ FORMAT = 'skops/5'  # skops/4 archives, signed
 TRUSTED_TYPES = {'alliedium.features.OneHot', 'alliedium.features.ReporterHistory', 'alliedium.features.TextEncoder',
                  'alliedium.features.Linear', 'alliedium.models.assignee.AssigneeModel',
                  'alliedium.models.multilabel.MultiLabelModel', 'alliedium.models.multilabel.KnnIndex',
-                 'alliedium.models.priority.PriorityModel'}
+                 'alliedium.models.priority.PriorityModel',
+                 'alliedium.models.deep.DeepModel'}  # its state: safetensors bytes and a JSON string, checked
 
 class RegistryError(AlliediumError): "A model version cannot be stored, found or loaded."
 class NoModelYet(RegistryError):

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .config import AlliediumError, Settings, get_settings
+from .config import AlliediumError, ConfigError, Settings, get_settings
 from .evaluation import PRIMARY, TASK_METRICS, fit_tasks
 from .ignite import ignite_client
-from .models import TASKS
+from .models import TASKS, family_of
 from . import registry
 
 # %% auto #0
-__all__ = ['SLICE_CHECKS', 'NotEnoughHistory', 'model_params', 'holdout_split', 'decide', 'decide_task', 'train_frame',
-           'train_tenant']
+__all__ = ['SLICE_CHECKS', 'NotEnoughHistory', 'model_params', 'holdout_split', 'decide', 'decide_task', 'deep_tasks',
+           'deep_candidates', 'pick_candidate', 'train_frame', 'train_tenant']
 
 # %% ../nbs/55_training.ipynb #d1783492
 class NotEnoughHistory(AlliediumError):
@@ -73,6 +73,41 @@ def decide_task(task:str, new:dict, active:dict|None, tolerance:float, min_n:int
         reason += f'; {sl} {metric}: {s_reason}'; ok = ok and s_ok
     return ok, reason
 
+# %% ../nbs/55_training.ipynb #22342892
+def deep_tasks(s:Settings, tasks:list[str]) -> list[str]:
+    "The tasks among `tasks` that `ALLIEDIUM_DEEP_TASKS` asks to train deep too."
+    from alliedium.models import DEEP_TASKS
+    named = [t.strip() for t in s.deep_tasks.split(',') if t.strip()]
+    if bad := [t for t in named if t not in DEEP_TASKS]: raise ConfigError(
+        f"ALLIEDIUM_DEEP_TASKS: no deep model for {', '.join(bad)}: name some of {', '.join(DEEP_TASKS)}")
+    return [t for t in tasks if t in named]
+
+def deep_candidates(old:pd.DataFrame, new:pd.DataFrame, df:pd.DataFrame, tasks:list[str]) -> dict:
+    "Task -> the deep candidate: its model fitted on `df`, its check scores (fitted on `old`, asked `new`), seconds."
+    if not tasks: return {}
+    params = {t: {'family': 'deep'} for t in tasks}
+    checked, _ = fit_tasks(old, tasks, params)
+    models, secs = fit_tasks(df, tasks, params)
+    return {t: (models[t], TASK_METRICS[t](checked[t], new), secs[t]) for t in tasks}
+
+def pick_candidate(task:str, classical:tuple, deep:tuple) -> tuple[tuple, tuple, str]:
+    "The better of two (model, check, seconds) candidates on the primary metric (a tie keeps the classical), why."
+    a, b = classical[1].get(PRIMARY[task]), deep[1].get(PRIMARY[task])
+    win = b is not None and (a is None or b > a)
+    why = f"{PRIMARY[task]} on the held-out tickets: deep {b if b is None else round(b, 4)}, " \
+          f"classical {a if a is None else round(a, 4)}"
+    return (deep, classical, why) if win else (classical, deep, why)
+
+def _register_other(tenant_id:str, task:str, other:tuple, df:pd.DataFrame, client) -> dict:
+    "Register the candidate that scored lower (model, check, seconds, why), inactive; its version, family, reason."
+    model, check, secs, why = other
+    metrics = dict(check={k: v for k, v in check.items() if k not in ('confusion', 'topk_curve')},
+                   trained_until=str(df['created_at'].max()), n_train=len(df), fit_seconds=round(secs, 3),
+                   family=family_of(model), device=getattr(model, 'device_', 'cpu'),
+                   decision=dict(promoted=False, reason=f'the other candidate scored better ({why}): kept inactive'))
+    v = registry.register_model(tenant_id, task, model, metrics, client=client)
+    return dict(version=v, family=family_of(model), reason=metrics['decision']['reason'])
+
 # %% ../nbs/55_training.ipynb #39e06681
 def train_frame(tenant_id:str, df:pd.DataFrame, tasks:list[str]|None=None, settings:Settings|None=None,
                 eval_days:int|None=None, tolerance:float|None=None, promote:bool=True) -> dict:
@@ -87,21 +122,27 @@ def train_frame(tenant_id:str, df:pd.DataFrame, tasks:list[str]|None=None, setti
     checked, _ = fit_tasks(old, tasks, model_params(s))
     check = {t: TASK_METRICS[t](m, new) for t, m in checked.items()}
     models, secs = fit_tasks(df, tasks, model_params(s))
+    deep, others = deep_candidates(old, new, df, deep_tasks(s, tasks)), {}
+    for t, d in deep.items():  # the better candidate of the task goes on; the other is registered inactive
+        (models[t], check[t], secs[t]), others[t], why = pick_candidate(t, (models[t], check[t], secs[t]), d)
+        others[t] += (why,)
     out = {}
     with ignite_client(s) as c:
         for t in tasks:
+            if t in others: out[t] = dict(other=_register_other(tenant_id, t, others[t], df, c))
             av, active, how = _active_metrics(tenant_id, t, new, c)
             ok, reason = decide_task(t, check[t], active, tolerance)
             ascore = (active or {}).get(PRIMARY[t])
             metrics = dict(check={k: v for k, v in check[t].items() if k not in ('confusion', 'topk_curve')},
                            trained_until=str(df['created_at'].max()), n_train=len(df), fit_seconds=round(secs[t], 3),
+                           family=family_of(models[t]), device=getattr(models[t], 'device_', 'cpu'),
                            decision=dict(promoted=ok and promote, reason=reason if promote else 'promotion not asked',
                                          active_version=av, active_score=ascore, compared=how, tolerance=tolerance))
             v = registry.register_model(tenant_id, t, models[t], metrics, client=c)
             if ok and promote: registry.promote(tenant_id, t, v, client=c)
             out[t] = dict(version=v, promoted=ok and promote, reason=metrics['decision']['reason'],
-                          metrics=metrics['check'],
-                          seconds=round(secs[t], 3))
+                          metrics=metrics['check'], family=family_of(models[t]),
+                          seconds=round(secs[t], 3)) | out.get(t, {})
     return out
 
 # %% ../nbs/55_training.ipynb #9db5caaa

@@ -11,11 +11,12 @@ import pandas as pd
 
 from ..features import TextEncoder, TextMatrix, TicketRows
 from .assignee import AssigneeModel
+from .deep import DeepModel
 from .multilabel import MultiLabelModel
 from .priority import PriorityModel
 
 # %% auto #0
-__all__ = ['MODELS', 'TASKS', 'new_model', 'TriageModel']
+__all__ = ['MODELS', 'TASKS', 'FAMILIES', 'DEEP_TASKS', 'new_model', 'family_of', 'TriageModel']
 
 # %% ../../nbs/30_models/30_models.ipynb #20744238
 MODELS = {
@@ -25,11 +26,21 @@ MODELS = {
     'priority': PriorityModel,
 }
 TASKS = list(MODELS)
+FAMILIES = ('classical', 'deep')  # deep: PyTorch (alliedium.models.deep, the optional extra [dl])
+DEEP_TASKS = ('components', 'labels', 'priority')  # the tasks with a deep family
 
-def new_model(task:str, **params):
-    "A fresh model of `task`'s family."
+def new_model(task:str, family:str='classical', **params):
+    "A fresh model of `task` in `family` ('classical': scikit-learn and NumPy; 'deep': PyTorch)."
     if task not in MODELS: raise KeyError(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+    if family == 'deep':
+        if task not in DEEP_TASKS: raise KeyError(f"no deep model for task {task!r}: one of {', '.join(DEEP_TASKS)}")
+        return DeepModel(task, **params)
+    if family != 'classical': raise KeyError(f"unknown model family {family!r}: one of {', '.join(FAMILIES)}")
     return MODELS[task](**params)
+
+def family_of(model) -> str:
+    "The family of a fitted or loaded model ('classical' or 'deep')."
+    return getattr(model, 'family', 'classical')
 
 # %% ../../nbs/30_models/30_models.ipynb #6b8d0f2c
 @runtime_checkable
