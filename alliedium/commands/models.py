@@ -10,12 +10,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .app import app, console
+from .app import app, bench_app, console
 from ..config import AlliediumError
 
 # %% auto #0
-__all__ = ['models_app', 'NoTickets', 'train', 'evaluate', 'triage_file', 'triage', 'models_list', 'models_promote',
-           'models_rollback']
+__all__ = ['models_app', 'NoTickets', 'train', 'evaluate', 'triage_file', 'triage', 'bench_batch_cmd', 'models_list',
+           'models_promote', 'models_rollback']
 
 # %% ../../nbs/90_commands/93_models.ipynb #e4069874
 class NoTickets(AlliediumError):
@@ -169,6 +169,20 @@ def triage(file: Path = typer.Argument(..., help="Jira issues: REST JSON, search
     console.print(t)
     console.print(f"{len(rows)} tickets triaged" + (f", {rejected} records not usable" if rejected else '') +
                   (f"; all written to {out}" if out else ''))
+
+# %% ../../nbs/90_commands/93_models.ipynb #a041808d
+@bench_app.command('batch')
+def bench_batch_cmd(project: str = typer.Option('Hive', help="the Jira dump a fresh tenant is trained on"),
+                    n: int = typer.Option(100, help="newest issues asked (not trained on)"),
+                    repeats: int = typer.Option(3, help="runs of each (the median counts)"),
+                    as_json: bool = typer.Option(False, '--json', help="print JSON")):
+    "Batch triage vs single calls through the API, live learning lag of similar, its memory (a fresh tenant)."
+    from alliedium.bench.batch import batch_report, bench_batch
+    from alliedium.schema import ensure_schema
+    ensure_schema()
+    with console.status("bench batch ...") as st: r = bench_batch(project, n, repeats, progress=st.update)
+    if as_json: print(json.dumps(r, indent=2)); return
+    console.print(batch_report(r), highlight=False)
 
 # %% ../../nbs/90_commands/93_models.ipynb #3195a730
 models_app = typer.Typer(help="Registered model versions: list, promote, roll back.", no_args_is_help=True)

@@ -114,7 +114,7 @@ class KnnIndex:
         S = self.similarities(Q)
         top = np.argpartition(-S, k - 1, axis=1)[:, :k]
         sims = np.take_along_axis(S, top, 1)
-        if Q.shape[0] <= 8: self._memo = (Q, k, top, sims)
+        if Q.shape[0] <= 1024: self._memo = (Q, k, top, sims)  # a batch: components and labels search once
         return top, sims
 
     def __getstate__(self) -> dict:  # half-precision similarities' inputs; ticket ids as uint16 when they fit
