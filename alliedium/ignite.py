@@ -521,6 +521,7 @@ def _start_cluster(s:Settings, nodes:int) -> StartResult:
     "Start the missing nodes of a local cluster of `nodes`, activate it once all joined, wait for SQL."
     t0, all_nodes = time.monotonic(), [LocalNode(s, k) for k in range(nodes)]
     running = {n.index: pid for n in all_nodes if (pid := node_pid(n))}
+    for k, pid in running.items(): _check_running(all_nodes[k], pid)
     if len(running) == nodes:
         return StartResult(running[0], True, 0.0, all_nodes[0].log_path, [running[k] for k in range(nodes)])
     todo = [n for n in all_nodes if n.index not in running]
@@ -532,6 +533,19 @@ def _start_cluster(s:Settings, nodes:int) -> StartResult:
     pids = {**running, **{k: p.pid for k, p in procs.items()}}
     seconds = time.monotonic() - t0
     return StartResult(pids[0], False, seconds, all_nodes[0].log_path, [pids[k] for k in range(nodes)])
+
+# %% ../nbs/05_ignite.ipynb #c7b6f930
+def _check_running(node:LocalNode, pid:int):
+    "`IgniteStartFailed` if `node` runs with other security settings than these (started before they changed)."
+    try: xml = node.config_path.read_text()
+    except FileNotFoundError: return
+    s = node.settings
+    on = {'authentication': ('<property name="authenticationEnabled" value="true"/>', s.ignite_auth),
+          'TLS': ('<property name="sslContextFactory">', s.ignite_tls), 'TDE': ('KeystoreEncryptionSpi', s.ignite_tde)}
+    differ = [f"{what} {'on' if want else 'off'}" for what, (mark, want) in on.items() if (mark in xml) != want]
+    if differ: raise IgniteStartFailed(
+        f"the local {node.name} (pid {pid}) runs with other security settings than these ({', '.join(differ)} "
+        "wanted): restart it with `alliedium ignite stop`, then `alliedium ignite start`")
 
 # %% ../nbs/05_ignite.ipynb #b1d51028
 @dataclass
@@ -551,7 +565,9 @@ def start_local_node(settings:Settings|None=None, nodes:int=1) -> StartResult:
     if nodes < 1: raise ConfigError(f"--nodes must be at least 1, not {nodes}")
     if nodes > 1: return _start_cluster(s, nodes)
     node, t0 = LocalNode(s), time.monotonic()
-    if (pid := node_pid(node)): return StartResult(pid, True, 0.0, node.log_path, [pid])
+    if (pid := node_pid(node)):
+        _check_running(node, pid)
+        return StartResult(pid, True, 0.0, node.log_path, [pid])
     _check_can_start(node)
     proc = _launch(node)
     _wait_ready(node, proc, t0)

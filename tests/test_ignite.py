@@ -76,7 +76,10 @@ def test_node_that_exits_at_start_is_reported(tmp_path):
 
 
 def test_external_cluster_is_used_instead_of_a_local_node(ignite, tmp_path):
+    from alliedium.ignite import ignite_password
+    # a cluster of someone else's: its credentials and CA given by setting, as a user brings their own
+    own = dict(ignite_password=ignite_password(ignite) if ignite.ignite_auth else '', ignite_ca=ignite.ca_file)
     ext = Settings(var_dir=tmp_path, ignite_hosts=f'{ignite.ignite_host}:{ignite.ignite_client_port}',
-                   ignite_client_port=1)
+                   ignite_client_port=1, **own)
     assert cluster_status(ext)['servers'] == 1
     with pytest.raises(ConfigError, match='starts no local node'): start_local_node(ext)

@@ -254,3 +254,9 @@ def test_run_records_and_executed_retrain_notebooks_hold_no_ticket_text(ignite):
                  or f' {t.issue_key} ' in text or f'>{t.issue_key}<' in text]
         shown += [t.summary for t in tickets if len(t.summary) > 20 and t.summary in text]
         assert shown == [], f"the {where} shows ticket text: {shown[:3]}"
+
+
+def test_start_beside_a_node_with_other_security_settings_says_restart(secure):
+    from alliedium.ignite import IgniteStartFailed
+    with pytest.raises(IgniteStartFailed, match=r'TLS off wanted.*alliedium ignite stop'):
+        start_local_node(secure.model_copy(update=dict(ignite_tls=False)))

@@ -5,7 +5,7 @@ from alliedium.schema import SCHEMA_VERSION, ensure_schema, schema_version, tabl
 
 def test_schema_is_idempotent(ignite):
     with ignite_client(ignite) as c:
-        assert ensure_schema(ignite, c) == dict(before=SCHEMA_VERSION, after=SCHEMA_VERSION)
+        assert ensure_schema(ignite, c) == dict(before=SCHEMA_VERSION, after=SCHEMA_VERSION, encrypted=[])
         assert schema_version(c) == SCHEMA_VERSION
         assert {'TENANT', 'API_KEY', 'TICKET', 'MODEL', 'RUN', 'SCHEMA_VERSION'} <= set(tables(c))
 

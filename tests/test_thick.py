@@ -70,8 +70,10 @@ def test_job_that_times_out_is_killed_on_its_node(thick_gateway, ignite, tmp_pat
 
 
 def test_entry_outside_the_package_is_refused(thick_gateway, ignite):
-    with pytest.raises(ConfigError, match='alliedium.<module>:<function>'):
+    with pytest.raises(ConfigError, match='not one a colocated job may run'):
         thick_gateway.submit(new_tenant(ignite), 'os:system', cmd='true')
+    with pytest.raises(ConfigError, match='not one a colocated job may run'):  # in the package, not allowed
+        thick_gateway.submit(new_tenant(ignite), 'alliedium.ingest:delete_tickets')
 
 
 def test_gateway_started_twice_is_refused(thick_gateway, ignite):
