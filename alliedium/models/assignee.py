@@ -282,6 +282,7 @@ def _why_other(self:AssigneeModel, j:int, near:np.ndarray, t:float, comps:list, 
 @patch
 def why(self:AssigneeModel, df:pd.DataFrame, ranked:list) -> list[list[list[str]]]:
     "Per ticket, per suggestion of `ranked`: short evidence in words, citing past tickets and components."
+    if not hasattr(self, 'keys_'): return [[[] for _ in r] for r in ranked]  # fitted before `why`: none to give
     rep = _names(df['reporter']); tq = np.maximum(_days(df['created_at']), self.end_); comps = list(df['components'])
     near = [np.zeros(0, np.int64)] * len(rep)
     if k := min(self.k, len(self.t_)):
