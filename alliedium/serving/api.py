@@ -21,15 +21,15 @@ from ..ignite import ignite_client
 
 # %% auto #0
 __all__ = ['HTTP_STATUS', 'JiraTime', 'TRAIN_TASKS', 'MAX_BODY_DEPTH', 'LOAD_FAILURES_CACHE', 'LOAD_RETRY_SECONDS',
-           'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'http_status', 'without_addresses', 'AsciiJSON',
-           'http_error', 'Named', 'Person', 'WebhookFields', 'IssueFields', 'JiraIssue', 'Scored', 'AssigneeScored',
-           'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer', 'TriageAnswer', 'BatchRequest', 'BatchError',
-           'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest', 'Job', 'not_too_deep', 'triage_issue',
-           'bearer_key', 'KeyCache', 'authorize', 'FutureEvent', 'check_event_times', 'parse_webhook', 'webhook_auth',
-           'TenantSlot', 'poll_promotions', 'run_training_job', 'ServingBackend', 'LocalBackend', 'ignite_health',
-           'record_load_failure', 'clear_load_failure', 'model_load_health', 'BodyLimit', 'RateLimit', 'HealthCheck',
-           'tenant_model_versions', 'LaunchFailed', 'BatchTooLarge', 'catch_up_tickets', 'batch_item', 'make_api',
-           'AppArgs', 'settings_overrides']
+           'ERROR_RESPONSES', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'http_status',
+           'without_addresses', 'AsciiJSON', 'http_error', 'Named', 'Person', 'WebhookFields', 'IssueFields',
+           'JiraIssue', 'Scored', 'AssigneeScored', 'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer',
+           'TriageAnswer', 'BatchRequest', 'BatchError', 'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest',
+           'Job', 'not_too_deep', 'triage_issue', 'bearer_key', 'KeyCache', 'authorize', 'FutureEvent',
+           'check_event_times', 'parse_webhook', 'webhook_auth', 'TenantSlot', 'poll_promotions', 'run_training_job',
+           'ServingBackend', 'LocalBackend', 'ignite_health', 'record_load_failure', 'clear_load_failure',
+           'model_load_health', 'BodyLimit', 'RateLimit', 'HealthCheck', 'tenant_model_versions', 'LaunchFailed',
+           'ErrorBody', 'BatchTooLarge', 'catch_up_tickets', 'batch_item', 'make_api', 'AppArgs', 'settings_overrides']
 
 # %% ../../nbs/60_serving/60_api.ipynb #4c5ee9ed
 class Unauthorized(AlliediumError): "No API key, or one that matches no tenant."
@@ -43,6 +43,7 @@ HTTP_STATUS = {  # error class name -> status; the first match along the class's
     'NoModelYet': 409, 'ArtifactRefused': 409, 'TrainingRunning': 409, 'NotEnoughHistory': 409, 'TenantExists': 409,
     'JiraError': 422, 'InvalidTenantId': 422, 'RequestValidationError': 422, 'FutureEvent': 422,
     'IgniteUnavailable': 503, 'LaunchFailed': 503, 'ReconnectError': 503, 'HandshakeError': 503,
+    'EndpointUnavailable': 503,  # a deep model's SageMaker endpoint (the other tasks' answers in `answer`)
     'ConfigError': 500, 'AlliediumError': 400}
 
 def _cause(exc:BaseException) -> BaseException:
@@ -86,7 +87,10 @@ def http_error(exc:BaseException, # the error raised while answering
         body.update(status='training', job_id=e.run_id,
                     todo=f"poll GET /v1/tenants/{tenant}/jobs/{e.run_id} and retry when it has finished")
     if status == 401: headers['WWW-Authenticate'] = 'Bearer'
-    if status == 503: headers['Retry-After'] = str(s.serve_retry_after); body['retry_after'] = s.serve_retry_after
+    if status == 503:
+        after = getattr(e, 'retry_after', None) or s.serve_retry_after
+        headers['Retry-After'] = str(after); body['retry_after'] = after
+        if getattr(e, 'answers', None): body['answer'] = {'tenant': tenant, **e.answers[0]}  # what did answer
     return AsciiJSON(body, status_code=status, headers=headers)
 
 # %% ../../nbs/60_serving/60_api.ipynb #390550f7
@@ -246,7 +250,7 @@ def not_too_deep(body:Any, limit:int=MAX_BODY_DEPTH) -> Any:
 def triage_issue(issue:dict) -> dict:
     "The issue checked as the models will read it (`BadIssue`: 422 before any model loads), description as text."
     from alliedium.jira import parse_issue
-    f = not_too_deep(issue).get('fields') or {}
+    f = {k: v for k, v in (not_too_deep(issue).get('fields') or {}).items() if v is not None}  # null: not given
     t = parse_issue({'key': issue.get('key') or 'NEW-0', 'fields': {'created': 0, **f}}, 'triage')
     fields = {k: f[k] for k in _TRIAGE_FIELDS if k in f}
     if 'description' in fields: fields['description'] = t.description  # plain text: no tree to pickle for the hop
@@ -417,7 +421,7 @@ class TenantSlot:
             else:
                 if self.failed.pop(task, None): clear_load_failure(self.tenant, task, new[task], self.settings)
         if served == old: return False
-        self.models = TenantModels(self.tenant, models, served, metrics)
+        self.models = TenantModels(self.tenant, models, served, metrics, settings=self.settings)
         return True
 
     def _not_loaded(self) -> dict:
@@ -741,6 +745,24 @@ def _routes_jobs(api:FastAPI, backend:ServingBackend, tenant_auth):
             run = await asyncio.to_thread(get_run, job_id, settings=s)  # lost: now marked failed
         return _job(run)
 
+# %% ../../nbs/60_serving/60_api.ipynb #25068ce1
+class ErrorBody(BaseModel):
+    "Every error answer: the error's name, what went wrong, and what to do next where there is a next step."
+    model_config = ConfigDict(extra='allow')
+    error: str  # Unauthorized, BadIssue, TrainingRunning, RequestValidationError, ...
+    detail: Any = None  # a sentence; for RequestValidationError the list of field errors
+    status: str|None = None  # 'untrained' or 'training' (409)
+    todo: str|None = None  # the request to make next
+    job_id: str|None = None  # the running training (409 TrainingRunning)
+    retry_after: int|None = None  # seconds (503, with the Retry-After header)
+
+ERROR_RESPONSES = {code: {'model': ErrorBody, 'description': why} for code, why in {
+    400: "a request alliedium cannot act on (the detail says why)", 401: "no API key, or an unknown or revoked one",
+    403: "the key opens another tenant", 404: "no such tenant or job", 409: "no model yet, or a training is running",
+    413: "the body is over the size limit", 422: "the body or a parameter is not what the route reads",
+    429: "over the rate limit", 503: "Ignite does not answer, or a training could not be started: retry"}.items()}
+
+
 # %% ../../nbs/60_serving/60_api.ipynb #2f9ce566
 class BatchTooLarge(AlliediumError): "A batch over `serve_batch_max` issues."
 
@@ -794,7 +816,9 @@ def _routes_feedback(api:FastAPI, backend:ServingBackend, keys:KeyCache, tenant_
         if confirm != tenant: raise ErasureNotConfirmed(
             f"erasing {tenant!r} removes all its data and cannot be undone: repeat its id as ?confirm={tenant}")
         report = await asyncio.to_thread(erase_tenant, tenant, s)
-        keys.hits = {h: hit for h, hit in keys.hits.items() if hit[0] != tenant}  # its keys open nothing from now
+        with keys.lock:  # its keys open nothing from now on, its webhook secret is forgotten
+            for h in [h for h, hit in keys.hits.items() if hit[0] == tenant]: del keys.hits[h]
+            keys.secrets.pop(tenant, None)
         slots = getattr(backend, 'slots', None)  # its models held here (other replicas drop them at their next poll)
         if slots is not None: slots.pop(tenant, None)
         return report
@@ -805,7 +829,7 @@ def make_api(backend:ServingBackend) -> FastAPI:
     s = backend.settings
     api = FastAPI(title='alliedium', version=alliedium.__version__, description=
                   "Per-tenant Jira triage: assignee, components, labels and priority learned from each tenant's "
-                  "history. Tenant routes need `Authorization: Bearer <tenant API key>`.")
+                  "history. Tenant routes need `Authorization: Bearer <tenant API key>`.", responses=ERROR_RESPONSES)
     keys = KeyCache(s)
 
     @api.exception_handler(AlliediumError)
@@ -821,7 +845,7 @@ def make_api(backend:ServingBackend) -> FastAPI:
         return http_error(exc, request.path_params.get('tenant'), s)
 
     health = HealthCheck(backend)
-    @api.get('/healthz', tags=['health'])
+    @api.get('/healthz', tags=['health'], responses={503: {'description': "Ignite or Serve does not answer"}})
     async def healthz():
         "Ignite (a real SQL ping) and Serve status; 503 with Retry-After when Ignite does not answer."
         return await health.answer()  # checked at most once per serve_health_cache_seconds
