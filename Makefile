@@ -58,8 +58,9 @@ lint: setup  ## ruff (pyflakes, syntax, 120 columns) on the package, serve/ and 
 test: setup setup-dl lint  ## install (with PyTorch), lint, then run the whole test suite (real Ignite node, notebooks too)
 	@$(BIN)/python -m pytest tests nbs/index.ipynb --nbval-lax
 
-fuzz: setup  ## long fuzz runs: the Jira parsers and every API route (ALLIEDIUM_FUZZ_EXAMPLES per test, default 10000)
-	@ALLIEDIUM_FUZZ=long $(BIN)/python -m pytest -s -p no:cacheprovider tests/test_fuzz_parsers.py tests/test_fuzz_api.py
+fuzz: setup  ## long fuzz runs: the Jira parsers, every API route, schemathesis on the live service (counts printed)
+	@ALLIEDIUM_FUZZ=long $(BIN)/python -m pytest -s -p no:cacheprovider tests/test_fuzz_parsers.py tests/test_fuzz_api.py \
+		tests/test_schemathesis.py
 
 lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
 	@$(BIN)/jupyter lab --notebook-dir=nbs

@@ -43,3 +43,26 @@ def test_no_request_answers_5xx(app, route, body, key_mode, word):
     if r.status_code >= 500: SENT['5xx'] += 1
     assert r.status_code < 500, (method, url, body, r.status_code, r.text[:300])
     if r.status_code == 202: pytest.fail(f"a training started from {body!r}")
+
+
+def test_null_fields_are_fields_not_given(app):
+    "A field sent as null (schema-valid: `created: null`) is read as absent, not refused (schemathesis found it)."
+    client, tenant, key, _ = app
+    issue = {'fields': {'summary': 'NPE on start', 'created': None, 'updated': None, 'assignee': None}}
+    r = client.post(f'/v1/tenants/{tenant}/triage', json=issue, headers=bearer(key))
+    assert r.status_code == 409 and r.json()['status'] == 'untrained', r.text  # reached the models: none trained yet
+    r = client.post(f'/v1/tenants/{tenant}/triage', json={'fields': {'summary': 'x', 'created': 'yesterday'}},
+                    headers=bearer(key))
+    assert r.status_code == 422 and r.json()['error'] == 'BadIssue', r.text  # a bad time is still refused
+
+
+def test_every_error_status_is_documented_with_its_body(app):
+    "The OpenAPI names each error status a tenant route can answer, with the body it has (schemathesis checks it)."
+    client = app[0]
+    doc = client.get('/openapi.json').json()
+    for path, ops in doc['paths'].items():
+        if not path.startswith('/v1/tenants/'): continue
+        for op in ops.values():
+            assert {'401', '403', '404', '409', '413', '422', '429', '503'} <= set(op['responses']), (path, op)
+            assert op['responses']['422']['content']['application/json']['schema'] == {
+                '$ref': '#/components/schemas/ErrorBody'}, (path, op['responses']['422'])
