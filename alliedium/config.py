@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     assignee_target_precision: float = Field(0.8, gt=0, le=1)  # held-out top-1 precision the abstain threshold aims at
     assignee_abstain_threshold: float = Field(0.5, ge=0, le=1)  # threshold when history is too short to choose one
     deep_tasks: str = Field('', pattern=r'^[a-z, ]*$')  # tasks also trained deep (PyTorch), e.g. priority,components
-    deep_serving: Literal['inprocess', 'sagemaker'] = 'inprocess'  # where a promoted deep model answers
+    deep_serving: Literal['inprocess', 'sagemaker', 'auto'] = 'inprocess'  # where a promoted deep model answers
+    deep_inprocess_max_mb: float = Field(64, ge=0)  # auto: deep models with larger weights go to SageMaker
     sagemaker_endpoint: str = ''  # the SageMaker (multi-model) endpoint deep models are forwarded to
     sagemaker_region: str = 'us-east-1'  # its AWS region
     sagemaker_endpoint_url: str = ''  # another runtime URL (the local stand-in: alliedium sagemaker serve)
@@ -118,6 +119,8 @@ class Settings(BaseSettings):
     feedback_log: str = Field('async', pattern=r'^(async|sync|off)$')  # triage answers into the suggestion log
     feedback_flush_seconds: float = Field(0.5, gt=0)  # the async suggestion log writes at least this often
     feedback_retention_days: int = Field(365, ge=1)  # suggestions and outcomes older than this are deleted
+    feedback_rollback: bool = True  # roll back a version whose live answered precision is clearly below its predecessor's
+    feedback_rollback_min_outcomes: int = Field(100, ge=10)  # ... once each has this many answered outcomes
 
     @field_validator('ignite_page_size')
     @classmethod

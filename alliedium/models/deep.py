@@ -10,14 +10,15 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..config import ConfigError
+from ..config import AlliediumError, ConfigError
 from ..features import INPUTS, OneHot, _as_list, recency_weights, ticket_text
 from .priority import urgency
 from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['ARTIFACT_FILES', 'FORMAT', 'TorchMissing', 'torch_available', 'pick_device', 'ticket_tokens', 'DeepModel',
-           'DeepArtifactError', 'load_files']
+           'DeepArtifactError', 'load_files', 'EndpointUnavailable', 'Breaker', 'runtime_client', 'target_model',
+           'instances', 'EndpointModel', 'forwarded', 'endpoint_failure']
 
 # %% ../../nbs/30_models/34_deep.ipynb #da9754fb
 class TorchMissing(ConfigError):
@@ -42,20 +43,19 @@ def pick_device() -> str:
 # %% ../../nbs/30_models/34_deep.ipynb #134acb94
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # the same words as the TF-IDF models
 
-def _field_tokens(rows, task:str, i:int) -> list[str]:
-    "The non-text inputs of ticket `i` a model of `task` may read, as tokens (`reporter=`, `type=`, `component=`)."
-    out, cols = [], INPUTS[task]
-    if 'reporter' in cols and (r := rows['reporter'][i]) is not None and r == r: out.append(f'reporter={r}')
-    if 'issue_type' in cols and (t := rows['issue_type'][i]) is not None and t == t: out.append(f'type={t}')
-    if 'components' in cols: out += [f'component={c}' for c in _as_list(rows['components'][i])]
-    return out
+def _field_tokens(fields:dict, i:int) -> list[str]:
+    "The non-text inputs of ticket `i` (`fields`: its model's columns as lists) as tokens: reporter, type, component."
+    out = [f'{name}={v}' for col, name in (('reporter', 'reporter'), ('issue_type', 'type'))
+           if col in fields and (v := fields[col][i]) is not None and v == v]
+    return out + [f'component={c}' for c in _as_list(fields['components'][i])] if 'components' in fields else out
 
 def ticket_tokens(rows, task:str, max_chars:int=1000) -> list[list[str]]:
     "Per ticket: its distinct words and word pairs (summary, then the description's start) and its field tokens."
+    fields = {c: list(rows[c]) for c in ('reporter', 'issue_type', 'components') if c in INPUTS[task]}
     out = []
     for i, text in enumerate(ticket_text(rows, max_chars)):
         w = _WORD.findall(text.lower())
-        out.append(list(dict.fromkeys(w + [f'{a} {b}' for a, b in zip(w, w[1:])] + _field_tokens(rows, task, i))))
+        out.append(list(dict.fromkeys(w + [f'{a} {b}' for a, b in zip(w, w[1:])] + _field_tokens(fields, i))))
     return out
 
 # %% ../../nbs/30_models/34_deep.ipynb #0e246d5f
@@ -337,6 +337,105 @@ def predict(self:DeepModel, df) -> list:
                                scores={str(c): round(float(x), 4) for c, x in zip(self.classes_, p)}),
                  rank_score=round(float(r), 4)) for p, r in zip(P, self.rank_score(P))]
 
-@property
-def _vectorizer(self): return self  # its own tokens: nothing to share with the TF-IDF families
-DeepModel.vectorizer_ = _vectorizer
+# %% ../../nbs/30_models/34_deep.ipynb #5e24ebf6
+class EndpointUnavailable(AlliediumError):
+    "The SageMaker endpoint of a deep model did not answer (down, throttled past the retries, or its circuit is open)."
+    def __init__(self, msg:str, retry_after:float=30):
+        super().__init__(msg); self.retry_after, self.answers = max(1, int(np.ceil(retry_after))), None
+
+    def answered(self, answers:list) -> EndpointUnavailable:
+        "The same error carrying the answers of the tasks that did answer."
+        self.answers = answers; return self
+
+class Breaker:
+    "A circuit breaker: open after `failures` failed calls in a row, half-open (one try) after `seconds`."
+    def __init__(self, failures:int=3, seconds:float=30):
+        self.limit, self.seconds, self.failures, self.opened = failures, seconds, 0, None
+
+    def check(self, what:str):
+        "Raise `EndpointUnavailable` while the circuit is open."
+        if self.opened is not None and (left := self.opened + self.seconds - time.monotonic()) > 0:
+            raise EndpointUnavailable(f"{what}: {self.failures} calls failed in a row; not calling it for "
+                                      f"{left:.0f} s more (circuit open)", left)
+
+    def record(self, ok:bool):
+        if ok: self.failures, self.opened = 0, None
+        else:
+            self.failures += 1
+            if self.failures >= self.limit: self.opened = time.monotonic()
+
+_BREAKERS: dict[tuple, Breaker] = {}  # (endpoint, runtime URL) -> its breaker, one per process
+_CLIENTS: dict[tuple, object] = {}
+
+def runtime_client(s):
+    "boto3's `sagemaker-runtime` client of these settings (timeouts; standard retries, which include throttling)."
+    key = (s.sagemaker_region, s.sagemaker_endpoint_url, s.sagemaker_timeout, s.sagemaker_retries)
+    if key not in _CLIENTS:
+        try: import boto3
+        except ImportError: raise TorchMissing("forwarding to SageMaker needs boto3: `make setup-dl`") from None
+        from botocore.config import Config
+        cfg = Config(connect_timeout=s.sagemaker_timeout, read_timeout=s.sagemaker_timeout,
+                     retries=dict(mode='standard', total_max_attempts=s.sagemaker_retries + 1))
+        _CLIENTS[key] = boto3.client('sagemaker-runtime', region_name=s.sagemaker_region, config=cfg,
+                                     endpoint_url=s.sagemaker_endpoint_url or None)
+    return _CLIENTS[key]
+
+def target_model(tenant_id:str, task:str, version:int) -> str:
+    "The `TargetModel` of a version on a multi-model endpoint (its key under the endpoint's model prefix)."
+    return f'{tenant_id}/{task}/v{int(version)}.tar.gz'
+
+def instances(rows) -> list[dict]:
+    "The tickets of `rows` as the JSON the endpoint reads (the inputs a deep model uses)."
+    cols = ('summary', 'description', 'reporter', 'components', 'issue_type')
+    clean = lambda v: None if v is None or (isinstance(v, float) and v != v) else v
+    return [{c: clean(_as_list(rows[c][i]) if c == 'components' else rows[c][i]) for c in cols}
+            for i in range(len(rows))]
+
+# %% ../../nbs/30_models/34_deep.ipynb #f85dcfec
+class EndpointModel:
+    "A deep model answered by a SageMaker endpoint: `predict` as the model's, through `invoke_endpoint`."
+    family = 'deep'
+    def __init__(self, model:DeepModel, tenant_id:str, version:int, settings):
+        self.task, self.classes_, self.settings, self.failed = model.task, model.classes_, settings, None
+        self.empty = [] if model.multi else dict(priority=None, rank_score=None)
+        self.target = target_model(tenant_id, model.task, version)
+        self.endpoint = settings.sagemaker_endpoint
+        self.breaker = _BREAKERS.setdefault((self.endpoint, settings.sagemaker_endpoint_url),
+                                            Breaker(settings.sagemaker_breaker_failures,
+                                                    settings.sagemaker_breaker_seconds))
+
+    def invoke(self, rows) -> list:
+        "The endpoint's answers for `rows`; `EndpointUnavailable` when it cannot give them."
+        from botocore.exceptions import BotoCoreError, ClientError
+        what = f"SageMaker endpoint {self.endpoint!r} ({self.target})"
+        self.breaker.check(what)
+        kw = dict(TargetModel=self.target) if self.settings.sagemaker_multi_model else {}
+        try:
+            r = runtime_client(self.settings).invoke_endpoint(
+                EndpointName=self.endpoint, Body=json.dumps(dict(instances=instances(rows))).encode(),
+                ContentType='application/json', Accept='application/json', **kw)
+            out = json.loads(r['Body'].read())['predictions']
+        except (BotoCoreError, ClientError, ValueError, KeyError) as e:
+            self.breaker.record(False)
+            raise EndpointUnavailable(f"{what} did not answer: {e}", self.settings.sagemaker_breaker_seconds
+                                      if self.breaker.opened is not None else self.settings.sagemaker_timeout) from None
+        self.breaker.record(True)
+        return out
+
+    def predict(self, rows) -> list:
+        "The answers, or empty ones with `failed` set (the triage answers the other tasks, then refuses with 503)."
+        try: self.failed = None; return self.invoke(rows)
+        except EndpointUnavailable as e: self.failed = e; return [self.empty] * len(rows)
+
+def forwarded(tenant_id:str, models:dict, versions:dict, settings) -> dict:
+    "`models` with each deep one replaced by its `EndpointModel` where the settings forward it to SageMaker."
+    s = settings
+    if s is None or s.deep_serving == 'inprocess' or not s.sagemaker_endpoint: return models
+    def remote(m) -> bool:
+        if getattr(m, 'family', None) != 'deep' or isinstance(m, EndpointModel): return False
+        return s.deep_serving == 'sagemaker' or len(m.weights_) > s.deep_inprocess_max_mb * 2**20
+    return {t: EndpointModel(m, tenant_id, versions[t], s) if remote(m) else m for t, m in models.items()}
+
+def endpoint_failure(models:dict) -> EndpointUnavailable|None:
+    "The error of a forwarded model that failed in the last `predict`, if any."
+    return next((m.failed for m in models.values() if getattr(m, 'failed', None) is not None), None)

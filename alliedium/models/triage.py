@@ -13,6 +13,7 @@ from ..config import Settings
 from ..features import TicketRows, _new_issue, encode_rows, issue_rows, ticket_text
 from ..ingest import _utc, tickets_fingerprint
 from ..jira import parse_issue
+from .deep import endpoint_failure, forwarded
 from .multilabel import LiveTickets, duplicates_of, outcome, similar_tickets
 from ..registry import load_active_models
 from ..schema import SCHEMA
@@ -24,7 +25,9 @@ __all__ = ['TenantModels', 'load_tenant_models']
 class TenantModels:
     "The active models of one tenant; `triage(issue)` answers one Jira issue, `triage_many(issues)` several."
     def __init__(self, tenant_id:str, models:dict, versions:dict[str, int], metrics:dict|None=None,
-                 similar_k:int=10): # past tickets in `similar`
+                 similar_k:int=10, # past tickets in `similar`
+                 settings:Settings|None=None): # where deep models answer (in this process, or SageMaker)
+        models = forwarded(tenant_id, models, versions, settings)
         self.tenant_id, self.models, self.versions, self.metrics = tenant_id, models, versions, metrics or {}
         shared = {}  # keep one of each equal part, so a request encodes its text and finds its neighbours once
         for m in models.values():
@@ -51,6 +54,10 @@ class TenantModels:
         outs = [dict(versions=dict(self.versions), assignee=[], components=[], labels=[], priority=None,
                      rank_score=None, abstain=True, similar=[], duplicates=[]) for _ in issues]
         if not issues: return outs
+        texts = ticket_text(row)
+        encoders = {id(m.vectorizer_): m.vectorizer_ for m in self.models.values() if hasattr(m, 'vectorizer_')}
+        if len(issues) > 8:  # every task of a batch reads its texts' rows from memory: encoded once, not per task
+            for e in encoders.values(): e._memo = (texts, e.transform(texts))
         if 'assignee' in self.models:
             for out, a in zip(outs, self.models['assignee'].predict(row)): out.update(a)
         for task in ('components', 'labels'):
@@ -59,16 +66,19 @@ class TenantModels:
         if 'priority' in self.models:
             for out, p in zip(outs, self.models['priority'].predict(row)): out.update(p)
         if self.index is not None:
-            Q = encode_rows(self.encoder, ticket_text(row))
+            Q = encode_rows(self.encoder, texts)
             sims = similar_tickets(self.index, Q, self.similar_k, self.live, [i.get('key') for i in issues])
             for out, s, c in zip(outs, sims, row['created_at']):
                 out['similar'] = s
                 out['duplicates'] = duplicates_of(s, self.index.duplicates, pd.Timestamp(c).isoformat())
+        if len(issues) > 8:
+            for e in encoders.values(): e._memo = None  # a batch's rows are not kept
+        if failed := endpoint_failure(self.models): raise failed.answered(outs)  # a deep task on SageMaker: 503
         return outs
 
 def load_tenant_models(tenant_id:str, settings:Settings|None=None) -> TenantModels:
     "The tenant's active models (verified artifacts); `NoModelYet` when there is none."
-    return TenantModels(tenant_id, *load_active_models(tenant_id, settings))
+    return TenantModels(tenant_id, *load_active_models(tenant_id, settings), settings=settings)
 
 # %% ../../nbs/30_models/35_triage.ipynb #86ec0700
 def _shown(df:pd.DataFrame, raws:list) -> list[dict]:

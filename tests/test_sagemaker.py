@@ -1,0 +1,175 @@
+"""Deep models on SageMaker, end to end on this machine: a tenant's deep version is trained and promoted, packaged as
+model.tar.gz, served by the local container behind the runtime stand-in (SigV4 checked), and triaged through the API
+with boto3's `sagemaker-runtime` client; equal to the in-process answer; endpoint down -> 503 with Retry-After and the
+classical tasks still answered; tampered weights refused."""
+import gzip, itertools, json, tarfile, urllib.request, uuid
+
+import pytest
+
+torch = pytest.importorskip('torch', reason="deep models need PyTorch: the optional extra [dl] (make setup-dl)")
+boto3 = pytest.importorskip('boto3', reason="SageMaker forwarding needs boto3: the optional extra [dl]")
+
+from botocore.exceptions import ClientError  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from alliedium.config import Settings  # noqa: E402
+from alliedium.jira import sample_dir  # noqa: E402
+from alliedium.registry import load_model, promote  # noqa: E402
+from alliedium.sagemaker import inference  # noqa: E402
+from alliedium.serving.api import LocalBackend, make_api  # noqa: E402
+from alliedium.serving.sagemaker import LocalEndpoint, package_model  # noqa: E402
+from alliedium.tenants import create_tenant  # noqa: E402
+from alliedium.training import train_frame  # noqa: E402
+from fixtures_models import jira_frame  # noqa: E402
+
+KEY, SECRET, ENDPOINT = 'AKIDALLIEDIUMTEST', 'alliedium-test-secret', 'alliedium-test'
+
+
+def zk_issues(n=3) -> list[dict]:
+    with gzip.open(sample_dir()/'Zookeeper.jsonl.gz', 'rt') as f: return [json.loads(l) for l in itertools.islice(f, n)]
+
+
+@pytest.fixture(scope='module')
+def aws_env():
+    "Test credentials for boto3 (the stand-in checks the signature against them); no real AWS is reached."
+    mp = pytest.MonkeyPatch()
+    for k, v in dict(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION='us-east-1',
+                     AWS_EC2_METADATA_DISABLED='true', AWS_CONFIG_FILE='/dev/null',
+                     AWS_SHARED_CREDENTIALS_FILE='/dev/null').items(): mp.setenv(k, v)
+    mp.delenv('AWS_SESSION_TOKEN', raising=False); mp.delenv('AWS_PROFILE', raising=False)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope='module')
+def deep_tenant(ignite):
+    "A ZooKeeper tenant trained with a deep priority candidate; the deep version promoted. (tenant, key, version)"
+    t = f'sm-{uuid.uuid4().hex[:8]}'
+    key = create_tenant(t, settings=ignite)
+    s = ignite.model_copy(update=dict(deep_tasks='priority'))
+    out = train_frame(t, jira_frame('Zookeeper'), ['priority', 'components'], s)
+    p = out['priority']
+    assert {p['family'], p['other']['family']} == {'classical', 'deep'} and not out['components'].get('other')
+    assert p['promoted'] and 'held-out tickets' in p['other']['reason'], p  # the better one went on
+    deep_v = p['version'] if p['family'] == 'deep' else p['other']['version']
+    promote(t, 'priority', deep_v, settings=ignite)  # served deep whichever won: the path under test
+    return t, key, deep_v
+
+
+@pytest.fixture(scope='module')
+def endpoint(deep_tenant, ignite, tmp_path_factory, aws_env):
+    t, _, v = deep_tenant
+    prefix = tmp_path_factory.mktemp('s3-models')
+    path = package_model(t, 'priority', v, prefix, ignite)
+    ep = LocalEndpoint(prefix, {KEY: SECRET}, ENDPOINT, container_port=0)
+    yield ep, path
+    ep.stop()
+
+
+def runtime(ep, secret=SECRET):
+    from botocore.config import Config
+    return boto3.client('sagemaker-runtime', endpoint_url=ep.url, region_name='us-east-1',
+                        aws_access_key_id=KEY, aws_secret_access_key=secret,
+                        config=Config(retries=dict(mode='standard', total_max_attempts=4)))
+
+
+def sm_settings(ignite, ep, **kw) -> Settings:
+    return ignite.model_copy(update=dict(deep_serving='sagemaker', sagemaker_endpoint=ENDPOINT,
+                                         sagemaker_endpoint_url=ep.url, sagemaker_timeout=3, sagemaker_retries=1,
+                                         sagemaker_breaker_failures=2, sagemaker_breaker_seconds=20, **kw))
+
+
+def test_package_is_sagemakers_layout(endpoint, deep_tenant):
+    ep, path = endpoint
+    t, _, v = deep_tenant
+    assert path.name == f'v{v}.tar.gz' and path.parent.name == 'priority' and path.parent.parent.name == t
+    with tarfile.open(path) as tar: names = set(tar.getnames())
+    assert names == {'model.safetensors', 'config.json', 'code/inference.py'}, names
+
+
+def test_boto3_invoke_endpoint_equals_in_process(endpoint, deep_tenant, ignite):
+    ep, _ = endpoint
+    t, _, v = deep_tenant
+    from alliedium.features import issue_rows
+    from alliedium.models.deep import instances
+    rows = [issue_rows(i, t) for i in zip_issues()]
+    body = json.dumps({'instances': [instances(r)[0] for r in rows]}).encode()
+    r = runtime(ep).invoke_endpoint(EndpointName=ENDPOINT, TargetModel=f'{t}/priority/v{v}.tar.gz', Body=body,
+                                    ContentType='application/json', Accept='application/json')
+    assert r['ResponseMetadata']['HTTPStatusCode'] == 200 and r['ContentType'] == 'application/json'
+    remote = json.loads(r['Body'].read())['predictions']
+    _, model, _ = load_model(t, 'priority', v, settings=ignite)
+    local = [model.predict(x)[0] for x in rows]
+    assert [a['priority']['label'] for a in remote] == [a['priority']['label'] for a in local]
+    for a, b in zip(remote, local):
+        assert abs(a['rank_score'] - b['rank_score']) <= 1e-4
+        assert all(abs(a['priority']['scores'][c] - b['priority']['scores'][c]) <= 1e-4 for c in b['priority']['scores'])
+    assert any(m['modelName'].startswith(t) for m in json.loads(
+        urllib.request.urlopen(f'{ep.container_url}/models').read())['models'])
+
+
+def zip_issues(): return zk_issues(3)
+
+
+def test_signature_and_errors_are_the_runtime_apis(endpoint, deep_tenant):
+    ep, _ = endpoint
+    t, _, v = deep_tenant
+    args = dict(EndpointName=ENDPOINT, Body=b'{"instances": []}', ContentType='application/json',
+                TargetModel=f'{t}/priority/v{v}.tar.gz')
+    with pytest.raises(ClientError) as e: runtime(ep, secret='not-the-secret').invoke_endpoint(**args)
+    assert e.value.response['Error']['Code'] == 'InvalidSignatureException'
+    with pytest.raises(ClientError) as e: runtime(ep).invoke_endpoint(**{**args, 'EndpointName': 'nope'})
+    assert e.value.response['Error']['Code'] == 'ValidationError'
+    with pytest.raises(ClientError) as e: runtime(ep).invoke_endpoint(**{**args, 'TargetModel': f'{t}/priority/v999.tar.gz'})
+    assert e.value.response['Error']['Code'] == 'ValidationError' and 'download' in e.value.response['Error']['Message']
+    with pytest.raises(ClientError) as e: runtime(ep).invoke_endpoint(**{**args, 'ContentType': 'text/csv'})
+    assert e.value.response['Error']['Code'] == 'ModelError' and e.value.response['OriginalStatusCode'] == 415
+    # throttled twice: botocore's standard retries (429 ThrottlingException) get through on the third call
+    before, ep.front.throttle = ep.front.calls, 2
+    r = runtime(ep).invoke_endpoint(**args)
+    assert r['ResponseMetadata']['HTTPStatusCode'] == 200 and ep.front.calls - before == 3
+    assert r['ResponseMetadata']['RetryAttempts'] == 2
+
+
+def test_api_triage_forwards_the_deep_task(endpoint, deep_tenant, ignite):
+    ep, _ = endpoint
+    t, key, v = deep_tenant
+    api = TestClient(make_api(LocalBackend(sm_settings(ignite, ep))))
+    inproc = TestClient(make_api(LocalBackend(ignite)))
+    for issue in zk_issues(2):
+        before = ep.front.calls
+        r = api.post(f'/v1/tenants/{t}/triage', json=issue, headers={'Authorization': f'Bearer {key}'})
+        assert r.status_code == 200, r.text
+        assert ep.front.calls == before + 1  # the priority answer came from the endpoint
+        local = inproc.post(f'/v1/tenants/{t}/triage', json=issue, headers={'Authorization': f'Bearer {key}'}).json()
+        a = r.json()
+        assert a['versions']['priority'] == v and a['priority']['label'] == local['priority']['label']
+        assert abs(a['rank_score'] - local['rank_score']) <= 1e-4
+        assert a['components'] == local['components']  # the classical task, answered in-process
+
+
+def test_tampered_weights_are_refused(endpoint, tmp_path):
+    from alliedium.models.deep import DeepArtifactError
+    _, path = endpoint
+    with tarfile.open(path) as tar: tar.extractall(tmp_path, filter='data')
+    assert inference.model_fn(str(tmp_path)).task == 'priority'
+    w = bytearray((tmp_path/'model.safetensors').read_bytes()); w[-3] ^= 0x40
+    (tmp_path/'model.safetensors').write_bytes(bytes(w))
+    with pytest.raises(DeepArtifactError, match='do not match the sha256'): inference.model_fn(str(tmp_path))
+
+
+def test_endpoint_down_is_503_with_retry_after_and_classical_answers(deep_tenant, ignite, tmp_path, aws_env):
+    t, key, v = deep_tenant
+    ep = LocalEndpoint(tmp_path, {KEY: SECRET}, ENDPOINT, container_port=0)
+    ep.stop()  # an endpoint that is down: nothing listens at its URL
+    api = TestClient(make_api(LocalBackend(sm_settings(ignite, ep))))
+    issue, auth = zk_issues(1)[0], {'Authorization': f'Bearer {key}'}
+    for _ in range(2):  # the second failure opens the circuit
+        r = api.post(f'/v1/tenants/{t}/triage', json=issue, headers=auth)
+        assert r.status_code == 503, r.text
+        b = r.json()
+        assert b['error'] == 'EndpointUnavailable' and ENDPOINT in b['detail'] and int(r.headers['Retry-After']) >= 1
+        assert b['answer']['versions']['priority'] == v and b['answer']['priority'] is None
+        assert isinstance(b['answer']['components'], list)  # the classical task still answered
+    r = api.post(f'/v1/tenants/{t}/triage', json=issue, headers=auth)  # open circuit: refused at once
+    assert r.status_code == 503 and 'circuit open' in r.json()['detail'] and int(r.headers['Retry-After']) >= 10
