@@ -136,6 +136,8 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
     start_ray(s)
     serve.start(http_options=dict(host='127.0.0.1', port=s.serve_port))
     cores = os.cpu_count() or 1  # models in the ingress: one ingress process per core
+    # 5 + 2 x cores replicas (echo x1 and xN, three triage apps): their CPU reservations must fit the machine
+    s = s.model_copy(update=dict(serve_replica_cpus=min(s.serve_replica_cpus, cores / 12)))
     variants = {'triage': '', f'triage, models in ingress x{cores}': '/in-ingress'}
     # issue 16's protections on (limits high enough that none triggers: their checking is what is measured), and
     # the same app with them off (no rate limits; webhooks with a Bearer key instead of a signature)
