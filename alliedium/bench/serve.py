@@ -16,7 +16,7 @@ from ..serving.runtime import http_json, load_app, start_ray, stop_service
 
 # %% auto #0
 __all__ = ['GUARD', 'sample_issues', 'triage_body', 'clone_models', 'bench_tenants', 'cold_loads', 'webhook_runs',
-           'protection_ratios', 'promotion_seconds', 'bench_serve_run', 'bench_table']
+           'protection_ratios', 'promotion_seconds', 'bench_serve_run', 'bench_table', 'protection_costs']
 
 # %% ../../nbs/70_bench/74_serve.ipynb #6663e135
 def sample_issues(project:str='Zookeeper', n:int=50, settings:Settings|None=None) -> list[dict]:
@@ -168,6 +168,7 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
             out.update({f'{name} c={c}': st for name, st in load_interleaved(url, runs, c, rounds).items()})
         out.update({f'{name} c=8': st for name, st in load_interleaved(url, hooks, 8, rounds).items()})
         out.update(protection_ratios(out))
+        out.update(protection_costs(issues_raw))
         # promotion first, while the tenant's models are warm (polled, not reloaded by churn)
         for name, prefix in variants.items():
             out[f'{name}: promotion served after (s)'] = promotion_seconds(url, warm[0], keys[warm[0]], issues[0], s,
@@ -188,6 +189,7 @@ def bench_table(out:dict, s:Settings) -> Table:
     for k, v in out.items():
         if not isinstance(v, dict):
             if 'on/off' in k: t.add_row(k, '', '', '', '', '', f"{v:.2f}x", '', ''); continue
+            if '(us/' in k: t.add_row(k, '', '', '', '', '', f"{v / 1000:.3f}", '', ''); continue
             t.add_row(k, '', '', '', f"{v:.2f} s", '', '', '', ''); continue
         same = re.search(r' (x\d+) c=', k)  # triage in N ingress replicas, against echo in N replicas
         cpu = f"{v['cpu_ms']:.1f}" if v.get('cpu_ms') is not None and k != 'cold_load' else ''
@@ -201,3 +203,34 @@ def bench_table(out:dict, s:Settings) -> Table:
                  f"a promotion served within 5 s; protections on/off (rate limits, signed webhooks) <= 1.3x CPU per request; "
                  f"<= {s.serve_models_per_replica} models per replica (ALLIEDIUM_SERVE_MODELS_PER_REPLICA)")
     return t
+
+# %% ../../nbs/70_bench/74_serve.ipynb #60e0f891
+def protection_costs(issues:list[dict], n:int=20_000) -> dict[str, float]:
+    "Microseconds per request of the rate limiter (both limits) and of a webhook signature check, in this process."
+    import asyncio, hashlib, hmac
+    from alliedium.serving.api import RateLimit
+    from alliedium.tenants import signature_ok, webhook_signature
+    async def nothing(scope, receive, send): pass
+    limiter = RateLimit(nothing, Settings(**GUARD))
+    scope = {'type': 'http', 'client': ('10.0.0.1', 40000),
+             'headers': [(b'content-type', b'application/json'), (b'authorization', b'Bearer ak_' + b'x' * 43)]}
+    async def per_call(app) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n): await app(scope, None, None)
+        return (time.perf_counter() - t0) / n
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:  # a loop of its own, also where one runs (a notebook)
+        limit_us = 1e6 * (pool.submit(asyncio.run, per_call(limiter)).result()
+                          - pool.submit(asyncio.run, per_call(nothing)).result())
+    secret = 'whsec_' + hashlib.sha256(b'bench').hexdigest()[:43]
+    bodies = [json.dumps({'webhookEvent': 'jira:issue_updated', 'issue': i}).encode() for i in issues]
+    heads = [webhook_signature(secret, b) for b in bodies]
+    rounds = max(1, n // 100 // len(bodies))
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for b, h in zip(bodies, heads): signature_ok(secret, b, h)
+    sig_us = 1e6 * (time.perf_counter() - t0) / (rounds * len(bodies))
+    assert not hmac.compare_digest(heads[0], 'x')  # (the check above compared real signatures)
+    return {'protections in-process: rate limits (us/request)': limit_us,
+            f'protections in-process: webhook signature, {sum(map(len, bodies)) // len(bodies)} B bodies (us/delivery)':
+            sig_us}
