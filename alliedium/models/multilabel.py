@@ -94,19 +94,22 @@ class KnnIndex:
         self.XT, self.w = X.T.tocsr(), np.asarray(w, np.float32)
         parts = (self.XT.indptr, self.XT.indices, self.XT.data.astype(np.float16), self.w)
         self.digest = hashlib.sha1(b''.join(np.ascontiguousarray(a).tobytes() for a in parts)).hexdigest()
-        self._memo, self.meta, self.duplicates = None, meta, None
+        self._memo = self._cos = None
+        self.meta, self.duplicates = meta, None
 
     def similarities(self, Q:sp.csr_matrix|SparseRow, weighted:bool=True) -> np.ndarray:
         "Similarity of each query row to each past ticket: weighted by recency, or the plain cosine."
-        if not isinstance(Q, SparseRow):
-            S = (Q @ self.XT).toarray()
-            return S * self.w[None, :] if weighted else S
-        XT = self.XT
-        starts, lens = XT.indptr[Q.indices], np.diff(XT.indptr)[Q.indices]
-        # the query terms' postings, one after another
-        pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
-        S = np.bincount(XT.indices[pos], weights=XT.data[pos] * np.repeat(Q.data, lens), minlength=XT.shape[1])
-        return ((S.astype(np.float32) * self.w) if weighted else S.astype(np.float32))[None, :]
+        if (m := self._cos) is not None and m[0] is Q: S = m[1]  # the neighbours' and `similar`'s search: one
+        elif not isinstance(Q, SparseRow): S = (Q @ self.XT).toarray().astype(np.float32, copy=False)
+        else:
+            XT = self.XT
+            starts, lens = XT.indptr[Q.indices], np.diff(XT.indptr)[Q.indices]
+            # the query terms' postings, one after another
+            pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
+            S = np.bincount(XT.indices[pos], weights=XT.data[pos] * np.repeat(Q.data, lens),
+                            minlength=XT.shape[1]).astype(np.float32)[None, :]
+        if Q.shape[0] <= 1024: self._cos = (Q, S)
+        return S * self.w[None, :] if weighted else S
 
     def neighbours(self, Q:sp.csr_matrix|SparseRow, k:int) -> tuple[np.ndarray, np.ndarray]:
         "Per query row, the `k` most similar past tickets and their weighted similarities."
@@ -129,7 +132,7 @@ class KnnIndex:
     def __setstate__(self, s:dict):
         self.XT = sp.csr_matrix((np.asarray(s['data'], np.float32), np.asarray(s['indices'], np.int32), s['indptr']),
                                 shape=tuple(s['shape']))
-        self.w, self.digest, self._memo = np.asarray(s['w'], np.float32), s['digest'], None
+        self.w, self.digest, self._memo, self._cos = np.asarray(s['w'], np.float32), s['digest'], None, None
         self.meta = TicketMeta.of_state(s['meta']) if 'meta' in s else None
         self.duplicates = dict(s['duplicates']) if 'duplicates' in s else None
 
