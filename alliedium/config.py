@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     feedback_log: str = Field('async', pattern=r'^(async|sync|off)$')  # triage answers into the suggestion log
     feedback_flush_seconds: float = Field(0.5, gt=0)  # the async suggestion log writes at least this often
     feedback_retention_days: int = Field(365, ge=1)  # suggestions and outcomes older than this are deleted
-    feedback_rollback: bool = True  # roll back a version whose live answered precision is clearly below its predecessor's
+    feedback_rollback: bool = True  # roll back a version whose live answered precision is clearly below the last one's
     feedback_rollback_min_outcomes: int = Field(100, ge=10)  # ... once each has this many answered outcomes
 
     @field_validator('ignite_page_size')

@@ -157,3 +157,40 @@ def test_retention_prunes_old_rows_only(ignite, tenant):
 def test_the_process_log_is_one_per_cluster_and_mode(ignite):
     assert suggestion_log(ignite) is suggestion_log(ignite)
     assert suggestion_log(ignite.model_copy(update=dict(feedback_log='off'))) is not suggestion_log(ignite)
+
+
+def _served(log, tenant, version, top1, n, prefix):
+    "`n` answers of `version` whose top-1 is `top1`, for new issues PREFIX-i filed at T0."
+    for i in range(n):
+        log.log(tenant, dict(key=f'{prefix}-{i}', fields=dict(summary=f'issue {i}', created=T0, updated=T0)),
+                dict(versions=dict(assignee=version), abstain=False, assignee=[dict(name=top1, score=.9)]))
+
+
+def test_a_version_clearly_less_precise_live_is_rolled_back(ignite, tenant):
+    from alliedium.feedback import rollback_check
+    from alliedium.registry import active_versions
+    from alliedium.runs import list_runs
+    from alliedium.training import train_tenant
+    from fixtures_data import SAMPLE, _first_issues
+    ingest_tickets(tenant, [parse_issue(i, tenant) for i in _first_issues(SAMPLE/'Zookeeper.jsonl.gz', 300)], ignite)
+    for _ in range(2): train_tenant(tenant, tasks=['assignee'], settings=ignite, tolerance=1.0)
+    assert active_versions(tenant, ignite) == {'assignee': 2}
+    s = ignite.model_copy(update=dict(feedback_rollback_min_outcomes=40))
+    log = SuggestionLog(s, mode='sync')
+    _served(log, tenant, 1, 'ann', 50, 'OLD')  # version 1 was right 50 times of 50
+    _served(log, tenant, 2, 'bob', 30, 'NEW')  # version 2 wrong 30 times: too few answers to judge yet
+    people = lambda prefix, n: [parse_issue(dict(key=f'{prefix}-{i}', fields=dict(
+        summary=f'issue {i}', created=T0, updated='2024-02-01T00:00:00.000+0000', assignee=dict(name='ann'))), tenant)
+        for i in range(n)]
+    assert ingest_tickets(tenant, people('OLD', 50) + people('NEW', 30), s).outcomes == 80
+    assert rollback_check(tenant, s) == [] and active_versions(tenant, s) == {'assignee': 2}
+    _served(log, tenant, 2, 'bob', 60, 'MORE')
+    assert ingest_tickets(tenant, people('MORE', 60), s).outcomes == 60
+    assert rollback_check(tenant, s.model_copy(update=dict(feedback_rollback=False))) == []  # the setting
+    done = rollback_check(tenant, s)
+    assert [(d['task'], d['rolled_back'], d['to'], d['precision'], d['predecessor_precision']) for d in done] == \
+        [('assignee', 2, 1, 0.0, 1.0)]
+    assert active_versions(tenant, s) == {'assignee': 1}
+    run, = [r for r in list_runs(tenant, s) if r['kind'] == 'rollback']
+    assert run['status'] == 'succeeded' and run['metrics']['z'] >= 2.33
+    assert rollback_check(tenant, s) == []  # version 1 is active again: nothing newer to judge
