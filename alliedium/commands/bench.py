@@ -22,7 +22,7 @@ from ..schema import ensure_schema
 from ..serving.api import settings_overrides
 
 # %% auto #0
-__all__ = ['bench_ingest', 'bench_train', 'bench_serve', 'bench_cluster']
+__all__ = ['bench_ingest', 'bench_train', 'bench_serve', 'bench_cluster', 'bench_soak']
 
 # %% ../../nbs/90_commands/95_bench.ipynb #4dacfa15
 @bench_app.command('ingest')
@@ -125,3 +125,25 @@ def bench_cluster(calls: int = typer.Option(200, '--calls', min=1, help="no-op j
         with tempfile.TemporaryDirectory(prefix='alliedium-failover-') as d: f = measure_failover(Path(d))
     if as_json: print(json.dumps(dict(colocated=r, failover=f), indent=2))
     else: console.print(cluster_table(r, f))
+
+# %% ../../nbs/90_commands/95_bench.ipynb #8d40ffa2
+@bench_app.command('soak')
+def bench_soak(minutes: float = typer.Option(10, min=0.1, help="how long the mixed load runs"),
+               concurrency: int = typer.Option(4, min=1, help="requests in flight"),
+               window: float = typer.Option(30, min=5, help="seconds per measured window (the first is the warm-up)"),
+               as_json: bool = typer.Option(False, '--json', help="print JSON")):
+    "Triage, webhooks and a training a minute against the service for N minutes: errors, p99, every process's RSS."
+    from ..bench.soak import soak
+    s = get_settings()
+    if not s.external_cluster: start_local_node(s)
+    ensure_schema(s)
+    show = None if as_json else (lambda r: console.print(
+        f"window {r['window']:>3} at {r['minute']:6.2f} min: {r['requests']:>6} requests, {r['errors']} errors "
+        f"{r['error_kinds'] or ''}, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, train {r['trains'] or '-'}, "
+        f"service RSS {r['rss_mb']:.0f} MiB", highlight=False))
+    with redirect_stdout(sys.stderr): out = soak(minutes, concurrency, window, s, show)
+    if as_json: print(json.dumps(out, indent=2)); return
+    console.print(f"{out['requests']} requests in {minutes:g} min, {out['errors']} errors; memory from the end of the "
+                  f"warm-up window to the end (max growth {(out['max_growth'] or 0):.1%}):", highlight=False)
+    console.print(markdown_table([{k: g[k] for k in ('pid', 'process', 'warm_mb', 'end_mb', 'growth')}
+                                  for g in out['memory']], floats='{:.3f}'), highlight=False)
