@@ -70,7 +70,8 @@ def test_why_reaches_the_http_answer_as_the_model_gives_it(api, backend, trained
     http = triage(api, t, key, issue)
     direct = backend.slots[t].models.triage(issue)   # the same loaded models, in this process
     assert [a['name'] for a in http['assignee']] == [a['name'] for a in direct['assignee']]
-    assert [a.get('why', []) for a in http['assignee']] == [a.get('why', []) for a in direct['assignee']]
+    assert any(a.get('why') for a in direct['assignee'])   # the model gives evidence ...
+    assert [a.get('why', []) for a in http['assignee']] == [a.get('why', []) for a in direct['assignee']]   # ... kept
     kept = TriageAnswer.model_validate(dict(tenant=t, versions={}, assignee=[
         dict(name='phunt', score=0.5, why=['took 4 of the 10 most similar past tickets (ZOOKEEPER-1, ZOOKEEPER-2)'])]))
     assert kept.model_dump()['assignee'][0]['why'] == ['took 4 of the 10 most similar past tickets (ZOOKEEPER-1, '
