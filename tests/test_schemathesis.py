@@ -51,6 +51,7 @@ def tenant_operations(base: str):
     return [op for op in ops if op.path.startswith('/v1/tenants/{tenant}/')]
 
 
+@pytest.mark.timeout(0 if LONG else 900)  # make fuzz: thousands of requests per route take longer than the default
 def test_tenant_routes_answer_no_5xx_and_conform_to_their_schema(live):
     base, tenant, key = live
     ops = tenant_operations(base)
