@@ -1,7 +1,7 @@
 """Evidence with every suggestion (issue 19) through the HTTP API in this process, against the session's Ignite node
 and real ZooKeeper tickets: `similar` and `duplicates` in the answer, `why` kept as the assignee model gives it, the
 index learning a ticket as soon as it is ingested, and the batch route (order, per-issue errors, its limit)."""
-import gzip, itertools, json, uuid
+import gzip, itertools, json, time, uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -125,3 +125,43 @@ def test_batch_over_the_limit_and_empty_are_4xx(ignite, trained):
     assert (r.status_code, r.json()['error']) == (400, 'BatchTooLarge') and '2' in r.json()['detail']
     r = small.post(f'/v1/tenants/{t}/triage/batch', json={'issues': []}, headers=bearer(key))
     assert r.status_code == 422
+
+
+@pytest.fixture(scope='module')
+def ray_service(serve_url, ignite):
+    "`serve/app.py` under the session's Ray Serve at '/evidence' (models in their own deployment, polling each 0.5 s)."
+    import httpx
+    from ray import serve
+    from alliedium.config import Settings
+    from alliedium.serving.api import settings_overrides
+    from alliedium.serving.runtime import load_app
+    s = Settings(**{**settings_overrides(ignite), 'serve_poll_seconds': 0.5, 'serve_replica_cpus': 0.1})
+    serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name='evidence',
+              route_prefix='/evidence')
+    with httpx.Client(base_url=f'{serve_url}/evidence', timeout=120) as http: yield http
+    serve.delete('evidence')
+
+
+def test_batch_and_live_learning_under_ray_serve(ray_service, trained):
+    "The batch goes through the ingress to the model deployment in one call; a replica learns a webhook's ticket."
+    t, key = trained
+    good = [{'fields': {k: i['fields'][k] for k in ('summary', 'description')}} for i in zk_issues(N + 5, 2)]
+    r = ray_service.post(f'/v1/tenants/{t}/triage/batch', json={'issues': [good[0], {'fields': {}}, good[1]]},
+                         headers=bearer(key))
+    assert r.status_code == 200, r.text
+    items = r.json()['answers']
+    assert [('error' in x) for x in items] == [False, True, False] and all(items[i]['similar'] for i in (0, 2))
+    single = ray_service.post(f'/v1/tenants/{t}/triage', json=good[1], headers=bearer(key)).json()
+    assert single['similar'] == items[2]['similar'] and single['assignee'] == items[2]['assignee']
+    text = 'Ensemble loses quorum whenever the transaction log directory is on a full tmpfs'
+    now = time.strftime('%Y-%m-%dT%H:%M:%S.000+0000', time.gmtime())
+    ev = {'webhookEvent': 'jira:issue_created', 'issue': {'key': 'ZOOKEEPER-88888', 'fields': {
+        'summary': text, 'created': now, 'updated': now}}}
+    assert ray_service.post(f'/v1/tenants/{t}/webhooks/jira', json=ev, headers=bearer(key)).status_code == 200
+    t0, keys = time.monotonic(), []
+    while time.monotonic() - t0 < 120 and 'ZOOKEEPER-88888' not in keys:   # the replica's next poll learns it
+        a = ray_service.post(f'/v1/tenants/{t}/triage', json={'fields': {'summary': text}}, headers=bearer(key))
+        keys = [s['key'] for s in a.json()['similar']]
+        time.sleep(0.1)
+    print(f"a webhook's ticket in similar through Ray Serve after {time.monotonic() - t0:.2f} s (poll 0.5 s)")
+    assert keys[0] == 'ZOOKEEPER-88888'
