@@ -781,6 +781,7 @@ def batch_item(raw:Any) -> dict:
     except AlliediumError as e: return dict(error=type(e).__name__, detail=str(e))
 
 def _routes_batch(api:FastAPI, backend:ServingBackend, tenant_auth):
+    from alliedium.feedback import suggestion_log
     s = backend.settings
 
     @api.post('/v1/tenants/{tenant}/triage/batch', response_model=BatchAnswer, response_model_exclude_none=True,
@@ -792,7 +793,9 @@ def _routes_batch(api:FastAPI, backend:ServingBackend, tenant_auth):
         items = [batch_item(raw) for raw in body.issues]
         ok = [i for i, it in enumerate(items) if 'error' not in it]
         answers = await backend.triage_batch(tenant, [items[i] for i in ok]) if ok else []
-        for i, a in zip(ok, answers): items[i] = a
+        for i, a in zip(ok, answers):
+            await suggestion_log(s).record(tenant, items[i], a)  # the suggestion log (issue 20), like a single triage
+            items[i] = a
         return dict(tenant=tenant, answers=items)
 
 # %% ../../nbs/60_serving/60_api.ipynb #8260a865
