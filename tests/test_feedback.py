@@ -194,3 +194,16 @@ def test_a_version_clearly_less_precise_live_is_rolled_back(ignite, tenant):
     run, = [r for r in list_runs(tenant, s) if r['kind'] == 'rollback']
     assert run['status'] == 'succeeded' and run['metrics']['z'] >= 2.33
     assert rollback_check(tenant, s) == []  # version 1 is active again: nothing newer to judge
+
+
+def test_a_batch_triage_logs_each_answer(replayed, api, ignite):
+    tenant, key = replayed['tenant'], create_api_key(replayed['tenant'], ignite)
+    keys = [f'BATCH-{uuid.uuid4().hex[:6]}' for _ in range(3)]
+    body = dict(issues=[dict(key=k, fields=dict(summary=f'Topology {k} stalls', created=T0)) for k in keys]
+                + [dict(fields=dict())])  # invalid: its own error, nothing logged
+    r = api.post(f'/v1/tenants/{tenant}/triage/batch', headers={'Authorization': f'Bearer {key}'}, json=body)
+    assert r.status_code == 200, r.text
+    with ignite_client(ignite) as c:
+        logged = {k for k, in c.sql(f"SELECT issue_key FROM {SCHEMA}.SUGGESTION WHERE tenant_id = ? AND slot = 0 "
+                                     f"AND issue_key LIKE 'BATCH-%'", query_args=[tenant])}
+    assert logged == set(keys)

@@ -60,10 +60,11 @@ def http_status(exc:BaseException) -> int|None:
 # %% ../../nbs/60_serving/60_api.ipynb #82dbc6aa
 _ADDRESS = re.compile(r'\[[0-9A-Fa-f:.]+\](?::\d{1,5})?|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b'
                       r'|\b[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*:\d{2,5}\b')
+_PATH = re.compile(r'(?<![\w.~/])/(?:[\w.@-]+/)+[\w.@-]+')  # an absolute file path (two parts or more)
 
 def without_addresses(text:str) -> str:
-    "`text` with host:port pairs and IP addresses replaced by `<address>` (5xx answers and /healthz show none)."
-    return _ADDRESS.sub('<address>', text)
+    "`text` with host:port pairs, IP addresses and file paths replaced (5xx answers and /healthz show none)."
+    return _PATH.sub('<path>', _ADDRESS.sub('<address>', text))
 
 # %% ../../nbs/60_serving/60_api.ipynb #ec706d4a
 class AsciiJSON(JSONResponse):
@@ -314,7 +315,8 @@ class KeyCache:
         s, now = self.settings, time.monotonic()
         if (known := self.secrets.get(tenant)) and known[1] > now: return known[0]
         secret = kept_client(s).run(lambda c: webhook_secret(tenant, s, client=c))
-        if s.serve_key_cache_seconds > 0: self._remember(self.secrets, tenant, (secret, now + s.serve_key_cache_seconds))
+        if s.serve_key_cache_seconds > 0:
+            self._remember(self.secrets, tenant, (secret, now + s.serve_key_cache_seconds))
         return secret
 
 # %% ../../nbs/60_serving/60_api.ipynb #b763806a
@@ -344,7 +346,8 @@ def check_event_times(event:dict, settings:Settings|None=None, now:float|None=No
         try: t = jira_time(value, name).replace(tzinfo=timezone.utc).timestamp()
         except JiraError: continue  # not a time: ingestion refuses it with what is wrong (422 BadIssue)
         if t > limit: raise FutureEvent(
-            f"{name} is {str(value)[:40]!r}, later than now + {s.webhook_max_skew_seconds:.0f} s: refused, so it cannot "
+            f"{name} is {str(value)[:40]!r}, later than now + {s.webhook_max_skew_seconds:.0f} s: refused, "
+            "so it cannot "
             "shadow the ticket's real updates; check the sender's clock")
     return event
 
@@ -354,7 +357,8 @@ def parse_webhook(raw:bytes) -> WebhookEvent:
     try: data = json.loads(raw)
     except (ValueError, RecursionError) as e:  # as FastAPI answers a body it cannot decode
         raise RequestValidationError([{'type': 'json_invalid', 'loc': ('body', getattr(e, 'pos', 0)), 'input': {},
-                                       'msg': 'JSON decode error', 'ctx': {'error': getattr(e, 'msg', str(e))}}]) from None
+                                       'msg': 'JSON decode error',
+                                       'ctx': {'error': getattr(e, 'msg', str(e))}}]) from None
     try: return WebhookEvent.model_validate(data)
     except ValidationError as e:
         raise RequestValidationError([{**err, 'loc': ('body', *err['loc'])} for err in e.errors()]) from None
@@ -379,7 +383,8 @@ def _webhook_openapi() -> tuple[dict, dict]:
     "The webhook route's request body for the OpenAPI document, and the schemas it refers to."
     schema = WebhookEvent.model_json_schema(ref_template='#/components/schemas/{model}')
     defs = {**schema.pop('$defs', {}), 'WebhookEvent': schema}
-    body = {'required': True, 'content': {'application/json': {'schema': {'$ref': '#/components/schemas/WebhookEvent'}}}}
+    ref = {'$ref': '#/components/schemas/WebhookEvent'}
+    body = {'required': True, 'content': {'application/json': {'schema': ref}}}
     return {'requestBody': body}, defs
 
 # %% ../../nbs/60_serving/60_api.ipynb #1a2e333d
