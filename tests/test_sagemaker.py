@@ -173,3 +173,29 @@ def test_endpoint_down_is_503_with_retry_after_and_classical_answers(deep_tenant
         assert isinstance(b['answer']['components'], list)  # the classical task still answered
     r = api.post(f'/v1/tenants/{t}/triage', json=issue, headers=auth)  # open circuit: refused at once
     assert r.status_code == 503 and 'circuit open' in r.json()['detail'] and int(r.headers['Retry-After']) >= 10
+
+
+def test_cli_package_and_the_images_dockerfile(deep_tenant, tmp_path):
+    "`alliedium sagemaker package` as a user runs it; the Dockerfile copies what exists and starts a real command."
+    import re, subprocess, sys
+    from pathlib import Path
+    t, _, v = deep_tenant
+    bin_ = Path(sys.executable).parent/'alliedium'
+    r = subprocess.run([str(bin_), 'sagemaker', 'package', t, 'priority', '--out', str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and (tmp_path/t/'priority'/f'v{v}.tar.gz').is_file(), r.stdout + r.stderr
+    r = subprocess.run([str(bin_), 'sagemaker', 'package', t, 'components', '--out', str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and 'only deep models' in ' '.join(r.stderr.split()), r.stderr  # a classical model
+    root = Path(__file__).resolve().parent.parent
+    lines = [l.strip() for l in (root/'sagemaker'/'Dockerfile').read_text().splitlines() if l.strip()
+             and not l.startswith('#')]
+    assert lines[0].startswith('FROM python:3.11')
+    for l in lines:
+        assert re.match(r'^(FROM|ENV|WORKDIR|COPY|RUN|LABEL|EXPOSE|ENTRYPOINT|CMD) ', l), l
+        if l.startswith('COPY '): assert all((root/p).exists() for p in l.split()[1:-1]), l
+    entry = json.loads(next(l for l in lines if l.startswith('ENTRYPOINT '))[len('ENTRYPOINT '):])
+    cmd = json.loads(next(l for l in lines if l.startswith('CMD '))[len('CMD '):])
+    assert entry[0] == 'alliedium' and cmd == ['serve'] and 'EXPOSE 8080' in lines
+    r = subprocess.run([str(bin_), *entry[1:], '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and '/ping' in r.stdout, r.stdout + r.stderr

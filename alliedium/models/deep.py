@@ -388,7 +388,8 @@ def instances(rows) -> list[dict]:
     "The tickets of `rows` as the JSON the endpoint reads (the inputs a deep model uses)."
     cols = ('summary', 'description', 'reporter', 'components', 'issue_type')
     clean = lambda v: None if v is None or (isinstance(v, float) and v != v) else v
-    return [{c: clean(_as_list(rows[c][i]) if c == 'components' else rows[c][i]) for c in cols}
+    data = {c: list(rows[c]) for c in cols}
+    return [{c: clean(_as_list(data[c][i]) if c == 'components' else data[c][i]) for c in cols}
             for i in range(len(rows))]
 
 # %% ../../nbs/30_models/34_deep.ipynb #f85dcfec
@@ -410,10 +411,10 @@ class EndpointModel:
         what = f"SageMaker endpoint {self.endpoint!r} ({self.target})"
         self.breaker.check(what)
         kw = dict(TargetModel=self.target) if self.settings.sagemaker_multi_model else {}
+        body = json.dumps(dict(instances=instances(rows))).encode()
         try:
             r = runtime_client(self.settings).invoke_endpoint(
-                EndpointName=self.endpoint, Body=json.dumps(dict(instances=instances(rows))).encode(),
-                ContentType='application/json', Accept='application/json', **kw)
+                EndpointName=self.endpoint, Body=body, ContentType='application/json', Accept='application/json', **kw)
             out = json.loads(r['Body'].read())['predictions']
         except (BotoCoreError, ClientError, ValueError, KeyError) as e:
             self.breaker.record(False)

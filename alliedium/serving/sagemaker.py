@@ -18,7 +18,7 @@ from ..sagemaker import inference
 
 # %% auto #0
 __all__ = ['container_app', 'SignatureRefused', 'verify_sigv4', 'RuntimeFront', 'runtime_app', 'NotDeep', 'package_model',
-           'LocalEndpoint']
+           'write_package', 'LocalEndpoint']
 
 # %% ../../nbs/60_serving/64_sagemaker_local.ipynb #c60c5407
 def _handle(model, body:bytes, content_type:str|None, accept:str|None) -> Response:
@@ -206,8 +206,11 @@ def package_model(tenant_id:str, task:str, version:int|None=None, # default: the
     if getattr(model, 'family', None) != 'deep': raise NotDeep(
         f"{tenant_id}/{task} v{v} is a classical model: only deep models go to SageMaker "
         "(train one with ALLIEDIUM_DEEP_TASKS)")
-    path = Path(out or s.var/'sagemaker'/'models')/target_model(tenant_id, task, v)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_package(model, Path(out or s.var/'sagemaker'/'models')/target_model(tenant_id, task, v))
+
+def write_package(model, path:str|Path) -> Path:
+    "Write a deep model as SageMaker's `model.tar.gz` at `path`: model.safetensors, config.json, code/inference.py."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         model.to_files(d)
         (Path(d)/'code').mkdir()
