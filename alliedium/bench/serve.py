@@ -87,7 +87,8 @@ def webhook_runs(issues:list[dict], n:int, s:Settings) -> dict[str, list]:
     "`n` webhook deliveries each to a tenant with a webhook secret (signed) and to one without (its Bearer key)."
     from alliedium.tenants import create_tenant, new_webhook_secret, rotate_keys, tenant_exists, webhook_signature
     signed, keyed = 'bench-serve-webhook-signed', 'bench-serve-webhook-key'
-    keys = {t: rotate_keys(t, 0, s)[0] if tenant_exists(t, s) else create_tenant(t, settings=s) for t in (signed, keyed)}
+    keys = {t: rotate_keys(t, 0, s)[0] if tenant_exists(t, s) else create_tenant(t, settings=s)
+            for t in (signed, keyed)}
     secret = new_webhook_secret(signed, s)
     events = [{'webhookEvent': 'jira:issue_updated', 'issue': i} for i in issues]
     # the load generator sends json.dumps(body): the signature is of those bytes
@@ -200,7 +201,8 @@ def bench_table(out:dict, s:Settings) -> Table:
                  f"generator too). triage/echo: against the one-replica echo (the target's ratio); vs echo xN: against "
                  f"echo in as many replicas as that triage's ingress (what Serve's extra replicas cost is then on both "
                  f"sides). targets: triage >= 0.8x echo at c=8; warm p99 at c=1 <= 30 ms; cold load p99 <= 100 ms; "
-                 f"a promotion served within 5 s; protections on/off (rate limits, signed webhooks) <= 1.3x CPU per request; "
+                 f"a promotion served within 5 s; protections on/off (rate limits, signed webhooks) <= 1.3x CPU "
+                 f"per request; "
                  f"<= {s.serve_models_per_replica} models per replica (ALLIEDIUM_SERVE_MODELS_PER_REPLICA)")
     return t
 
