@@ -388,7 +388,7 @@ def instances(rows) -> list[dict]:
     "The tickets of `rows` as the JSON the endpoint reads (the inputs a deep model uses)."
     cols = ('summary', 'description', 'reporter', 'components', 'issue_type')
     clean = lambda v: None if v is None or (isinstance(v, float) and v != v) else v
-    data = {c: list(rows[c]) for c in cols}
+    data = {c: list(rows[c]) if c in rows.columns else [None] * len(rows) for c in cols}  # the model's inputs
     return [{c: clean(_as_list(data[c][i]) if c == 'components' else data[c][i]) for c in cols}
             for i in range(len(rows))]
 
