@@ -51,9 +51,9 @@ class Settings(BaseSettings):
     ignite_timeout: float = Field(30, gt=0)  # thin-client socket timeout, seconds
     ignite_libs: Path|None = None  # Ignite jars; default <home>/ignite/lib (filled by make setup)
     java: str = 'java'  # the java executable (JDK 17)
-    ignite_auth: bool = False  # Ignite authentication: every client logs in as `ignite_user`
-    ignite_tls: bool = False  # TLS on the thin-client connector, discovery and communication
-    ignite_tde: bool = False  # Transparent Data Encryption: every ALLIEDIUM table encrypted on disk (pages and WAL)
+    ignite_auth: bool = True  # Ignite authentication: every client logs in as `ignite_user`
+    ignite_tls: bool = True  # TLS on the thin-client connector, discovery and communication
+    ignite_tde: bool = True  # Transparent Data Encryption: every ALLIEDIUM table encrypted on disk (pages and WAL)
     ignite_user: str = 'alliedium'  # the user clients log in as (created by the local node's first start)
     ignite_password: str = ''  # its password; empty: <secrets>/ignite-password (generated on first start)
     ignite_admin_password: str = ''  # the `ignite` superuser's; empty: <secrets>/ignite-admin-password (generated)
@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     feedback_retention_days: int = Field(365, ge=1)  # suggestions and outcomes older than this are deleted
     feedback_rollback: bool = True  # roll back a version whose live answered precision is clearly below the last one's
     feedback_rollback_min_outcomes: int = Field(100, ge=10)  # ... once each has this many answered outcomes
+    feedback_refit_min_outcomes: int = Field(200, ge=0)  # refit the assignee abstain thresholds from this many (0: off)
 
     @field_validator('ignite_page_size')
     @classmethod

@@ -88,7 +88,8 @@ class LocalNode:
     def communication_port(self): return self.settings.ignite_communication_port + self.index
 
 # %% ../nbs/05_ignite.ipynb #09c8afc4
-class SecretsError(AlliediumError): "A secret (password, keystore, certificate) is missing or cannot be made."
+# a subclass of IgniteUnavailable: without its secrets a client cannot reach the cluster (the API answers 503)
+class SecretsError(IgniteUnavailable): "A secret (password, keystore, certificate) is missing or cannot be made."
 
 @contextmanager
 def _secrets_lock(s:Settings):
@@ -337,9 +338,8 @@ def client_addresses(settings:Settings) -> list[tuple[str,int]]:
     return addrs + [(settings.ignite_host, LocalNode(settings, i).client_port) for i in running_nodes(settings)
                     if i]
 
-class IgniteLoginFailed(AlliediumError):
-    "The cluster refused this client's user name or password."
-    exit_code = 3
+class IgniteLoginFailed(IgniteUnavailable):
+    "The cluster refused this client's user name or password (so, to this client, it is unavailable)."
 
 def _connected(s:Settings, addrs, timeout:float, **options) -> Client:
     "A `Client` connected to `addrs` (the settings' credentials and TLS unless `options` override them)."

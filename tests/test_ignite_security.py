@@ -80,7 +80,7 @@ def test_client_without_credentials_is_refused(secure):
 
 
 def test_client_without_tls_is_refused(secure):
-    with pytest.raises(IgniteUnavailable):
+    with pytest.raises(IgniteUnavailable, match='no Ignite node answers'):
         with ignite_client(secure.model_copy(update=dict(ignite_tls=False)), timeout=5): pass
 
 
@@ -90,7 +90,7 @@ def test_client_that_does_not_trust_the_nodes_certificate_is_refused(secure, tmp
     from alliedium.ignite import ensure_secrets
     ensure_secrets(other)
     assert other.ca_file.read_bytes() != secure.ca_file.read_bytes()
-    with pytest.raises(IgniteUnavailable):
+    with pytest.raises(IgniteUnavailable, match='no Ignite node answers'):
         with ignite_client(secure.model_copy(update=dict(ignite_ca=other.ca_file)), timeout=5): pass
 
 
@@ -199,7 +199,7 @@ def test_rotation_needs_tde(secure):
 
 def test_migration_moves_unencrypted_tables_into_encrypted_ones(tmp_path):
     "A store made without TDE, then TDE on: every table encrypted, every row kept; an interrupted move resumes."
-    plain = own_node(tmp_path)
+    plain = own_node(tmp_path, ignite_auth=False, ignite_tls=False, ignite_tde=False)
     secure = plain.model_copy(update=SECURE)
     rows = lambda c, t: sorted(map(repr, c.sql(f'SELECT * FROM ALLIEDIUM.{t}')))
     try:
