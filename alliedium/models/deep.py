@@ -376,8 +376,9 @@ def runtime_client(s):
         from botocore.config import Config
         cfg = Config(connect_timeout=s.sagemaker_timeout, read_timeout=s.sagemaker_timeout,
                      retries=dict(mode='standard', total_max_attempts=s.sagemaker_retries + 1))
-        _CLIENTS[key] = boto3.client('sagemaker-runtime', region_name=s.sagemaker_region, config=cfg,
-                                     endpoint_url=s.sagemaker_endpoint_url or None)
+        _CLIENTS[key] = boto3.session.Session().client(  # a session of its own: credentials as they are now
+            'sagemaker-runtime', region_name=s.sagemaker_region, config=cfg,
+            endpoint_url=s.sagemaker_endpoint_url or None)
     return _CLIENTS[key]
 
 def target_model(tenant_id:str, task:str, version:int) -> str:
