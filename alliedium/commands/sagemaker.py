@@ -13,7 +13,7 @@ from .app import app, bench_app, console
 from ..config import AlliediumError, get_settings
 
 # %% auto #0
-__all__ = ['sagemaker_app', 'package_cmd', 'serve_cmd', 'container_cmd', 'bench_deep_cmd']
+__all__ = ['sagemaker_app', 'package_cmd', 'serve_cmd', 'container_cmd', 'deploy_cmd', 'bench_deep_cmd']
 
 # %% ../../nbs/90_commands/95b_sagemaker.ipynb #794f4fd2
 sagemaker_app = typer.Typer(help="Deep models on SageMaker: model.tar.gz packages and the local endpoint.",
@@ -67,6 +67,20 @@ def container_cmd(mode: str = typer.Argument('serve', help="SageMaker starts an 
     if mode != 'serve': raise AlliediumError(f"unknown mode {mode!r}: SageMaker runs the image with `serve`")
     single = model_dir if (model_dir/'config.json').is_file() else None
     uvicorn.run(container_app(single), host=host, port=port, log_level='warning')
+
+@sagemaker_app.command('deploy')
+def deploy_cmd(endpoint: str = typer.Option(..., help="the endpoint's name"),
+               image: str = typer.Option(..., help="the serving image in ECR (built from sagemaker/Dockerfile)"),
+               s3: str = typer.Option(..., help="the model prefix in S3, s3://bucket/prefix/"),
+               role: str = typer.Option(..., help="the execution role's ARN"),
+               instance_type: str = typer.Option('ml.g4dn.xlarge', help="the instance type"),
+               instance_count: int = typer.Option(1, min=1, help="instances"),
+               models: Path = typer.Option(None, help="upload the packages under this local model prefix first "
+                                                      "(default: none; var/sagemaker/models holds `package`'s)")):
+    "Create (or update) the multi-model endpoint on AWS: packages to S3, model, endpoint config, endpoint."
+    from alliedium.serving.sagemaker import deploy, upload_packages
+    if models: console.print(f"uploaded {len(upload_packages(models, s3))} packages to {s3}", highlight=False)
+    print(json.dumps(deploy(endpoint, image, s3, role, instance_type, instance_count), indent=2))
 
 # %% ../../nbs/90_commands/95b_sagemaker.ipynb #561b4f69
 @bench_app.command('deep')

@@ -18,7 +18,7 @@ from ..sagemaker import inference
 
 # %% auto #0
 __all__ = ['container_app', 'SignatureRefused', 'verify_sigv4', 'RuntimeFront', 'runtime_app', 'NotDeep', 'package_model',
-           'write_package', 'LocalEndpoint']
+           'write_package', 'LocalEndpoint', 'upload_packages', 'deploy']
 
 # %% ../../nbs/60_serving/64_sagemaker_local.ipynb #c60c5407
 def _handle(model, body:bytes, content_type:str|None, accept:str|None) -> Response:
@@ -247,3 +247,39 @@ class LocalEndpoint:
     def stop(self):
         for srv in self.servers: srv.should_exit = True
         for t in self.threads: t.join(10)
+
+# %% ../../nbs/60_serving/64_sagemaker_local.ipynb #ceee2f32
+def upload_packages(model_prefix:str|Path, s3_uri:str, s3=None) -> list[str]:
+    "Upload every `*.tar.gz` under the local model prefix to `s3://bucket/prefix/` at the same keys; the keys."
+    import boto3
+    bucket, _, prefix = s3_uri.removeprefix('s3://').partition('/')
+    if not s3_uri.startswith('s3://') or not bucket: raise AlliediumError(f"{s3_uri!r} is not s3://bucket/prefix/")
+    s3, root, keys = s3 or boto3.session.Session().client('s3'), Path(model_prefix), []
+    for f in sorted(root.rglob('*.tar.gz')):
+        key = f"{prefix.rstrip('/') + '/' if prefix.strip('/') else ''}{f.relative_to(root).as_posix()}"
+        s3.upload_file(str(f), bucket, key); keys.append(key)
+    return keys
+
+def deploy(endpoint:str, # the endpoint's name
+           image:str, # the serving image (sagemaker/Dockerfile, pushed to ECR)
+           s3_uri:str, # the model prefix in S3 (s3://bucket/prefix/): TargetModel keys live under it
+           role_arn:str, # the execution role SageMaker assumes (reads the prefix, pulls the image)
+           instance_type:str='ml.g4dn.xlarge', instance_count:int=1, sm=None) -> dict:
+    "Create the multi-model SageMaker model, an endpoint config and the endpoint (or update it); what was done."
+    import boto3
+    from botocore.exceptions import ClientError
+    sm = sm or boto3.session.Session().client('sagemaker')
+    name = f"{endpoint}-{datetime.now(timezone.utc).strftime('%Y%m%d%H%M%S')}"
+    sm.create_model(ModelName=name, ExecutionRoleArn=role_arn,
+                    PrimaryContainer=dict(Image=image, Mode='MultiModel', ModelDataUrl=s3_uri))
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[dict(
+        VariantName='AllTraffic', ModelName=name, InitialInstanceCount=instance_count, InstanceType=instance_type)])
+    try: sm.describe_endpoint(EndpointName=endpoint); exists = True
+    except ClientError as e:
+        if e.response['Error']['Code'] not in ('ValidationException', 'ValidationError'): raise
+        exists = False
+    if exists: sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=name)
+    else: sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=name)
+    d = sm.describe_endpoint(EndpointName=endpoint)
+    return dict(endpoint=endpoint, model=name, endpoint_config=name, action='updated' if exists else 'created',
+                status=d['EndpointStatus'], arn=d['EndpointArn'])
