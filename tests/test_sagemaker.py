@@ -199,3 +199,27 @@ def test_cli_package_and_the_images_dockerfile(deep_tenant, tmp_path):
     assert entry[0] == 'alliedium' and cmd == ['serve'] and 'EXPOSE 8080' in lines
     r = subprocess.run([str(bin_), *entry[1:], '--help'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and '/ping' in r.stdout, r.stdout + r.stderr
+
+
+def test_deploy_against_moto(endpoint, aws_env):
+    "`deploy` creates the multi-model model, config and endpoint on SageMaker's control plane (moto), on S3's prefix."
+    moto = pytest.importorskip('moto', reason="moto (the dev extra) runs AWS's control planes in this process")
+    from alliedium.serving.sagemaker import deploy, upload_packages
+    _, path = endpoint
+    prefix = path.parent.parent.parent  # <prefix>/<tenant>/<task>/v<N>.tar.gz
+    with moto.mock_aws():
+        s3, sm = boto3.client('s3', region_name='us-east-1'), boto3.client('sagemaker', region_name='us-east-1')
+        s3.create_bucket(Bucket='alliedium-models')
+        keys = upload_packages(prefix, 's3://alliedium-models/mme/', s3)
+        assert keys and all(k.startswith('mme/') and k.endswith('.tar.gz') for k in keys)
+        assert path.relative_to(prefix).as_posix() in [k.removeprefix('mme/') for k in keys]  # = its TargetModel
+        role = 'arn:aws:iam::123456789012:role/alliedium-sagemaker'
+        image = '123456789012.dkr.ecr.us-east-1.amazonaws.com/alliedium:1'
+        first = deploy('alliedium-mme', image, 's3://alliedium-models/mme/', role, sm=sm)
+        assert first['action'] == 'created' and first['status'] in ('Creating', 'InService'), first
+        m = sm.describe_model(ModelName=first['model'])['PrimaryContainer']
+        assert m['Mode'] == 'MultiModel' and m['ModelDataUrl'] == 's3://alliedium-models/mme/' and m['Image'] == image
+        v = sm.describe_endpoint_config(EndpointConfigName=first['endpoint_config'])['ProductionVariants'][0]
+        assert v['ModelName'] == first['model'] and v['InstanceType'] == 'ml.g4dn.xlarge'
+        assert sm.describe_endpoint(EndpointName='alliedium-mme')['EndpointConfigName'] == first['endpoint_config']
+        # (updating an existing endpoint calls update_endpoint, which moto does not implement: not covered here)
