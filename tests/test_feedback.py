@@ -207,3 +207,36 @@ def test_a_batch_triage_logs_each_answer(replayed, api, ignite):
         logged = {k for k, in c.sql(f"SELECT issue_key FROM {SCHEMA}.SUGGESTION WHERE tenant_id = ? AND slot = 0 "
                                      f"AND issue_key LIKE 'BATCH-%'", query_args=[tenant])}
     assert logged == set(keys)
+
+
+def test_the_assignee_thresholds_follow_the_live_outcomes(ignite, tenant):
+    from alliedium.feedback import refit_thresholds
+    from alliedium.registry import active_versions, load_model
+    from alliedium.runs import list_runs
+    from alliedium.training import train_tenant
+    from fixtures_data import SAMPLE, _first_issues
+    ingest_tickets(tenant, [parse_issue(i, tenant) for i in _first_issues(SAMPLE/'Zookeeper.jsonl.gz', 300)], ignite)
+    train_tenant(tenant, tasks=['assignee'], settings=ignite)
+    _, before, _ = load_model(tenant, 'assignee', settings=ignite)
+    s = ignite.model_copy(update=dict(feedback_refit_min_outcomes=60))
+    log = SuggestionLog(s, mode='sync')
+    # 80 tickets filed by rita: a confident top-1 (0.95) was right, a doubtful one (0.35) wrong
+    for i in range(80):
+        right = i % 2 == 0
+        log.log(tenant, dict(key=f'LIVE-{i}', fields=dict(summary=f'issue {i}', reporter=dict(name='rita'),
+                                                          created=T0, updated=T0)),
+                dict(versions=dict(assignee=1), abstain=False,
+                     assignee=[dict(name='ann' if right else 'bob', score=.95 if right else .35)]))
+    assert refit_thresholds(tenant, s) is None  # no outcome yet
+    ingest_tickets(tenant, [parse_issue(dict(key=f'LIVE-{i}', fields=dict(
+        summary=f'issue {i}', reporter=dict(name='rita'), created=T0, updated='2024-02-01T00:00:00.000+0000',
+        assignee=dict(name='ann'))), tenant) for i in range(80)], s)
+    r = refit_thresholds(tenant, s)
+    assert r is not None and r['outcomes'] == 80 and r['from_version'] == 1
+    assert 0.35 < r['new']['threshold'] <= 0.95 and r['new_live']['precision'] == 1.0
+    assert r['new']['self_threshold'] == before.self_threshold_  # no live answer of the reporter: kept
+    assert active_versions(tenant, s) == {'assignee': r['version']}
+    _, after, metrics = load_model(tenant, 'assignee', settings=s)
+    assert after.threshold_ == r['new']['threshold'] and metrics['threshold_refit']['from_version'] == 1
+    assert [x['kind'] for x in list_runs(tenant, s)].count('threshold') == 1
+    assert refit_thresholds(tenant, s) is None  # the new version has no outcome of its own yet
