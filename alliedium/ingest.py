@@ -324,7 +324,8 @@ def record_outcomes(client:Client, tenant_id:str, tickets:Iterable[Ticket]) -> i
     for i in range(0, len(keys), 500):
         part = keys[i:i + 500]
         found += client.sql(f"SELECT issue_key, task, issue_time, prior FROM {SCHEMA}.SUGGESTION WHERE tenant_id = ? "
-                            f"AND slot = 0 AND issue_key IN ({', '.join('?' * len(part))})", query_args=[tenant_id, *part])
+                            f"AND slot = 0 AND issue_key IN ({', '.join('?' * len(part))})",
+                            query_args=[tenant_id, *part])
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     for key, task, issue_time, prior in found:
         t = by_key[key]
@@ -335,7 +336,8 @@ def record_outcomes(client:Client, tenant_id:str, tickets:Iterable[Ticket]) -> i
     marks = '(' + ', '.join('?' * len(_OUTCOME_COLUMNS)) + ')'
     for i in range(0, len(rows), 100):
         part = rows[i:i + 100]
-        client.sql(f"MERGE INTO {SCHEMA}.OUTCOME ({', '.join(_OUTCOME_COLUMNS)}) VALUES {', '.join([marks] * len(part))}",
+        client.sql(f"MERGE INTO {SCHEMA}.OUTCOME ({', '.join(_OUTCOME_COLUMNS)}) "
+                   f"VALUES {', '.join([marks] * len(part))}",
                    query_args=[v for r in part for v in r])
     return len(rows)
 
