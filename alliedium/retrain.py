@@ -14,9 +14,9 @@ from .registry import FORMAT
 
 # %% auto #0
 __all__ = ['RESULT_MIME', 'SUCCEEDED', 'FAILED', 'SKIPPED', 'RUN_KIND', 'RetrainError', 'train_notebook', 'run_notebook_path',
-           'settings_env', 'papermill_command', 'show_result', 'notebook_result', 'notebook_error', 'active_models',
-           'report_frame', 'plot_report', 'kill_running_notebooks', 'execute_training_notebook', 'TenantRun',
-           'last_successful_run', 'run_metrics', 'colocated_retrain', 'retrain_tenant', 'retrain']
+           'papermill_command', 'show_result', 'notebook_result', 'notebook_error', 'active_models', 'report_frame',
+           'plot_report', 'kill_running_notebooks', 'execute_training_notebook', 'TenantRun', 'last_successful_run',
+           'run_metrics', 'colocated_retrain', 'retrain_tenant', 'retrain']
 
 # %% ../nbs/65_retrain.ipynb #9e58f7c4
 class RetrainError(AlliediumError): "A retrain could not be started; the message says what to fix."
@@ -34,14 +34,6 @@ def run_notebook_path(tenant_id:str, run_id:str, settings:Settings|None=None) ->
     return (settings or get_settings()).var/'runs'/tenant_id/f'{run_id}.ipynb'
 
 # %% ../nbs/65_retrain.ipynb #2d4d404b
-def settings_env(settings:Settings) -> dict[str,str]:
-    "`ALLIEDIUM_*` environment variables that make a child process see `settings`."
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None: continue
-        env[f'ALLIEDIUM_{name.upper()}'] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
-
 def papermill_command(notebook:Path, output:Path, parameters:dict, settings:Settings) -> list[str]:
     "The `papermill` command line that executes `notebook` with `parameters` into `output`."
     return [sys.executable, '-m', 'papermill', str(notebook), str(output), '-k', settings.retrain_kernel,
@@ -153,7 +145,7 @@ def execute_training_notebook(tenant_id:str, run_id:str, # the tenant, and the R
     params = {**(parameters or {}), 'tenant': tenant_id, 'run_id': run_id}
     cmd = papermill_command(train_notebook(s), out, params, s)
     cmd += ['--execution-timeout', str(int(s.retrain_timeout))]
-    env = {**os.environ, **settings_env(s), 'JUPYTER_PREFER_ENV_PATH': '1'}
+    env = {**os.environ, **s.as_env(), 'JUPYTER_PREFER_ENV_PATH': '1'}
     t0 = time.perf_counter()
     rc, log = _run_process(cmd, env, s.retrain_timeout + 60)
     seconds = time.perf_counter() - t0
