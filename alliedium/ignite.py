@@ -415,7 +415,7 @@ def sql_ready(settings:Settings) -> bool:
 def _sql_str(v:str) -> str: return "'" + v.replace("'", "''") + "'"
 
 def ensure_users(settings:Settings) -> bool:
-    "Authentication: the `ignite` superuser's password changed, `ignite_user` made; False while the node does not answer."
+    "Authentication: the `ignite` superuser's password changed, `ignite_user` made; False while no node answers."
     s = settings
     admin, addrs = admin_password(s, create=True), s.ignite_addresses()
     for pw in (admin, 'ignite'):  # the generated superuser password, else the default of a new store

@@ -511,7 +511,8 @@ def run_colocated_retrain(tenant_id:str, settings:Settings|None=None, gateway:Ga
 def master_key(self:Gateway, name:str|None=None) -> str:
     "The cluster's TDE master key name; with `name`, that key (in every server's keystore) becomes it first."
     try: return self._call('masterKey', name, int(self.settings.thick_timeout*1000))
-    except ThickError as e: raise ThickError(f"the master key could not be {'changed' if name else 'read'}: {e}") from None
+    except ThickError as e:
+        raise ThickError(f"the master key could not be {'changed' if name else 'read'}: {e}") from None
 
 @patch
 def checkpoint(self:Gateway) -> list[str]:

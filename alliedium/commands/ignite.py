@@ -30,12 +30,14 @@ def ignite_start(nodes: Annotated[int, typer.Option('--nodes', min=1, help="serv
     else: console.print(f"{what} started in {r.seconds:.1f}s (pid {pids}, log {r.log}).")
     s = get_settings()
     if s.ignite_secure:
-        on = ', '.join(w for w, b in (('authentication', s.ignite_auth), ('TLS', s.ignite_tls), ('TDE', s.ignite_tde)) if b)
+        flags = (('authentication', s.ignite_auth), ('TLS', s.ignite_tls), ('TDE', s.ignite_tde))
+        on = ', '.join(w for w, b in flags if b)
         console.print(f"Security: {on}; secrets in {s.secrets_path} (generated on first start, mode 0600)")
     v = ensure_schema(progress=console.print)
     migrated = f" (migrated from {v['before']})." if v['before'] != v['after'] else "."
     console.print(f"Schema {v['after']} ready" + migrated)
-    if v['encrypted']: console.print(f"Encrypted {len(v['encrypted'])} table(s), rows kept: {', '.join(v['encrypted'])}")
+    if v['encrypted']:
+        console.print(f"Encrypted {len(v['encrypted'])} table(s), rows kept: {', '.join(v['encrypted'])}")
 
 @ignite_app.command('stop')
 def ignite_stop():
@@ -67,7 +69,7 @@ def ignite_status(as_json: bool = typer.Option(False, '--json', help="print JSON
 # %% ../../nbs/90_commands/91_ignite.ipynb #a0542514
 @ignite_app.command('rotate-master-key')
 def ignite_rotate_master_key(name: Annotated[str|None, typer.Option(
-        '--name', help="a key already in every server's TDE keystore (default: a new one in the local keystore)")] = None):
+        '--name', help="a key already in every server's TDE keystore (default: a new key in the local store)")] = None):
     "TDE: switch the cluster to a new master key (the tables' keys are re-encrypted with it)."
     from alliedium.thick import rotate_master_key
     r = rotate_master_key(name=name)

@@ -271,7 +271,8 @@ def _why_other(self:AssigneeModel, j:int, near:np.ndarray, t:float, comps:list, 
         if (pos := self.comp_pos_.get(c)) is not None:
             pos = pos[np.searchsorted(pos, lo):]
             if took := int((self.aid_[pos] == j).sum()):
-                out.append(f"took {took} of the {len(pos)} tickets in component {c} in the last {self.share_days:g} days")
+                days = f'{self.share_days:g}'
+                out.append(f"took {took} of the {len(pos)} tickets in component {c} in the last {days} days")
     if r is not None and (pos := self.rep_pos_.get(r)) is not None and (took := int((self.aid_[pos] == j).sum())):
         out.append(f"took {took} of the {len(pos)} tickets from this reporter that went to someone else")
     days = int(round(t - self.last_[j])) if np.isfinite(self.last_[j]) else None
