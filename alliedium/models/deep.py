@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..config import AlliediumError, ConfigError
 from ..features import INPUTS, OneHot, _as_list, recency_weights, ticket_text
-from .priority import urgency
+from .priority import priority_answers, urgency
 from fastcore.basics import patch
 
 # %% auto #0
@@ -333,9 +333,7 @@ def predict(self:DeepModel, df) -> list:
     P = self.proba(df)
     if self.multi: return [[dict(name=str(self.classes_[j]), score=round(float(s[j]), 4)) for j in self._chosen(s)]
                            for s in P]
-    return [dict(priority=dict(label=str(self.classes_[int(np.argmax(p))]),
-                               scores={str(c): round(float(x), 4) for c, x in zip(self.classes_, p)}),
-                 rank_score=round(float(r), 4)) for p, r in zip(P, self.rank_score(P))]
+    return priority_answers(self.classes_, P, self.rank_score(P))
 
 # %% ../../nbs/30_models/34_deep.ipynb #5e24ebf6
 class EndpointUnavailable(AlliediumError):

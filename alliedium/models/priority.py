@@ -15,7 +15,7 @@ from ..features import (Linear, OneHot, TextMatrix, encode_all, encode_rows, rec
                                 text_rows, text_vectorizer, ticket_text)
 
 # %% auto #0
-__all__ = ['URGENCY', 'urgency', 'PriorityModel']
+__all__ = ['URGENCY', 'urgency', 'PriorityModel', 'priority_answers']
 
 # %% ../../nbs/30_models/33_priority.ipynb #40f984e2
 URGENCY = {'Blocker': 5, 'Highest': 5, 'Critical': 4, 'High': 4, 'Major': 3, 'Medium': 3,
@@ -79,10 +79,14 @@ def rank_score(self:PriorityModel, P:np.ndarray) -> np.ndarray:
     return P @ self.urgency_
 
 # %% ../../nbs/30_models/33_priority.ipynb #cb080140
+def priority_answers(classes, P:np.ndarray, r:np.ndarray) -> list[dict]:
+    "The triage answer per row of probabilities `P` and rank score `r`: `priority` {label, scores}, `rank_score`."
+    return [dict(priority=dict(label=str(classes[int(np.argmax(p))]),
+                               scores={str(c): round(float(x), 4) for c, x in zip(classes, p)}),
+                 rank_score=round(float(s), 4)) for p, s in zip(P, r)]
+
 @patch
 def predict(self:PriorityModel, df:pd.DataFrame) -> list[dict]:
     "The triage answer per ticket: `priority` {label, scores} and `rank_score`."
-    P = self.proba(df); r = self.rank_score(P)
-    return [dict(priority=dict(label=str(self.classes_[int(np.argmax(p))]),
-                               scores={str(c): round(float(x), 4) for c, x in zip(self.classes_, p)}),
-                 rank_score=round(float(s), 4)) for p, s in zip(P, r)]
+    P = self.proba(df)
+    return priority_answers(self.classes_, P, self.rank_score(P))
