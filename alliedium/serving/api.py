@@ -584,7 +584,7 @@ class BodyLimit:
     def __init__(self, app, max_bytes:int): self.app, self.max_bytes = app, max_bytes
 
     async def _refuse(self, scope, receive, send):
-        error = BodyTooLarge(f"the request body is over {self.max_bytes} bytes: send one issue per request")
+        error = BodyTooLarge(f"the request body is over {self.max_bytes} bytes: send fewer issues per request")
         await http_error(error)(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
