@@ -44,8 +44,14 @@ K8S_CONNECTION = 'org.apache.ignite.kubernetes.configuration.KubernetesConnectio
 
 def _settings():
     from alliedium.config import Settings
+
+    class PodSettings(Settings):
+        "Settings' defaults and POD_SETTINGS only: the caller's ALLIEDIUM_* environment (a test's node) is not the pod's."
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, **others): return (init_settings,)
+
     # every host the template names is the pod's own IP; name and directories are set below per pod
-    return Settings(home=ROOT, var_dir='/nonexistent', ignite_host=SPEL.format('POD_IP'), **POD_SETTINGS)
+    return PodSettings(home=ROOT, var_dir='/nonexistent', ignite_host=SPEL.format('POD_IP'), **POD_SETTINGS)
 
 
 def _q(tag: str) -> str: return f'{{{BEANS}}}{tag}'
