@@ -1,6 +1,6 @@
 """Fuzzing the HTTP API in this process (issue 17): generated bodies on every route, with the tenant's key, another
 key and none, never answer 5xx. Seeded and bounded in `make test`; `make fuzz` (ALLIEDIUM_FUZZ=long) runs long."""
-import json
+import json, os
 from urllib.parse import quote
 from collections import Counter
 
@@ -13,6 +13,8 @@ from test_fuzz_parsers import events, issues, json_values, text  # noqa: F401 (a
 from test_serving import bearer, new_tenant
 
 SENT = Counter()
+if os.environ.get('ALLIEDIUM_FUZZ') == 'long':  # make fuzz: 10,000 requests per test outlast the suite's timeout
+    pytestmark = pytest.mark.timeout(0)
 
 
 @pytest.fixture(scope='module')
