@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     retrain_jobs: int = Field(0, ge=0)  # tenants `alliedium retrain` runs at once; 0: the number of cores
     retrain_kernel: str = 'python3'  # Jupyter kernel of the retrain notebook (the .venv's ipykernel)
     retrain_timeout: float = Field(3600, gt=0)  # seconds one tenant's notebook may run before it counts as failed
+    retrain_warm: bool = True  # run the notebook in warm kernels (one per job) tenant after tenant; false: a process each
     serve_host: str = '127.0.0.1'  # address the HTTP API (Ray Serve proxy) binds
     serve_port: int = Field(8000, gt=0, lt=65536)  # port of the HTTP API
     serve_models_per_replica: int = Field(16, ge=1)  # tenants' models kept loaded per model replica (LRU)
@@ -98,6 +99,7 @@ class Settings(BaseSettings):
     train_heartbeat_seconds: float = Field(10, gt=0)  # a running training writes its heartbeat this often
     train_lost_seconds: float = Field(60, gt=0)  # no heartbeat for this long: the training's worker is lost
     serve_models_in_ingress: bool = False  # models live in the ingress replicas
+    model_cache_mb: float = Field(4096, ge=0)  # node-local disk cache of verified models (<var>/model-cache); 0: off
     train_min_tickets: int = Field(200, ge=20)  # fewer tickets than this: NotEnoughHistory instead of a model
     train_eval_days: int = Field(90, ge=1)  # promotion check: the newest tickets of this many days are held out
     promote_tolerance: float = Field(0.01, ge=0)  # promote unless worse than the active by more
@@ -116,12 +118,15 @@ class Settings(BaseSettings):
     sagemaker_retries: int = Field(3, ge=0)  # retries of a throttled (429 / ThrottlingException) or failed call
     sagemaker_breaker_failures: int = Field(3, ge=1)  # failed invocations in a row that open the circuit
     sagemaker_breaker_seconds: float = Field(30, gt=0)  # how long an open circuit answers 503 before trying again
+    sagemaker_credentials_file: str = ''  # an AWS shared credentials file for invoke_endpoint (default: boto3's chain)
     feedback_log: str = Field('async', pattern=r'^(async|sync|off)$')  # triage answers into the suggestion log
     feedback_flush_seconds: float = Field(0.5, gt=0)  # the async suggestion log writes at least this often
     feedback_retention_days: int = Field(365, ge=1)  # suggestions and outcomes older than this are deleted
     feedback_rollback: bool = True  # roll back a version whose live answered precision is clearly below the last one's
     feedback_rollback_min_outcomes: int = Field(100, ge=10)  # ... once each has this many answered outcomes
     feedback_refit_min_outcomes: int = Field(200, ge=0)  # refit the assignee abstain thresholds from this many (0: off)
+    online_learning: bool = True  # serving's assignee model learns outcomes between retrains (stored model unchanged)
+    online_max_tickets: int = Field(10_000, ge=0)  # ... at most this many tickets per tenant (oldest learnt go first)
 
     @field_validator('ignite_page_size')
     @classmethod

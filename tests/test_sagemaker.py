@@ -1,7 +1,8 @@
 """Deep models on SageMaker, end to end on this machine: a tenant's deep version is trained and promoted, packaged as
-model.tar.gz, served by the local container behind the runtime stand-in (SigV4 checked), and triaged through the API
-with boto3's `sagemaker-runtime` client; equal to the in-process answer; endpoint down -> 503 with Retry-After and the
-classical tasks still answered; tampered weights refused."""
+model.tar.gz, served by the real container stack (the SageMaker PyTorch inference toolkit starting TorchServe, which
+loads the package's code/inference.py) behind the runtime stand-in (SigV4 checked), and triaged through the API and
+through Ray Serve with boto3's `sagemaker-runtime` client; equal to the in-process answer; endpoint down -> 503 with
+Retry-After and the classical tasks still answered; tampered weights refused; deep_serving=auto picks by size."""
 import gzip, itertools, json, tarfile, urllib.request, uuid
 
 import pytest
@@ -47,23 +48,28 @@ def deep_tenant(ignite):
     t = f'sm-{uuid.uuid4().hex[:8]}'
     key = create_tenant(t, settings=ignite)
     s = ignite.model_copy(update=dict(deep_tasks='priority'))
-    out = train_frame(t, jira_frame('Zookeeper'), ['priority', 'components'], s)
+    out = train_frame(t, jira_frame('Zookeeper', 800), ['priority', 'components'], s)  # a small tenant, a small model
     p = out['priority']
     assert {p['family'], p['other']['family']} == {'classical', 'deep'} and not out['components'].get('other')
     assert p['promoted'] and 'held-out tickets' in p['other']['reason'], p  # the better one went on
     deep_v = p['version'] if p['family'] == 'deep' else p['other']['version']
+    print(f"\nZooKeeper (800 tickets) priority: {p['family']} promoted; {p['other']['reason']}")
     promote(t, 'priority', deep_v, settings=ignite)  # served deep whichever won: the path under test
     return t, key, deep_v
 
 
 @pytest.fixture(scope='module')
 def endpoint(deep_tenant, ignite, tmp_path_factory, aws_env):
+    "The package under a model prefix; TorchServe (started by the toolkit) and the runtime front on free ports."
+    pytest.importorskip('sagemaker_pytorch_serving_container', reason="the SageMaker toolkit: the optional extra [dl]")
     t, _, v = deep_tenant
     prefix = tmp_path_factory.mktemp('s3-models')
     path = package_model(t, 'priority', v, prefix, ignite)
-    ep = LocalEndpoint(prefix, {KEY: SECRET}, ENDPOINT, container_port=0)
+    ep = LocalEndpoint(prefix, {KEY: SECRET}, ENDPOINT, container_port=0,
+                       work_dir=tmp_path_factory.mktemp('endpoint'))
     yield ep, path
     ep.stop()
+    assert ep.container.poll() is not None and ep._server_pid() is None  # TorchServe stopped with it
 
 
 def runtime(ep, secret=SECRET):
@@ -73,10 +79,10 @@ def runtime(ep, secret=SECRET):
                         config=Config(retries=dict(mode='standard', total_max_attempts=4)))
 
 
-def sm_settings(ignite, ep, **kw) -> Settings:
-    return ignite.model_copy(update=dict(deep_serving='sagemaker', sagemaker_endpoint=ENDPOINT,
-                                         sagemaker_endpoint_url=ep.url, sagemaker_timeout=3, sagemaker_retries=1,
-                                         sagemaker_breaker_failures=2, sagemaker_breaker_seconds=20, **kw))
+def sm_settings(ignite, url, **kw) -> Settings:
+    return ignite.model_copy(update=dict(dict(deep_serving='sagemaker', sagemaker_endpoint=ENDPOINT,
+                                              sagemaker_endpoint_url=url, sagemaker_timeout=3, sagemaker_retries=1,
+                                              sagemaker_breaker_failures=2, sagemaker_breaker_seconds=20), **kw))
 
 
 def test_package_is_sagemakers_layout(endpoint, deep_tenant):
@@ -85,6 +91,8 @@ def test_package_is_sagemakers_layout(endpoint, deep_tenant):
     assert path.name == f'v{v}.tar.gz' and path.parent.name == 'priority' and path.parent.parent.name == t
     with tarfile.open(path) as tar: names = set(tar.getnames())
     assert names == {'model.safetensors', 'config.json', 'code/inference.py'}, names
+    with tarfile.open(path) as tar: code = tar.extractfile('code/inference.py').read().decode()
+    assert 'from alliedium.sagemaker.inference import' in code  # importable on its own, as the toolkit imports it
 
 
 def test_boto3_invoke_endpoint_equals_in_process(endpoint, deep_tenant, ignite):
@@ -103,7 +111,7 @@ def test_boto3_invoke_endpoint_equals_in_process(endpoint, deep_tenant, ignite):
     assert [a['priority']['label'] for a in remote] == [a['priority']['label'] for a in local]
     for a, b in zip(remote, local):
         assert abs(a['rank_score'] - b['rank_score']) <= 1e-4
-        assert all(abs(a['priority']['scores'][c] - b['priority']['scores'][c]) <= 1e-4 for c in b['priority']['scores'])
+        assert all(abs(a['priority']['scores'][c] - s) <= 1e-4 for c, s in b['priority']['scores'].items())
     assert any(m['modelName'].startswith(t) for m in json.loads(
         urllib.request.urlopen(f'{ep.container_url}/models').read())['models'])
 
@@ -120,7 +128,8 @@ def test_signature_and_errors_are_the_runtime_apis(endpoint, deep_tenant):
     assert e.value.response['Error']['Code'] == 'InvalidSignatureException'
     with pytest.raises(ClientError) as e: runtime(ep).invoke_endpoint(**{**args, 'EndpointName': 'nope'})
     assert e.value.response['Error']['Code'] == 'ValidationError'
-    with pytest.raises(ClientError) as e: runtime(ep).invoke_endpoint(**{**args, 'TargetModel': f'{t}/priority/v999.tar.gz'})
+    with pytest.raises(ClientError) as e:
+        runtime(ep).invoke_endpoint(**{**args, 'TargetModel': f'{t}/priority/v999.tar.gz'})
     assert e.value.response['Error']['Code'] == 'ValidationError' and 'download' in e.value.response['Error']['Message']
     with pytest.raises(ClientError) as e: runtime(ep).invoke_endpoint(**{**args, 'ContentType': 'text/csv'})
     assert e.value.response['Error']['Code'] == 'ModelError' and e.value.response['OriginalStatusCode'] == 415
@@ -134,7 +143,7 @@ def test_signature_and_errors_are_the_runtime_apis(endpoint, deep_tenant):
 def test_api_triage_forwards_the_deep_task(endpoint, deep_tenant, ignite):
     ep, _ = endpoint
     t, key, v = deep_tenant
-    api = TestClient(make_api(LocalBackend(sm_settings(ignite, ep))))
+    api = TestClient(make_api(LocalBackend(sm_settings(ignite, ep.url))))
     inproc = TestClient(make_api(LocalBackend(ignite)))
     for issue in zk_issues(2):
         before = ep.front.calls
@@ -160,9 +169,9 @@ def test_tampered_weights_are_refused(endpoint, tmp_path):
 
 def test_endpoint_down_is_503_with_retry_after_and_classical_answers(deep_tenant, ignite, tmp_path, aws_env):
     t, key, v = deep_tenant
-    ep = LocalEndpoint(tmp_path, {KEY: SECRET}, ENDPOINT, container_port=0)
-    ep.stop()  # an endpoint that is down: nothing listens at its URL
-    api = TestClient(make_api(LocalBackend(sm_settings(ignite, ep))))
+    from alliedium.ignite import free_port
+    down = f'http://127.0.0.1:{free_port()}'  # an endpoint that is down: nothing listens at its URL
+    api = TestClient(make_api(LocalBackend(sm_settings(ignite, down))))
     issue, auth = zk_issues(1)[0], {'Authorization': f'Bearer {key}'}
     for _ in range(2):  # the second failure opens the circuit
         r = api.post(f'/v1/tenants/{t}/triage', json=issue, headers=auth)
@@ -198,7 +207,7 @@ def test_cli_package_and_the_images_dockerfile(deep_tenant, tmp_path):
     cmd = json.loads(next(l for l in lines if l.startswith('CMD '))[len('CMD '):])
     assert entry[0] == 'alliedium' and cmd == ['serve'] and 'EXPOSE 8080' in lines
     r = subprocess.run([str(bin_), *entry[1:], '--help'], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and '/ping' in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and 'TorchServe' in r.stdout, r.stdout + r.stderr
 
 
 def test_deploy_against_moto(endpoint, aws_env):
@@ -223,3 +232,91 @@ def test_deploy_against_moto(endpoint, aws_env):
         assert v['ModelName'] == first['model'] and v['InstanceType'] == 'ml.g4dn.xlarge'
         assert sm.describe_endpoint(EndpointName='alliedium-mme')['EndpointConfigName'] == first['endpoint_config']
         # (updating an existing endpoint calls update_endpoint, which moto does not implement: not covered here)
+
+
+def triage_equal(a: dict, b: dict):
+    "Two triage answers agree: the same priority label, scores and rank score within 1e-4, the same components."
+    assert a['priority']['label'] == b['priority']['label'], (a, b)
+    assert abs(a['rank_score'] - b['rank_score']) <= 1e-4
+    assert all(abs(a['priority']['scores'][c] - s) <= 1e-4 for c, s in b['priority']['scores'].items())
+    assert a['components'] == b['components']
+
+
+def test_deep_serving_auto_chooses_by_size(endpoint, deep_tenant, ignite):
+    "`deep_serving=auto`: weights up to `deep_inprocess_max_mb` answer in-process, larger ones through the endpoint."
+    from alliedium.models.deep import DeepModel, EndpointModel, forwarded
+    ep, _ = endpoint
+    t, key, v = deep_tenant
+    _, model, _ = load_model(t, 'priority', v, settings=ignite)
+    mb = len(model.weights_) / 2**20
+    small = sm_settings(ignite, ep.url, deep_serving='auto', deep_inprocess_max_mb=mb * 2)  # the model fits
+    large = sm_settings(ignite, ep.url, deep_serving='auto', deep_inprocess_max_mb=mb / 2)  # it does not
+    assert isinstance(forwarded(t, {'priority': model}, {'priority': v}, small)['priority'], DeepModel)
+    assert isinstance(forwarded(t, {'priority': model}, {'priority': v}, large)['priority'], EndpointModel)
+    issue, auth = zk_issues(1)[0], {'Authorization': f'Bearer {key}'}
+    local = TestClient(make_api(LocalBackend(ignite))).post(f'/v1/tenants/{t}/triage', json=issue, headers=auth).json()
+    for s, calls in ((small, 0), (large, 1)):
+        before = ep.front.calls
+        r = TestClient(make_api(LocalBackend(s))).post(f'/v1/tenants/{t}/triage', json=issue, headers=auth)
+        assert r.status_code == 200, r.text
+        assert ep.front.calls - before == calls  # in-process: the endpoint was not called
+        triage_equal(r.json(), local)
+
+
+def test_tampered_package_is_refused_by_the_endpoint(endpoint, deep_tenant, tmp_path):
+    "A model.tar.gz whose weights were changed: TorchServe's worker refuses it in model_fn; boto3 gets an error."
+    ep, path = endpoint
+    t, _, v = deep_tenant
+    with tarfile.open(path) as tar: tar.extractall(tmp_path/'x', filter='data')
+    w = bytearray((tmp_path/'x'/'model.safetensors').read_bytes()); w[-3] ^= 0x40
+    (tmp_path/'x'/'model.safetensors').write_bytes(bytes(w))
+    bad = path.with_name(f'v{v + 1000}.tar.gz')
+    with tarfile.open(bad, 'w:gz') as tar:
+        for f in ('model.safetensors', 'config.json', 'code/inference.py'): tar.add(tmp_path/'x'/f, f)
+    body = json.dumps({'instances': [{'summary': 'x'}]}).encode()
+    with pytest.raises(ClientError) as e:
+        runtime(ep).invoke_endpoint(EndpointName=ENDPOINT, Body=body, ContentType='application/json',
+                                    TargetModel=f'{t}/priority/{bad.name}')
+    err = e.value.response['Error']
+    assert err['Code'] == 'ModelError' and 'Failed to load' in err['Message'], err
+    assert 'do not match the sha256' in ep.tail(200_000)  # the worker's model_fn said why
+
+
+def test_ray_serve_forwards_the_deep_task(serve_url, endpoint, deep_tenant, ignite, tmp_path_factory):
+    """Through Ray Serve (serve/app.py): the replicas get the SageMaker settings in their AppArgs, credentials from the
+    file they name; priority comes from TorchServe via boto3 and the runtime front, equal to the in-process answer;
+    with the endpoint down, 503 with Retry-After and the classical components still answered."""
+    import httpx
+    from ray import serve
+    from alliedium.ignite import free_port
+    from alliedium.serving.api import settings_overrides
+    from alliedium.serving.runtime import load_app
+    ep, _ = endpoint
+    t, key, v = deep_tenant
+    creds = tmp_path_factory.mktemp('aws')/'credentials'  # the replicas' processes do not have this test's AWS_*
+    creds.write_text(f'[default]\naws_access_key_id = {KEY}\naws_secret_access_key = {SECRET}\n')
+    serve_kw = dict(sagemaker_credentials_file=str(creds), serve_models_in_ingress=True, serve_poll_seconds=0.5,
+                    serve_models_per_replica=4, serve_replica_cpus=0.1, sagemaker_region='us-east-1')
+    up = sm_settings(ignite, ep.url, **serve_kw)
+    down = sm_settings(ignite, f'http://127.0.0.1:{free_port()}', **serve_kw)
+    for name, s in (('deep-sm', up), ('deep-sm-down', down)):
+        serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name=name,
+                  route_prefix=f'/{name}')
+    auth = {'Authorization': f'Bearer {key}'}
+    inproc = TestClient(make_api(LocalBackend(ignite)))
+    try:
+        with httpx.Client(base_url=serve_url, timeout=120) as http:
+            for issue in zk_issues(3):
+                before = ep.front.calls
+                r = http.post(f'/deep-sm/v1/tenants/{t}/triage', json=issue, headers=auth)
+                assert r.status_code == 200, r.text
+                assert ep.front.calls == before + 1  # the replica called the endpoint
+                assert r.json()['versions']['priority'] == v
+                triage_equal(r.json(), inproc.post(f'/v1/tenants/{t}/triage', json=issue, headers=auth).json())
+            r = http.post(f'/deep-sm-down/v1/tenants/{t}/triage', json=zk_issues(1)[0], headers=auth)
+            assert r.status_code == 503 and int(r.headers['Retry-After']) >= 1, r.text
+            b = r.json()
+            assert b['error'] == 'EndpointUnavailable' and b['answer']['priority'] is None
+            assert isinstance(b['answer']['components'], list)  # the classical task still answered
+    finally:
+        serve.delete('deep-sm'); serve.delete('deep-sm-down')

@@ -36,7 +36,8 @@ def serve_cmd(models: Path = typer.Option(None, help="the model prefix folder (d
               endpoint: str = typer.Option('alliedium', help="the endpoint name the front answers for"),
               port: int = typer.Option(8080, help="the container's port (SageMaker's is 8080)"),
               front_port: int = typer.Option(8081, help="the runtime API stand-in's port (boto3's endpoint_url)")):
-    "The serving container on --port and the sagemaker-runtime stand-in on --front-port; Ctrl-C stops both."
+    """The serving container (TorchServe, started by the SageMaker PyTorch inference toolkit) on --port and the
+    sagemaker-runtime stand-in on --front-port; Ctrl-C stops both."""
     from alliedium.serving.sagemaker import LocalEndpoint
     key, secret = os.environ.get('AWS_ACCESS_KEY_ID'), os.environ.get('AWS_SECRET_ACCESS_KEY')
     if not key or not secret: raise AlliediumError(
@@ -45,7 +46,7 @@ def serve_cmd(models: Path = typer.Option(None, help="the model prefix folder (d
     prefix = models or get_settings().var/'sagemaker'/'models'
     prefix.mkdir(parents=True, exist_ok=True)
     ep = LocalEndpoint(prefix, {key: secret}, endpoint, container_port=port, front_port=front_port)
-    console.print(f"container {ep.container_url} (GET /ping, POST /invocations, /models); runtime API {ep.url} "
+    console.print(f"container {ep.container_url} (TorchServe: GET /ping, POST /invocations, /models); runtime API {ep.url} "
                   f"(endpoint {endpoint!r}, models under {prefix}): set ALLIEDIUM_SAGEMAKER_ENDPOINT_URL={ep.url} "
                   f"ALLIEDIUM_SAGEMAKER_ENDPOINT={endpoint} ALLIEDIUM_DEEP_SERVING=sagemaker", highlight=False)
     def _term(*_): raise KeyboardInterrupt
@@ -57,16 +58,19 @@ def serve_cmd(models: Path = typer.Option(None, help="the model prefix folder (d
 
 @sagemaker_app.command('container')
 def container_cmd(mode: str = typer.Argument('serve', help="SageMaker starts an image with `serve`"),
-                  port: int = typer.Option(8080, help="the port SageMaker calls"),
-                  host: str = typer.Option('0.0.0.0', help="the address to bind (all, inside a container)"),
-                  model_dir: Path = typer.Option(Path('/opt/ml/model'), help="a single model's directory; without "
-                                                 "one the container is multi-model (loads through POST /models)")):
-    "Only the serving container (the image's entry point): GET /ping, POST /invocations, /models."
-    import uvicorn
-    from alliedium.serving.sagemaker import container_app
+                  port: int = typer.Option(8080, help="the port SageMaker calls (SAGEMAKER_BIND_TO_PORT)"),
+                  metrics_port: int = typer.Option(8082, help="TorchServe's metrics API (127.0.0.1)"),
+                  multi_model: bool = typer.Option(None, help="a multi-model endpoint (default: unless "
+                                                   "/opt/ml/model holds one model; SAGEMAKER_MULTI_MODEL)"),
+                  base_dir: Path = typer.Option(None, help="SageMaker's /opt/ml (a single model in <base-dir>/model)"),
+                  work: Path = typer.Option(None, help="TorchServe's logs and pid file (default: here)")):
+    "Only the serving container (the image's entry point): the SageMaker PyTorch inference toolkit's TorchServe."
+    from alliedium.serving.sagemaker import run_toolkit
     if mode != 'serve': raise AlliediumError(f"unknown mode {mode!r}: SageMaker runs the image with `serve`")
-    single = model_dir if (model_dir/'config.json').is_file() else None
-    uvicorn.run(container_app(single), host=host, port=port, log_level='warning')
+    if multi_model is None:
+        env = os.environ.get('SAGEMAKER_MULTI_MODEL')
+        multi_model = env == 'true' if env else not ((base_dir or Path('/opt/ml'))/'model'/'config.json').is_file()
+    run_toolkit(port, multi_model, metrics_port, base_dir, work)
 
 @sagemaker_app.command('deploy')
 def deploy_cmd(endpoint: str = typer.Option(..., help="the endpoint's name"),

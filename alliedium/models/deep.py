@@ -367,14 +367,19 @@ _CLIENTS: dict[tuple, object] = {}
 
 def runtime_client(s):
     "boto3's `sagemaker-runtime` client of these settings (timeouts; standard retries, which include throttling)."
-    key = (s.sagemaker_region, s.sagemaker_endpoint_url, s.sagemaker_timeout, s.sagemaker_retries)
+    key = (s.sagemaker_region, s.sagemaker_endpoint_url, s.sagemaker_timeout, s.sagemaker_retries,
+           s.sagemaker_credentials_file)
     if key not in _CLIENTS:
         try: import boto3
         except ImportError: raise TorchMissing("forwarding to SageMaker needs boto3: `make setup-dl`") from None
         from botocore.config import Config
         cfg = Config(connect_timeout=s.sagemaker_timeout, read_timeout=s.sagemaker_timeout,
                      retries=dict(mode='standard', total_max_attempts=s.sagemaker_retries + 1))
-        _CLIENTS[key] = boto3.session.Session().client(  # a session of its own: credentials as they are now
+        import botocore.session
+        bs = botocore.session.Session()  # a session of its own: credentials as they are now
+        if s.sagemaker_credentials_file:  # e.g. a mounted secret (the variables AWS_* still win, as in boto3)
+            bs.set_config_variable('credentials_file', s.sagemaker_credentials_file)
+        _CLIENTS[key] = boto3.session.Session(botocore_session=bs).client(
             'sagemaker-runtime', region_name=s.sagemaker_region, config=cfg,
             endpoint_url=s.sagemaker_endpoint_url or None)
     return _CLIENTS[key]

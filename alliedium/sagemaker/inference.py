@@ -10,14 +10,33 @@ from ..features import TicketRows
 from ..models.deep import DeepModel, load_files
 
 # %% auto #0
-__all__ = ['JSON', 'COLUMNS', 'UnsupportedMediaType', 'model_fn', 'input_fn', 'predict_fn', 'output_fn']
+__all__ = ['JSON', 'COLUMNS', 'HANDLER', 'RequestRefused', 'UnsupportedMediaType', 'NotAcceptable', 'model_fn', 'input_fn',
+           'predict_fn', 'output_fn']
 
 # %% ../../nbs/60_serving/63_sagemaker.ipynb #54e99f70
 JSON = 'application/json'
 COLUMNS = ('summary', 'description', 'reporter', 'components', 'issue_type')
 
-class UnsupportedMediaType(ValueError):
-    "The request's content type or the answer's accept type is not JSON (the toolkits answer 415 / 406)."
+try: from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:  # the toolkit is not installed (the package's own use): an error with the same attributes
+    class _ToolkitError(Exception):
+        def __init__(self, status_code:int, message:str, phrase:str):
+            self.status_code, self.message, self.phrase = status_code, message, phrase
+            super().__init__(status_code, message, phrase)
+
+class RequestRefused(_ToolkitError, ValueError):
+    "A request the handlers refuse; the toolkit answers with its `status_code` (400 here) and the message."
+    status = 400
+    def __init__(self, message:str): super().__init__(self.status, message, message)
+    def __str__(self): return self.message
+
+class UnsupportedMediaType(RequestRefused):
+    "The request's content type is not JSON (415)."
+    status = 415
+
+class NotAcceptable(UnsupportedMediaType):
+    "The answer's accept type is not JSON (406)."
+    status = 406
 
 def model_fn(model_dir:str, context=None) -> DeepModel:
     "The deep model in `model_dir` (`model.safetensors` and `config.json`), checked against its sha256."
@@ -27,10 +46,11 @@ def input_fn(input_data:bytes|str, content_type:str=JSON, context=None) -> Ticke
     "The tickets of a JSON request (`{\"instances\": [...]}` or a bare list) as the rows a model predicts from."
     if (content_type or JSON).split(';')[0].strip() != JSON:
         raise UnsupportedMediaType(f"content type {content_type!r}: send {JSON}")
-    data = json.loads(input_data)
+    try: data = json.loads(input_data)
+    except ValueError as e: raise RequestRefused(f"the body is not JSON: {e}") from None
     items = data.get('instances') if isinstance(data, dict) else data
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise ValueError('expected {"instances": [{"summary": ..., "description": ..., ...}, ...]}')
+        raise RequestRefused('expected {"instances": [{"summary": ..., "description": ..., ...}, ...]}')
     return TicketRows({c: [i.get(c) if c != 'components' else list(i.get(c) or []) for i in items] for c in COLUMNS})
 
 def predict_fn(data:TicketRows, model:DeepModel, context=None) -> list:
@@ -40,5 +60,10 @@ def predict_fn(data:TicketRows, model:DeepModel, context=None) -> list:
 def output_fn(prediction:list, accept:str=JSON, context=None) -> str:
     "The answers as JSON (`{\"predictions\": [...]}`)."
     if (accept or JSON).split(';')[0].strip() not in (JSON, '*/*'):
-        raise UnsupportedMediaType(f"accept {accept!r}: this model answers {JSON}")
+        raise NotAcceptable(f"accept {accept!r}: this model answers {JSON}")
     return json.dumps(dict(predictions=prediction))
+
+# `code/inference.py` of every model.tar.gz: the toolkit imports the module `inference` from the model's `code/`
+HANDLER = '''"""An alliedium deep model's handlers, as the SageMaker inference toolkit imports them from code/inference.py."""
+from alliedium.sagemaker.inference import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
+'''
