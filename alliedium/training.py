@@ -36,11 +36,12 @@ def holdout_split(df:pd.DataFrame, eval_days:int) -> tuple[pd.DataFrame, pd.Data
     return df.iloc[:n_old], df.iloc[n_old:]
 
 # %% ../nbs/55_training.ipynb #04b32dce
-def _active_metrics(tenant_id:str, task:str, holdout:pd.DataFrame, client) -> tuple[int|None, dict|None, str]:
+def _active_metrics(tenant_id:str, task:str, holdout:pd.DataFrame, client,
+                    settings:Settings|None=None) -> tuple[int|None, dict|None, str]:
     "The active version, its metrics on the held-out tickets it has not seen (or its recorded ones), and how."
     v = registry.active_versions(tenant_id, client=client).get(task)
     if v is None: return None, None, 'no active version'
-    try: _, model, metrics = registry.load_model(tenant_id, task, v, client=client)
+    try: _, model, metrics = registry.load_model(tenant_id, task, v, settings, client=client)
     except registry.ArtifactRefused as e:  # e.g. an older release's: compare with what it scored when trained
         rows = registry.list_models(tenant_id, task, client=client)
         metrics = next((m['metrics'] for m in rows if m['version'] == v), {})
@@ -98,14 +99,15 @@ def pick_candidate(task:str, classical:tuple, deep:tuple) -> tuple[tuple, tuple,
           f"classical {a if a is None else round(a, 4)}"
     return (deep, classical, why) if win else (classical, deep, why)
 
-def _register_other(tenant_id:str, task:str, other:tuple, df:pd.DataFrame, client) -> dict:
+def _register_other(tenant_id:str, task:str, other:tuple, df:pd.DataFrame, client,
+                    settings:Settings|None=None) -> dict:
     "Register the candidate that scored lower (model, check, seconds, why), inactive; its version, family, reason."
     model, check, secs, why = other
     metrics = dict(check={k: v for k, v in check.items() if k not in ('confusion', 'topk_curve')},
                    trained_until=str(df['created_at'].max()), n_train=len(df), fit_seconds=round(secs, 3),
                    family=family_of(model), device=getattr(model, 'device_', 'cpu'),
                    decision=dict(promoted=False, reason=f'the other candidate scored better ({why}): kept inactive'))
-    v = registry.register_model(tenant_id, task, model, metrics, client=client)
+    v = registry.register_model(tenant_id, task, model, metrics, settings, client=client)
     return dict(version=v, family=family_of(model), reason=metrics['decision']['reason'])
 
 # %% ../nbs/55_training.ipynb #39e06681
@@ -129,8 +131,8 @@ def train_frame(tenant_id:str, df:pd.DataFrame, tasks:list[str]|None=None, setti
     out = {}
     with ignite_client(s) as c:
         for t in tasks:
-            if t in others: out[t] = dict(other=_register_other(tenant_id, t, others[t], df, c))
-            av, active, how = _active_metrics(tenant_id, t, new, c)
+            if t in others: out[t] = dict(other=_register_other(tenant_id, t, others[t], df, c, s))
+            av, active, how = _active_metrics(tenant_id, t, new, c, s)
             ok, reason = decide_task(t, check[t], active, tolerance)
             ascore = (active or {}).get(PRIMARY[t])
             metrics = dict(check={k: v for k, v in check[t].items() if k not in ('confusion', 'topk_curve')},
@@ -138,7 +140,7 @@ def train_frame(tenant_id:str, df:pd.DataFrame, tasks:list[str]|None=None, setti
                            family=family_of(models[t]), device=getattr(models[t], 'device_', 'cpu'),
                            decision=dict(promoted=ok and promote, reason=reason if promote else 'promotion not asked',
                                          active_version=av, active_score=ascore, compared=how, tolerance=tolerance))
-            v = registry.register_model(tenant_id, t, models[t], metrics, client=c)
+            v = registry.register_model(tenant_id, t, models[t], metrics, s, client=c)
             if ok and promote: registry.promote(tenant_id, t, v, client=c)
             out[t] = dict(version=v, promoted=ok and promote, reason=metrics['decision']['reason'],
                           metrics=metrics['check'], family=family_of(models[t]),

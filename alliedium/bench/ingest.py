@@ -8,7 +8,7 @@ import gzip, json, os, time
 from pathlib import Path
 from typing import Callable
 
-from ..config import get_settings
+from ..config import Settings, get_settings
 from ..ignite import ignite_client
 from ..ingest import IngestSummary, delete_tickets, ingest_files
 from ..jira import sample_dir, shared_dir
@@ -16,8 +16,8 @@ from ..schema import SCHEMA
 from ..tenants import create_tenant, tenant_exists
 
 # %% auto #0
-__all__ = ['parse_only', 'reset_tenant', 'warm_up', 'node_cpu_seconds', 'stored_count', 'bench_file', 'bench_report',
-           'default_data', 'bench_security', 'security_report']
+__all__ = ['SECURITY_OFF', 'SECURITY_ON', 'parse_only', 'reset_tenant', 'warm_up', 'node_cpu_seconds', 'stored_count',
+           'bench_file', 'bench_report', 'default_data', 'secured_settings', 'bench_security', 'security_report']
 
 # %% ../../nbs/70_bench/72_ingest.ipynb #faf36634
 def parse_only(path:Path) -> tuple[int, float]:
@@ -28,26 +28,27 @@ def parse_only(path:Path) -> tuple[int, float]:
             if line.strip(): json.loads(line); n += 1
     return n, time.perf_counter() - t0
 
-def reset_tenant(tenant_id:str):
+def reset_tenant(tenant_id:str, settings:Settings|None=None):
     "Create the tenant if needed and delete its tickets (for a benchmark's first ingestion)."
-    if not tenant_exists(tenant_id): create_tenant(tenant_id)
-    delete_tickets(tenant_id)
+    if not tenant_exists(tenant_id, settings): create_tenant(tenant_id, settings=settings)
+    delete_tickets(tenant_id, settings)
 
 def warm_up(path:Path, tenant_id:str='bench-warmup', rounds:int=1,
-            progress:Callable[[int, IngestSummary], None]|None=None) -> IngestSummary|None:
+            progress:Callable[[int, IngestSummary], None]|None=None,
+            settings:Settings|None=None) -> IngestSummary|None:
     "Ingest a file `rounds` times into a scratch tenant, emptied after each, so the node's JIT is warm."
     s = None
     for i in range(rounds):
-        reset_tenant(tenant_id)
-        s = ingest_files(tenant_id, [path])
-        delete_tickets(tenant_id)
+        reset_tenant(tenant_id, settings)
+        s = ingest_files(tenant_id, [path], settings=settings)
+        delete_tickets(tenant_id, settings)
         if progress: progress(i + 1, s)
     return s
 
-def node_cpu_seconds() -> float|None:
+def node_cpu_seconds(settings:Settings|None=None) -> float|None:
     "CPU seconds used so far by the local Ignite nodes' JVMs, or None."
     from alliedium.ignite import running_nodes
-    s, total = get_settings(), 0.0
+    s, total = settings or get_settings(), 0.0
     if s.external_cluster: return None
     try:
         for pid in running_nodes(s).values():
@@ -57,29 +58,29 @@ def node_cpu_seconds() -> float|None:
     return total
 
 
-def stored_count(tenant_id:str) -> int:
+def stored_count(tenant_id:str, settings:Settings|None=None) -> int:
     "Rows in TICKET for a tenant."
-    with ignite_client() as c:
+    with ignite_client(settings) as c:
         return list(c.sql(f'SELECT COUNT(*) FROM {SCHEMA}.TICKET WHERE tenant_id = ?', query_args=[tenant_id]))[0][0]
 
 # %% ../../nbs/70_bench/72_ingest.ipynb #36eef295
-def bench_file(path:Path, tenant_id:str) -> dict:
+def bench_file(path:Path, tenant_id:str, settings:Settings|None=None) -> dict:
     "Parse-only, first ingestion and re-ingestion of one file; figures and ratios."
     c0 = time.process_time()
     n, parse_s = parse_only(path)
     parse_cpu, c0 = time.process_time() - c0, time.process_time()
-    reset_tenant(tenant_id)
-    c0, j0 = time.process_time(), node_cpu_seconds()
-    first = ingest_files(tenant_id, [path])
-    ingest_cpu, j1 = time.process_time() - c0, node_cpu_seconds()
-    again = ingest_files(tenant_id, [path])
-    rows = stored_count(tenant_id)
+    reset_tenant(tenant_id, settings)
+    c0, j0 = time.process_time(), node_cpu_seconds(settings)
+    first = ingest_files(tenant_id, [path], settings=settings)
+    ingest_cpu, j1 = time.process_time() - c0, node_cpu_seconds(settings)
+    again = ingest_files(tenant_id, [path], settings=settings)
+    rows = stored_count(tenant_id, settings)
     return dict(file=path.name, tenant=tenant_id, issues=n, rows=rows, rejected=len(first.rejected),
                 parse_s=round(parse_s, 3), parse_per_s=round(n / parse_s), ingest_s=round(first.seconds, 3),
                 ingest_per_s=round(n / first.seconds), ratio=round(first.seconds / parse_s, 2),
                 reingest_s=round(again.seconds, 3), reingest_per_s=round(n / again.seconds),
                 reingest_unchanged=again.unchanged, counts_match=rows == n == first.inserted and again.unchanged == n,
-                client_cpu_ratio=round(ingest_cpu / max(parse_cpu, 1e-9), 2),
+                client_cpu_ratio=round(ingest_cpu / max(parse_cpu, 1e-9), 2), client_cpu_s=round(ingest_cpu, 3),
                 load_average=round(os.getloadavg()[0], 1),
                 node_cpu_s=round(j1 - j0, 2) if j0 is not None and j1 is not None else None)
 
@@ -103,45 +104,78 @@ def default_data() -> Path:
     return shared_dir() if shared_dir().is_dir() else sample_dir()
 
 # %% ../../nbs/70_bench/72_ingest.ipynb #04353abb
-def bench_security(path:Path, warmup:int=1, progress:Callable[[str], None]|None=None) -> dict:
-    "`bench_file` of `path` on a node with security off, then on one with authentication, TLS and TDE on."
-    import tempfile
-    from ..config import reload_settings
-    from ..ignite import free_port, start_local_node, stop_local_node
-    from ..schema import ensure_schema
-    say, out = progress or (lambda msg: None), {}
-    saved = dict(os.environ)
-    try:
-        for mode in ('off', 'on'):
-            with tempfile.TemporaryDirectory(prefix=f'alliedium-bench-security-{mode}-') as d:
-                flag = 'true' if mode == 'on' else 'false'
-                os.environ.update(ALLIEDIUM_VAR_DIR=d, ALLIEDIUM_IGNITE_HOSTS='', ALLIEDIUM_SECRETS_DIR=f'{d}/secrets',
-                                  ALLIEDIUM_IGNITE_CLIENT_PORT=str(free_port()),
-                                  ALLIEDIUM_IGNITE_DISCOVERY_PORT=str(free_port()),
-                                  ALLIEDIUM_IGNITE_COMMUNICATION_PORT=str(free_port()),
-                                  ALLIEDIUM_IGNITE_AUTH=flag, ALLIEDIUM_IGNITE_TLS=flag, ALLIEDIUM_IGNITE_TDE=flag)
-                s = reload_settings()
-                say(f"security {mode}: starting a node of its own in {d}")
-                start_local_node(s)
-                try:
-                    ensure_schema(s)
-                    warm_up(path, rounds=warmup)
-                    out[mode] = bench_file(path, f"bench-security-{mode}")
-                    say(f"security {mode}: first ingest {out[mode]['ingest_s']:.2f}s")
-                finally: stop_local_node(s)
-    finally:
-        os.environ.clear(); os.environ.update(saved)
-        reload_settings()
-    on, off = out['on'], out['off']
-    cpu = (round(on['node_cpu_s'] / off['node_cpu_s'], 2)
-           if on.get('node_cpu_s') and off.get('node_cpu_s') else None)
-    return dict(file=path.name, off=off, on=on, ingest_ratio=round(on['ingest_s'] / off['ingest_s'], 2),
-                reingest_ratio=round(on['reingest_s'] / off['reingest_s'], 2), node_cpu_ratio=cpu)
+SECURITY_OFF = dict(ignite_auth=False, ignite_tls=False, ignite_tde=False)
+SECURITY_ON = dict(ignite_auth=True, ignite_tls=True, ignite_tde=True)
 
-def security_report(r:dict) -> str:
-    "`bench_security`'s result as lines, with the goal."
-    cpu = f"; the node's CPU {r['node_cpu_ratio']}x" if r['node_cpu_ratio'] is not None else ''
-    return (f"{r['file']}, security off -> on (authentication + TLS + TDE): first ingest {r['off']['ingest_s']:.2f}s "
-            f"-> {r['on']['ingest_s']:.2f}s = {r['ingest_ratio']}x (goal <= 1.3x: "
-            f"{'met' if r['ingest_ratio'] <= 1.3 else 'MISSED'}); re-ingest {r['off']['reingest_s']:.2f}s -> "
-            f"{r['on']['reingest_s']:.2f}s = {r['reingest_ratio']}x" + cpu)
+def secured_settings(security:dict|str, # 'on', 'off', or {setting: value} over security off
+                     var_dir:Path, # the node's own var dir (its generated secrets go to var_dir/secrets)
+                     heap:str|None=None) -> Settings:
+    "Settings of a local node of its own in `var_dir` on free ports, with the given Ignite security settings."
+    from alliedium.ignite import free_port
+    sec = {'on': SECURITY_ON, 'off': SECURITY_OFF}.get(security) if isinstance(security, str) else security
+    base = get_settings()
+    return Settings(**{**base.model_dump(exclude={'home'}), 'home': base.home, 'var_dir': Path(var_dir),
+                       'secrets_dir': Path(var_dir)/'secrets', 'ignite_hosts': '',
+                       'ignite_client_port': free_port(), 'ignite_discovery_port': free_port(),
+                       'ignite_communication_port': free_port(), 'ignite_heap': heap or base.ignite_heap,
+                       **SECURITY_OFF, **sec,
+                       # the node's own generated secrets, never the environment's
+                       'ignite_password': '', 'ignite_admin_password': '', 'ignite_store_password': '',
+                       'ignite_keystore': None, 'ignite_truststore': None, 'ignite_ca': None,
+                       'ignite_tde_keystore': None})
+
+def _median_round(rs:list[dict]) -> dict:
+    return sorted(rs, key=lambda r: r['ingest_s'])[len(rs) // 2]
+
+def bench_security(path:Path, warmup:int=1, progress:Callable[[str], None]|None=None, rounds:int=3,
+                   modes:dict[str, dict]|None=None) -> dict: # name -> security settings; default off and on
+    "`bench_file` of `path` alternating between nodes of their own, security off and on (both up at once)."
+    import statistics, tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    from alliedium.ignite import start_local_node, stop_local_node
+    from alliedium.schema import ensure_schema
+    say, modes = progress or (lambda msg: None), modes or {'off': SECURITY_OFF, 'on': SECURITY_ON}
+    names, runs, load = list(modes), {m: [] for m in modes}, [round(os.getloadavg()[0], 2)]
+    with tempfile.TemporaryDirectory(prefix='alliedium-bench-security-') as d:
+        ss = {m: secured_settings(sec, Path(d)/m) for m, sec in modes.items()}
+        say(f"starting {len(ss)} nodes of their own in {d} ({', '.join(names)})")
+        try:
+            with ThreadPoolExecutor(len(ss)) as ex: list(ex.map(start_local_node, ss.values()))
+            for m, s in ss.items():
+                ensure_schema(s)
+                warm_up(path, rounds=warmup, settings=s)
+            for i in range(rounds):
+                for m in (names if i % 2 == 0 else names[::-1]):
+                    runs[m].append(bench_file(path, f"bench-security-{m}", ss[m]))
+                    load.append(round(os.getloadavg()[0], 2))
+                say(f"round {i + 1}/{rounds}: first ingest " +
+                    ', '.join(f"{m} {runs[m][-1]['ingest_s']:.2f}s" for m in names) + f"; load average {load[-1]}")
+        finally:
+            for s in ss.values(): stop_local_node(s)
+    def med(m:str, k:str) -> float|None:
+        xs = [r[k] for r in runs[m] if r.get(k) is not None]
+        return statistics.median(xs) if xs else None
+    out = dict(file=path.name, rounds=rounds, load_average=load, runs=runs,
+               **{m: _median_round(runs[m]) for m in names})
+    for m in names[1:]:
+        q = lambda k: round(med(m, k) / med(names[0], k), 2) if med(names[0], k) else None
+        per = [b['ingest_s'] / a['ingest_s'] for a, b in zip(runs[names[0]], runs[m])]
+        key = '' if m == 'on' else f'{m}_'
+        out.update({f'{key}ingest_ratio': q('ingest_s'), f'{key}reingest_ratio': q('reingest_s'),
+                    f'{key}node_cpu_ratio': q('node_cpu_s'), f'{key}client_cpu_ratio': q('client_cpu_s'),
+                    f'{key}ingest_ratio_rounds': [round(min(per), 2), round(statistics.median(per), 2),
+                                                  round(max(per), 2)]})
+    return out
+
+def security_report(r:dict, mode:str='on') -> str:
+    "`bench_security`'s result as lines (security on against off, or `mode` against off), with the goal."
+    k = '' if mode == 'on' else f'{mode}_'
+    lo, mid, hi = r[f'{k}ingest_ratio_rounds']
+    cpu = f"; the node's CPU {r[f'{k}node_cpu_ratio']}x" if r[f'{k}node_cpu_ratio'] is not None else ''
+    what = 'authentication + TLS + TDE' if mode == 'on' else mode
+    return (f"{r['file']}, security off -> {mode} ({what}), median of {r['rounds']} alternating rounds: "
+            f"first ingest {r['off']['ingest_s']:.2f}s -> {r[mode]['ingest_s']:.2f}s = {r[f'{k}ingest_ratio']}x "
+            f"(rounds {lo}-{hi}x; goal <= 1.3x: {'met' if r[f'{k}ingest_ratio'] <= 1.3 else 'MISSED'}); re-ingest "
+            f"{r['off']['reingest_s']:.2f}s -> {r[mode]['reingest_s']:.2f}s = {r[f'{k}reingest_ratio']}x" + cpu
+            + f"; this process's CPU {r[f'{k}client_cpu_ratio']}x; load average {min(r['load_average'])}-"
+            f"{max(r['load_average'])}")
