@@ -12,7 +12,7 @@ import typer
 
 from ..bench.cluster import bench_colocated, bench_table as cluster_table, measure_failover
 from ..bench.ingest import bench_file, bench_report, default_data, warm_up
-from ..bench.serve import bench_serve_run, bench_table
+from ..bench.serve import bench_churn_run, bench_serve_run, bench_table
 from ..bench.stats import markdown_table
 from ..bench.train import bench_fit, data_dir, slice_table, tenant_results, tenant_table
 from .app import bench_app, console
@@ -22,7 +22,7 @@ from ..schema import ensure_schema
 from ..serving.api import settings_overrides
 
 # %% auto #0
-__all__ = ['bench_ingest', 'bench_train', 'bench_serve', 'bench_cluster', 'bench_soak']
+__all__ = ['bench_ingest', 'bench_train', 'bench_serve', 'bench_cluster', 'bench_soak', 'bench_tenants_cmd', 'bench_retrain_cmd']
 
 # %% ../../nbs/90_commands/95_bench.ipynb #4dacfa15
 @bench_app.command('ingest')
@@ -99,15 +99,26 @@ def bench_serve(requests: int = typer.Option(300, help="requests per run"),
                                                   "(load time from Ignite)"),
                 rounds: int = typer.Option(3, min=1, help="slices each concurrency level's runs alternate in "
                                                           "(echo, triage, echo, ...)"),
-                as_json: bool = typer.Option(False, '--json', help="print JSON")):
+                as_json: bool = typer.Option(False, '--json', help="print JSON"),
+                security: bool = typer.Option(False, '--security', help="instead: triage at c=1 and c=8 against two "
+                                              "nodes of its own, Ignite security off and on; CPU per request"),
+                churn_only: bool = typer.Option(False, '--churn-only', help="only the churn runs: warm tenants and "
+                                                "requests spread uniformly over --tenants, model cache on and off")):
     "Ray Serve echo vs triage at concurrency 1/8/32, tenant churn, promotion, cold loads."
+    if security:
+        from ..bench.security import bench_serve_security, security_table
+        say = None if as_json else lambda m: console.print(m, highlight=False)
+        with redirect_stdout(sys.stderr): out = bench_serve_security(requests, rounds=rounds, progress=say)
+        if as_json: print(json.dumps(out, indent=2)); return
+        print(security_table(out)); return
     s = get_settings()
     if not s.external_cluster: start_local_node(s)
     ensure_schema(s)
     s = Settings(**{**settings_overrides(s), 'serve_port': free_port()})
     # what Ray prints while Serve shuts down stays off the figures (and off --json)
     with redirect_stdout(sys.stderr):
-        out = bench_serve_run(s, requests, max(tenants, 8), cold, rounds=rounds)
+        out = (bench_churn_run(s, requests, max(tenants, 8), rounds) if churn_only else
+               bench_serve_run(s, requests, max(tenants, 8), cold, rounds=rounds))
     if as_json: print(json.dumps(out, indent=2)); return
     console.print(bench_table(out, s))
 
@@ -147,3 +158,78 @@ def bench_soak(minutes: float = typer.Option(10, min=0.1, help="how long the mix
                   f"warm-up window to the end (max growth {(out['max_growth'] or 0):.1%}):", highlight=False)
     console.print(markdown_table([{k: g[k] for k in ('pid', 'process', 'warm_mb', 'end_mb', 'growth')}
                                   for g in out['memory']], floats='{:.3f}'), highlight=False)
+
+# %% ../../nbs/90_commands/95_bench.ipynb #7b52e52a
+@bench_app.command('tenants')
+def bench_tenants_cmd(count: int = typer.Option(1000, min=1, help="synthetic tenants"),
+                      phase: str = typer.Option('all', help="ingest, train, serve or all (done work is skipped); copy: "
+                                                               "--copy-models alone"),
+                      seed: int = typer.Option(0, help="seed of the tenants' sizes, windows and names and the loads"),
+                      min_tickets: int = typer.Option(300, min=200, help="smallest tenant (tickets)"),
+                      max_tickets: int = typer.Option(3000, min=200, help="largest tenant (tickets; log-uniform)"),
+                      workers: int = typer.Option(2, min=1, help="training processes (direct train_tenant calls)"),
+                      train_minutes: float = typer.Option(None, min=0.1, help="stop starting trainings after "
+                                                          "this long (the rest: the next run)"),
+                      copy_models: bool = typer.Option(False, '--copy-models', help="serve: tenants not trained yet "
+                                                       "get a copy of a trained tenant's models"),
+                      follow: bool = typer.Option(False, '--follow', help="train: keep training the tenants "
+                                                  "a --phase ingest running beside it finishes"),
+                      papermill: int = typer.Option(2, min=0, help="tenants also retrained by papermill, to compare"),
+                      requests: int = typer.Option(1500, min=10, help="triage requests per load (warm, uniform, Zipf)"),
+                      concurrency: int = typer.Option(8, min=1, help="requests in flight"),
+                      hot: int = typer.Option(4, min=1, help="tenants of the warm load"),
+                      zipf: float = typer.Option(1.1, min=0.0, help="Zipf exponent of the skewed load"),
+                      memory_tenants: int = typer.Option(50, min=2, help="tenants loaded to measure memory per tenant"),
+                      data: Path = typer.Option(None, help="folder of <Project>.jsonl.gz Jira dumps "
+                                                           "(default: ../shared/data/jira/apache)"),
+                      data_region_mb: int = typer.Option(1024, min=64, help="the bench node's page memory"),
+                      stop_node: bool = typer.Option(False, '--stop-node', help="stop the bench's node at the end"),
+                      as_json: bool = typer.Option(False, '--json', help="print JSON")):
+    "N synthetic tenants ingested, trained and served on a node of the bench's own: every figure per tenant."
+    import time as _time
+    from rich.progress import Progress
+    from ..bench.tenants import PHASES, bench_dir, bench_node, results_table, run_bench
+    from ..ignite import stop_local_node
+    if phase not in (*PHASES, 'copy', 'all'):
+        raise typer.BadParameter(f"--phase is one of {', '.join(PHASES)}, copy, all")
+    if min_tickets > max_tickets: raise typer.BadParameter("--min-tickets is above --max-tickets")
+    folder, d = bench_dir(), data_dir(data)
+    out = folder.parent/f'tenants-{count}.json'
+    s = bench_node(folder, data_region_mb)
+    try:
+        with Progress(console=console, disable=as_json) as bar, redirect_stdout(sys.stderr):
+            tasks = {}
+            def progress(what:str, i:int, n:int):
+                if what not in tasks: tasks[what] = bar.add_task(what, total=n)
+                bar.update(tasks[what], completed=i)
+            res = run_bench(count, list(PHASES) if phase == 'all' else [phase], folder, s, d, seed, min_tickets,
+                            max_tickets, workers, papermill, requests, concurrency, hot=hot, zipf_s=zipf,
+                            memory_tenants=memory_tenants, progress=progress,
+                            train_minutes=train_minutes, copy_models=copy_models,
+                            follow=follow)
+    finally:
+        if stop_node: stop_local_node(s)
+    res['written_at'] = _time.strftime('%Y-%m-%dT%H:%M:%SZ', _time.gmtime())
+    out.write_text(json.dumps(res, indent=2))
+    if as_json: print(json.dumps(res, indent=2)); return
+    console.print(results_table(res))
+    console.print(f"figures written to {out}", highlight=False)
+
+# %% ../../nbs/90_commands/95_bench.ipynb #3bf860db
+@bench_app.command('retrain')
+def bench_retrain_cmd(count: int = typer.Option(6, '--tenants', min=1, help="tenants (one per project's dump in turn)"),
+                      tickets: int = typer.Option(2000, min=200, help="tickets per tenant (the first of the dump)"),
+                      jobs: int = typer.Option(0, '--jobs', min=0, help="warm kernels at once for the throughput "
+                                                                         "(default: ALLIEDIUM_RETRAIN_JOBS, else cores)"),
+                      data: Path = typer.Option(None, help="folder of <Project>.jsonl.gz Jira dumps "
+                                                           "(default: ../shared/data/jira/apache)"),
+                      as_json: bool = typer.Option(False, '--json', help="print JSON")):
+    "The training notebook per tenant: papermill process vs warm kernel vs direct train_tenant; retrains/hour."
+    from alliedium.bench.retrain import bench_retrain, report_lines
+    s = get_settings()
+    if not s.external_cluster: start_local_node(s)
+    ensure_schema(s)
+    r = bench_retrain(count, tickets, jobs or None, s, data,
+                      None if as_json else lambda m: console.print(m, style='dim', highlight=False))
+    if as_json: print(json.dumps(r, indent=2, default=str)); return
+    for line in report_lines(r): console.print(line, highlight=False, markup=False)
