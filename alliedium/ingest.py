@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_ingest.ipynb #82a19942
 from __future__ import annotations
-import ctypes, gc, hashlib, json, queue, struct, threading, time
+import ctypes, gc, hashlib, json, logging, queue, re, struct, threading, time
 from contextlib import contextmanager, nullcontext
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,11 +23,11 @@ from pyignite.exceptions import ParseError
 from pyignite.queries import Query, query_perform
 from pyignite.queries.cache_info import CacheInfo
 from pyignite.queries.op_codes import OP_CACHE_GET_ALL, OP_CACHE_PUT_ALL
-from pyignite.exceptions import CacheError
+from pyignite.exceptions import CacheError, ReconnectError, SocketError
 from pyignite.datatypes.transactions import TransactionConcurrency, TransactionIsolation
 
 from .config import Settings, get_settings
-from .ignite import ignite_client
+from .ignite import IgniteUnavailable, ignite_client
 from .jira import FRAME_COLUMNS, TIME_RANGE, Deletion, Rejected, Ticket, parse_event, read_issues
 from .schema import SCHEMA
 from .tenants import require_tenant
@@ -35,8 +35,8 @@ from .tenants import require_tenant
 # %% auto #0
 __all__ = ['TicketKey', 'TicketValue', 'StateKey', 'StateValue', 'TICKET_CACHE', 'STATE_CACHE', 'TX_TIMEOUT_MS', 'OUTCOME_TASKS',
            'BinaryType', 'register_types', 'IngestSummary', 'chosen_value', 'epoch_ms', 'has_suggestions',
-           'record_outcomes', 'ingest_tickets', 'ingest_files', 'load_tickets', 'tickets_fingerprint', 'delete_tickets',
-           'ingest_webhook']
+           'record_outcomes', 'node_lost', 'ingest_tickets', 'ingest_files', 'load_tickets', 'tickets_fingerprint',
+           'delete_tickets', 'ingest_webhook']
 
 # %% ../nbs/15_ingest.ipynb #ba7a3348
 _TC = {t: int.from_bytes(c, 'little')
@@ -370,6 +370,33 @@ def _batches(items:Iterable, size:int, tenant_id:str, summary:IngestSummary, pro
     for i, batch in enumerate(batches):
         if batch: yield i, batch
 
+# %% ../nbs/15_ingest.ipynb #be29adfa
+_NODE_LOSS = re.compile(r'topology|node (?:has )?left|node.{0,40}(?:failed|stopp)|rolled back|not mapped|acquire lock',
+                        re.I)
+
+def node_lost(e:BaseException) -> bool:
+    "True for an error that losing a node causes: the connection broke, or the cluster undid a transaction it cut."
+    if isinstance(e, (ReconnectError, SocketError, OSError)): return True
+    # (a transaction that waited for its locks while the cluster was noticing the loss times out)
+    return isinstance(e, CacheError) and bool(_NODE_LOSS.search(str(e)))
+
+def _write_retrying(client:Client, tenant_id:str, batch:_Batch|list, summary:IngestSummary,
+                    s:Settings) -> dict[str, str]:
+    "`_write_batch`, written again while the cluster gets over a node's loss (`ignite_timeout` s after the first)."
+    deadline = None
+    while True:
+        try: return _write_batch(client, tenant_id, batch, summary)  # counted only once committed
+        except Exception as e:
+            if not node_lost(e): raise
+            deadline = deadline or time.monotonic() + s.ignite_timeout
+            if time.monotonic() >= deadline: raise IgniteUnavailable(
+                f"Ignite lost the connection while writing a batch and no node took it within {s.ignite_timeout:.0f}s "
+                f"({type(e).__name__}: {e}): every batch before it is stored; once the cluster is back, run the "
+                "ingestion again for the rest (what is stored is skipped)") from None
+            logging.getLogger(__name__).warning(f"writing a batch of {tenant_id} again: {type(e).__name__}: "
+                                                f"{str(e)[:200]}")
+            time.sleep(0.5)  # pyignite reconnects on the next call; a batch is idempotent (newer wins)
+
 # %% ../nbs/15_ingest.ipynb #d7299000
 @contextmanager
 def _gc_paused():
@@ -385,7 +412,8 @@ def ingest_tickets(tenant_id:str, # an existing tenant
                    settings:Settings|None=None,
                    batch_size:int=500, # tickets per transaction
                    progress:Callable[[int], None]|None=None, # called with the number of records read
-                   writers:int=1 # connections writing batches in parallel (each key always by the same one)
+                   writers:int=1, # connections writing batches in parallel (each key always by the same one)
+                   committed:Callable[[list[str]], None]|None=None # called with a batch's issue keys once committed
                   ) -> IngestSummary:
     "Upsert tickets by (tenant, issue key): newer `updated_at` wins, deletions are kept as tombstones."
     s, summary, t0 = settings or get_settings(), IngestSummary(tenant_id), time.perf_counter()
@@ -401,7 +429,8 @@ def ingest_tickets(tenant_id:str, # an existing tenant
                 with ignite_client(s) if own else nullcontext(client) as c:
                     while (batch := todo.get()) is not None:
                         if not failed:
-                            outcome = _write_batch(c, tenant_id, batch, summary)
+                            outcome = _write_retrying(c, tenant_id, batch, summary, s)
+                            if committed: committed(list(batch.newest))
                             wrote[0] = any(o in ('inserted', 'updated') for o in outcome.values())
                             if joins: summary.outcomes += record_outcomes(c, tenant_id, [
                                 batch.newest[k] for k, o in outcome.items() if o in ('inserted', 'updated')])
@@ -425,11 +454,12 @@ def ingest_tickets(tenant_id:str, # an existing tenant
 
 # %% ../nbs/15_ingest.ipynb #b86168ae
 def ingest_files(tenant_id:str, paths:Iterable[str|Path], settings:Settings|None=None, batch_size:int=500,
-                 progress:Callable[[int], None]|None=None, writers:int=1) -> IngestSummary:
+                 progress:Callable[[int], None]|None=None, writers:int=1,
+                 committed:Callable[[list[str]], None]|None=None) -> IngestSummary:
     "Ingest Jira files of any shape `read_issues` knows into one tenant."
     def items():
         for p in paths: yield from read_issues(p, tenant_id)
-    return ingest_tickets(tenant_id, items(), settings, batch_size, progress, writers)
+    return ingest_tickets(tenant_id, items(), settings, batch_size, progress, writers, committed)
 
 # %% ../nbs/15_ingest.ipynb #15f1a6e2
 _LOAD_COLUMNS = [c for c in FRAME_COLUMNS if c != 'tenant_id']
@@ -478,11 +508,16 @@ def ingest_webhook(tenant_id:str, event:dict, settings:Settings|None=None) -> di
     "Apply one `jira:issue_created|updated|deleted` event; idempotent. `BadIssue` for an unusable event."
     item = parse_event(event, tenant_id)
     s = settings or get_settings()
-    with ignite_client(s) as client:
-        require_tenant(tenant_id, client=client)
-        register_types(client)
-        outcome = _write_batch(client, tenant_id, [item], IngestSummary(tenant_id))
-        written = outcome[item.issue_key] in ('inserted', 'updated')
-        outcomes = record_outcomes(client, tenant_id, [item]) if written else 0
+    try:
+        with ignite_client(s) as client:
+            require_tenant(tenant_id, client=client)
+            register_types(client)
+            outcome = _write_retrying(client, tenant_id, [item], IngestSummary(tenant_id), s)
+            written = outcome[item.issue_key] in ('inserted', 'updated')
+            outcomes = record_outcomes(client, tenant_id, [item]) if written else 0
+    except Exception as e:  # the node went away while answering: 503 (Jira delivers it again), never a 500
+        if not node_lost(e): raise
+        raise IgniteUnavailable(f"the connection to Ignite broke ({type(e).__name__}: {e}): "
+                                "send the event again in a moment") from None
     return dict(event=event['webhookEvent'], issue_key=item.issue_key, result=outcome[item.issue_key],
                 updated_at=item.updated_at.isoformat(), outcomes=outcomes)

@@ -91,3 +91,15 @@ def cluster_gateway(two_node_cluster):
     gw = Gateway(two_node_cluster[0]).start()
     try: yield gw
     finally: gw.close()
+
+
+@pytest.fixture(scope='module')
+def three_node_cluster(tmp_path_factory):
+    "A local cluster of three server nodes on loopback (own ports and work dirs, security on), tables with one backup."
+    s = cluster_settings(tmp_path_factory.mktemp('cluster3'), nodes=3)
+    try:
+        r = start_local_node(s, nodes=3)
+        ensure_schema(s)
+        yield s, r
+    finally:
+        stop_local_node(s)
