@@ -182,7 +182,7 @@ def bench_tenants_cmd(count: int = typer.Option(1000, min=1, help="synthetic ten
                       memory_tenants: int = typer.Option(50, min=2, help="tenants loaded to measure memory per tenant"),
                       data: Path = typer.Option(None, help="folder of <Project>.jsonl.gz Jira dumps "
                                                            "(default: ../shared/data/jira/apache)"),
-                      data_region_mb: int = typer.Option(1024, min=64, help="the bench node's page memory"),
+                      data_region_mb: int = typer.Option(512, min=64, help="the bench node's page memory (MiB)"),
                       stop_node: bool = typer.Option(False, '--stop-node', help="stop the bench's node at the end"),
                       as_json: bool = typer.Option(False, '--json', help="print JSON")):
     "N synthetic tenants ingested, trained and served on a node of the bench's own: every figure per tenant."
@@ -190,8 +190,9 @@ def bench_tenants_cmd(count: int = typer.Option(1000, min=1, help="synthetic ten
     from rich.progress import Progress
     from ..bench.tenants import PHASES, bench_dir, bench_node, results_table, run_bench
     from ..ignite import stop_local_node
-    if phase not in (*PHASES, 'copy', 'all'):
-        raise typer.BadParameter(f"--phase is one of {', '.join(PHASES)}, copy, all")
+    phases = list(PHASES) if phase == 'all' else phase.split(',')
+    if set(phases) - {*PHASES, 'copy'}:
+        raise typer.BadParameter(f"--phase is one or more of {', '.join(PHASES)}, copy (comma-separated), or all")
     if min_tickets > max_tickets: raise typer.BadParameter("--min-tickets is above --max-tickets")
     folder, d = bench_dir(), data_dir(data)
     out = folder.parent/f'tenants-{count}.json'
@@ -202,7 +203,7 @@ def bench_tenants_cmd(count: int = typer.Option(1000, min=1, help="synthetic ten
             def progress(what:str, i:int, n:int):
                 if what not in tasks: tasks[what] = bar.add_task(what, total=n)
                 bar.update(tasks[what], completed=i)
-            res = run_bench(count, list(PHASES) if phase == 'all' else [phase], folder, s, d, seed, min_tickets,
+            res = run_bench(count, phases, folder, s, d, seed, min_tickets,
                             max_tickets, workers, papermill, requests, concurrency, hot=hot, zipf_s=zipf,
                             memory_tenants=memory_tenants, progress=progress,
                             train_minutes=train_minutes, copy_models=copy_models,
