@@ -67,6 +67,7 @@ def endpoint(deep_tenant, ignite, tmp_path_factory, aws_env):
     path = package_model(t, 'priority', v, prefix, ignite)
     ep = LocalEndpoint(prefix, {KEY: SECRET}, ENDPOINT, container_port=0,
                        work_dir=tmp_path_factory.mktemp('endpoint'))
+    assert ep.front.load_target(path.relative_to(prefix).as_posix())  # warm: a cold load takes longer than a call may
     yield ep, path
     ep.stop()
     assert ep.container.poll() is not None and ep._server_pid() is None  # TorchServe stopped with it
@@ -81,7 +82,7 @@ def runtime(ep, secret=SECRET):
 
 def sm_settings(ignite, url, **kw) -> Settings:
     return ignite.model_copy(update=dict(dict(deep_serving='sagemaker', sagemaker_endpoint=ENDPOINT,
-                                              sagemaker_endpoint_url=url, sagemaker_timeout=3, sagemaker_retries=1,
+                                              sagemaker_endpoint_url=url, sagemaker_timeout=10, sagemaker_retries=1,
                                               sagemaker_breaker_failures=2, sagemaker_breaker_seconds=20), **kw))
 
 
