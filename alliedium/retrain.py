@@ -13,10 +13,11 @@ from .config import AlliediumError, Settings, get_settings
 from .registry import FORMAT
 
 # %% auto #0
-__all__ = ['RESULT_MIME', 'SUCCEEDED', 'FAILED', 'SKIPPED', 'RUN_KIND', 'RetrainError', 'train_notebook', 'run_notebook_path',
-           'papermill_command', 'show_result', 'notebook_result', 'notebook_error', 'active_models', 'report_frame',
-           'plot_report', 'kill_running_notebooks', 'execute_training_notebook', 'TenantRun', 'last_successful_run',
-           'run_metrics', 'colocated_retrain', 'retrain_tenant', 'retrain']
+__all__ = ['RESULT_MIME', 'WARM_ENGINE', 'RESET', 'SUCCEEDED', 'FAILED', 'SKIPPED', 'RUN_KIND', 'RetrainError', 'train_notebook',
+           'run_notebook_path', 'papermill_command', 'show_result', 'notebook_result', 'notebook_error',
+           'active_models', 'report_frame', 'plot_report', 'kill_running_notebooks', 'warm_engine', 'WarmKernel',
+           'warm_error', 'execute_training_notebook', 'TenantRun', 'last_successful_run', 'run_metrics',
+           'colocated_retrain', 'retrain_tenant', 'retrain', 'RetrainWorker']
 
 # %% ../nbs/65_retrain.ipynb #9e58f7c4
 class RetrainError(AlliediumError): "A retrain could not be started; the message says what to fix."
@@ -130,23 +131,163 @@ def _run_process(cmd:list[str], env:dict, timeout:float) -> tuple[int|None, str]
         with _live_lock: _live.discard(p)
 
 def kill_running_notebooks():
-    "Kill every notebook process this process started that is still running (and its kernel)."
+    "Kill every notebook process and warm kernel this process started that is still running."
     with _live_lock: procs = list(_live)
     for p in procs: _kill_group(p)
+    _kill_kernels()  # and the warm kernels (below)
+
+# %% ../nbs/65_retrain.ipynb #fb9d15c2
+WARM_ENGINE = 'alliedium-warm'  # the papermill engine that executes in a running kernel
+# run in the kernel before each tenant, unrecorded: an empty namespace, no open figures, the run's folder
+RESET = ("get_ipython().run_line_magic('reset', '-f')\n"
+         "import gc as _gc, os as _os, sys as _sys\n"
+         "if 'matplotlib.pyplot' in _sys.modules: _sys.modules['matplotlib.pyplot'].close('all')\n"
+         "_os.chdir({cwd!r}); _gc.collect(); del _gc, _os, _sys")
+
+def warm_engine() -> str:
+    "Register (once) and name papermill's engine for a kernel that is already running (`km=`, `prelude=`)."
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.log import logger
+    if WARM_ENGINE in papermill_engines._engines: return WARM_ENGINE
+    class Client(PapermillNotebookClient):
+        prelude = ''
+        def papermill_execute_cells(self):
+            reply = self.wait_for_reply(self.kc.execute(self.prelude, silent=True, store_history=False))
+            content = (reply or {}).get('content', {})
+            if content.get('status') != 'ok': raise RetrainError(
+                f"the kernel could not be reset for the next tenant: {content.get('ename')}: {content.get('evalue')}")
+            super().papermill_execute_cells()
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                     start_timeout=60, execution_timeout=None, km=None, prelude='', **kwargs):
+            c = Client(nb_man, km=km, timeout=execution_timeout, startup_timeout=start_timeout,
+                       kernel_name=kernel_name, log=logger, log_output=log_output)
+            c.prelude = prelude
+            try: return c.execute()
+            finally:
+                if c.kc is not None: c.kc.stop_channels()  # the kernel stays; its client of this run goes
+    papermill_engines.register(WARM_ENGINE, Engine)
+    return WARM_ENGINE
+
+_kernels, _kernels_lock = set(), threading.Lock()  # warm kernels running now (killed on an interrupt)
+
+class WarmKernel:
+    "A Jupyter kernel kept running between tenants: the training notebook executes in it tenant after tenant."
+    def __init__(self, settings:Settings|None=None):
+        self.settings, self.km, self.folder, self.closed = settings or get_settings(), None, None, False
+        self.starts = self.executed = 0  # kernels started (the first and every restart), notebooks executed
+
+    def start(self) -> WarmKernel:
+        "Start the kernel (`ALLIEDIUM_RETRAIN_KERNEL`) with the settings in its environment."
+        import tempfile
+        from jupyter_client import KernelManager
+        s = self.settings
+        if self.closed: raise RetrainError("the retrain was stopped: its kernels are closed")
+        self.folder = self.folder or Path(tempfile.mkdtemp(prefix='alliedium-kernel-'))
+        km = KernelManager(kernel_name=s.retrain_kernel, transport='ipc', ip=str(self.folder/'k'),
+                           connection_file=str(self.folder/'kernel.json'),
+                           client_class='jupyter_client.asynchronous.AsyncKernelClient')
+        s.var.mkdir(parents=True, exist_ok=True)
+        km.start_kernel(env={**os.environ, **s.as_env(), 'JUPYTER_PREFER_ENV_PATH': '1'}, cwd=str(s.var))
+        self.km, self.starts = km, self.starts + 1
+        with _kernels_lock: _kernels.add(self)
+        return self
+
+    @property
+    def pid(self) -> int|None: return getattr(getattr(self.km, 'provisioner', None), 'pid', None)
+
+    def execute(self, notebook:Path, output:Path, parameters:dict, timeout:float):
+        "Execute `notebook` with `parameters` into `output` here, the namespace emptied first; papermill's errors."
+        import papermill
+        if self.km is None or not self.km.is_alive(): self.restart()
+        self.executed += 1
+        papermill.execute_notebook(str(notebook), str(output), parameters, engine_name=warm_engine(),
+                                   kernel_name=self.settings.retrain_kernel, language='python', progress_bar=False,
+                                   request_save_on_cell_execute=True, execution_timeout=int(timeout), km=self.km,
+                                   prelude=RESET.format(cwd=str(output.parent)))
+
+    def restart(self):
+        "A fresh kernel: the old one (hung, dead or failed) is killed."
+        self.kill()
+        return self.start()
+
+    def kill(self):
+        "Kill the kernel now (its process group)."
+        import signal
+        km, self.km = self.km, None
+        with _kernels_lock: _kernels.discard(self)
+        if km is None: return
+        pid = getattr(getattr(km, 'provisioner', None), 'pid', None)
+        try: km.shutdown_kernel(now=True)
+        except Exception:
+            if pid:
+                try: os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError): pass
+
+    def close(self):
+        "Stop the kernel and remove its socket folder."
+        import shutil
+        self.closed = True; self.kill()
+        if self.folder: shutil.rmtree(self.folder, ignore_errors=True); self.folder = None
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+def _kill_kernels():
+    import signal
+    with _kernels_lock: ks = list(_kernels)
+    for k in ks:
+        if k.pid:
+            try: os.killpg(k.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError): pass
+
+def warm_error(e:Exception, output:Path, timeout:float) -> str:
+    "Why a notebook failed in a warm kernel, as the run records it."
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+    if isinstance(e, PapermillExecutionError):
+        return (notebook_error(output) if output.exists() else None) or f'{e.ename}: {e.evalue}'
+    if isinstance(e, CellTimeoutError):
+        return f'a cell ran longer than {timeout:.0f}s (ALLIEDIUM_RETRAIN_TIMEOUT): stopped, the kernel restarted'
+    if isinstance(e, DeadKernelError): return 'the kernel died (killed, or out of memory): restarted for the next tenant'
+    return f'{type(e).__name__}: {e}'
+
+def _mark_failed(output:Path, error:str):
+    "Put the reason at the top of a record whose failure left no error output (a timeout, a dead kernel)."
+    import nbformat
+    if not output.exists() or notebook_error(output): return
+    nb = nbformat.read(output, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(f'**This run failed:** {error}',
+                                                     metadata={'tags': ['alliedium-failed']}))
+    nbformat.write(nb, output)
 
 # %% ../nbs/65_retrain.ipynb #807c2a69
 def execute_training_notebook(tenant_id:str, run_id:str, # the tenant, and the RUN row the execution belongs to
                               parameters:dict|None=None, # more notebook parameters (tasks, window, tolerance)
-                              settings:Settings|None=None) -> dict:
+                              settings:Settings|None=None,
+                              kernel:WarmKernel|None=None # run in this warm kernel; None: a papermill process
+                             ) -> dict:
     "Run the training notebook for one tenant into its record: {notebook, seconds, result, error}."
     s = settings or get_settings()
     out = run_notebook_path(tenant_id, run_id, s)
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {**(parameters or {}), 'tenant': tenant_id, 'run_id': run_id}
+    t0 = time.perf_counter()
+    if kernel is not None:
+        try: kernel.execute(train_notebook(s), out, params, s.retrain_timeout); error = None
+        except Exception as e:
+            error = warm_error(e, out, s.retrain_timeout)
+            try: kernel.restart()  # the next tenant starts in a clean kernel
+            except Exception: kernel.kill()  # (its next execute tries again, and says why it cannot)
+            _mark_failed(out, error)
+        seconds = time.perf_counter() - t0
+        return dict(notebook=str(out), seconds=seconds, result=notebook_result(out) if out.exists() else None,
+                    error=error)
     cmd = papermill_command(train_notebook(s), out, params, s)
     cmd += ['--execution-timeout', str(int(s.retrain_timeout))]
     env = {**os.environ, **s.as_env(), 'JUPYTER_PREFER_ENV_PATH': '1'}
-    t0 = time.perf_counter()
     rc, log = _run_process(cmd, env, s.retrain_timeout + 60)
     seconds = time.perf_counter() - t0
     done = out.exists()
@@ -164,11 +305,12 @@ class TenantRun:
     status: str  # succeeded | failed | skipped
     run_id: str|None = None  # its RUN row
     notebook: str|None = None  # the executed notebook (the record)
-    seconds: float = 0.0  # wall time of the notebook's process (kernel start included)
+    seconds: float = 0.0  # wall time of the notebook (a papermill process: its start and its kernel's included)
     train_seconds: float|None = None  # time inside the notebook's training call
     tasks: dict = field(default_factory=dict)  # task -> {version, promoted, reason, metrics, seconds}
     error: str|None = None  # why it failed
     note: str|None = None  # why it was skipped
+    worker: str|None = None  # host:pid of the Ray actor that ran it (`on_ray`)
 
 # %% ../nbs/65_retrain.ipynb #d9d275bb
 def last_successful_run(tenant_id:str, settings:Settings|None=None) -> dict|None:
@@ -210,7 +352,8 @@ def retrain_tenant(tenant_id:str, force:bool=False, # retrain even if the ticket
                    parameters:dict|None=None, # more notebook parameters (tasks, window, tolerance)
                    settings:Settings|None=None,
                    on_cluster:bool=False, # train on the node holding the tenant's data (thick client)
-                   gateway=None) -> TenantRun: # the thick client to use with `on_cluster` (default: one per call)
+                   gateway=None, # the thick client to use with `on_cluster` (default: one per call)
+                   kernel:WarmKernel|None=None) -> TenantRun: # run the notebook in this warm kernel
     "Retrain one tenant with the notebook (skipped when its tickets are unchanged); records the RUN row."
     from alliedium.ingest import tickets_fingerprint
     from alliedium.runs import TrainingRunning, claim_training, finish_run, release_training, start_run
@@ -232,7 +375,7 @@ def retrain_tenant(tenant_id:str, force:bool=False, # retrain even if the ticket
         finish_run(run_id, SKIPPED, dict(fingerprint=fingerprint, running=e.run_id), settings=s)
         return TenantRun(tenant_id, SKIPPED, run_id, note=f"a training is running (run {e.run_id}): the next retrain")
     notebook = str(run_notebook_path(tenant_id, run_id, s))
-    try: r = execute_training_notebook(tenant_id, run_id, parameters, s)
+    try: r = execute_training_notebook(tenant_id, run_id, parameters, s, kernel)
     except BaseException as e:
         finish_run(run_id, FAILED, dict(fingerprint=fingerprint, error=f'{type(e).__name__}: {e}'), notebook,
                    settings=s)
@@ -272,9 +415,12 @@ def retrain(tenants:list[str]|None=None, # tenant ids; None: every tenant
             force:bool=False, # retrain tenants whose tickets did not change too
             parameters:dict|None=None, # more notebook parameters, the same for every tenant
             settings:Settings|None=None, progress:bool=True,
-            on_cluster:bool=False) -> list[TenantRun]: # train on the nodes holding the data (thick client)
+            on_cluster:bool=False, # train on the nodes holding the data (thick client)
+            warm:bool|None=None, # a warm kernel per job; default ALLIEDIUM_RETRAIN_WARM
+            on_ray:bool=False) -> list[TenantRun]: # over `jobs` Ray actors (RAY_ADDRESS's cluster, else local)
     "Retrain `tenants` with the training notebook, `jobs` at a time; a failure stops no other."
     s = settings or get_settings()
+    if on_cluster and on_ray: raise RetrainError("choose one: --on-cluster (the Ignite nodes) or --on-ray")
     if on_cluster: colocated_retrain()  # fail fast: both are the caller's to fix, not a per-tenant failure
     else: train_notebook(s)
     if tenants is None:
@@ -283,9 +429,18 @@ def retrain(tenants:list[str]|None=None, # tenant ids; None: every tenant
     tenants = list(dict.fromkeys(tenants))
     jobs = max(1, jobs or s.retrain_jobs or os.cpu_count() or 1)
     bar, done = _Progress(len(tenants), progress), {}
+    if on_ray:
+        with bar.bar: done = _retrain_on_ray(tenants, jobs, force, parameters, s, bar)
+        return [done[t] for t in tenants]
+    warm = s.retrain_warm if warm is None else warm
+    local, kernels = threading.local(), []  # each worker thread keeps its own kernel, started by its first tenant
+    def kernel():
+        if on_cluster or not warm: return None
+        if getattr(local, 'kernel', None) is None: local.kernel = WarmKernel(s); kernels.append(local.kernel)
+        return local.kernel
     def one(t, gateway):
         bar.started(t)
-        try: run = retrain_tenant(t, force, parameters, s, on_cluster, gateway)
+        try: run = retrain_tenant(t, force, parameters, s, on_cluster, gateway, kernel())
         except Exception as e: run = TenantRun(t, FAILED, error=f'{type(e).__name__}: {e}')
         bar.finished(run)
         return run
@@ -296,6 +451,8 @@ def retrain(tenants:list[str]|None=None, # tenant ids; None: every tenant
         except BaseException:  # Ctrl-C: the notebooks run in sessions of their own, so stop them here
             for f in futures: f.cancel()
             kill_running_notebooks(); raise
+        finally:
+            for k in kernels: k.close()
     return [done[t] for t in tenants]
 
 def _gateway(s:Settings, on_cluster:bool):
@@ -305,3 +462,44 @@ def _gateway(s:Settings, on_cluster:bool):
     from alliedium import thick
     if thick.current_gateway() is not None: return nullcontext(thick.current_gateway())
     return thick.thick_client(s)
+
+# %% ../nbs/65_retrain.ipynb #45dc200c
+def _worker_name() -> str:
+    import socket
+    return f'{socket.gethostname()}:{os.getpid()}'
+
+class RetrainWorker:
+    "Retrains tenant after tenant in a warm kernel of its own (the class a Ray actor is made of)."
+    def __init__(self, settings:Settings): self.settings, self.kernel = settings, WarmKernel(settings)
+    def retrain(self, tenant_id:str, force:bool=False, parameters:dict|None=None) -> TenantRun:
+        try: run = retrain_tenant(tenant_id, force, parameters, self.settings, kernel=self.kernel)
+        except Exception as e: run = TenantRun(tenant_id, FAILED, error=f'{type(e).__name__}: {e}')
+        run.worker = _worker_name()
+        return run
+    def close(self): self.kernel.close()
+
+def _retrain_on_ray(tenants:list[str], jobs:int, force:bool, parameters:dict|None, s:Settings, bar) -> dict:
+    "The tenants over `jobs` Ray actors (a warm kernel each); tenant -> TenantRun."
+    import ray
+    from ray.util import ActorPool
+    from alliedium.serving.runtime import start_ray
+    start_ray(s)
+    actor = ray.remote(num_cpus=s.serve_train_cpus, max_restarts=0)(RetrainWorker)
+    workers = [actor.remote(s) for _ in range(min(jobs, len(tenants)))]
+    done = {}
+    try:
+        pool = ActorPool(workers)
+        for t in tenants: bar.started(t); pool.submit(lambda w, t: w.retrain.remote(t, force, parameters), t)
+        while pool.has_next():
+            try: run = pool.get_next_unordered()
+            except ray.exceptions.RayError as e:  # the actor died (its node went away): which tenant is unknown here
+                run = TenantRun('?', FAILED, error=f'{type(e).__name__}: {e}')
+            if run.tenant_id in tenants: bar.finished(run); done[run.tenant_id] = run
+    finally:
+        for w in workers:
+            try: ray.get(w.close.remote(), timeout=60)
+            except Exception: pass
+            ray.kill(w)
+    for t in tenants:  # whatever a dead actor took with it
+        done.setdefault(t, TenantRun(t, FAILED, error='its Ray worker died before answering'))
+    return done

@@ -1,17 +1,19 @@
 """Scheduled retrains (issue 6): the training notebook run by papermill per tenant against the session's
 Ignite node, RUN rows, promotion decisions, skipping unchanged tenants, a failing tenant that does not stop
-the others, the CLI and the cron script, and the notebook itself under nbval."""
+the others, the CLI and the cron script, and the notebook itself under nbval. Warm kernels (issue 21): one
+kernel runs tenant after tenant with nothing left from the previous one, a failed or hung notebook restarts it,
+and a papermill process per tenant (--cold) still works."""
 import itertools, json, os, subprocess, sys, uuid
 from pathlib import Path
 
 import pytest
 
-from alliedium.ingest import ingest_tickets, tickets_fingerprint
+from alliedium.ingest import ingest_tickets, load_tickets, tickets_fingerprint
 from alliedium.jira import jira_file, read_issues
 from alliedium.models import TASKS
 from alliedium.registry import FORMAT, active_versions
-from alliedium.retrain import (FAILED, SKIPPED, SUCCEEDED, colocated_retrain, notebook_result, retrain,
-                               run_notebook_path, train_notebook)
+from alliedium.retrain import (FAILED, SKIPPED, SUCCEEDED, WarmKernel, colocated_retrain, notebook_result, retrain,
+                               retrain_tenant, run_notebook_path, train_notebook)
 from alliedium.runs import finish_run, get_run, list_runs, release_training, start_training
 from alliedium.tenants import create_tenant
 
@@ -204,3 +206,103 @@ def test_cli_retrain_on_cluster_trains_on_the_tenants_node(ignite):
     assert row['metrics']['fingerprint'] == tickets_fingerprint(zk, settings=ignite)
     assert (failed['status'], failed['error']) == (FAILED, _no_history(empty, ignite))
     assert [x['status'] for x in list_runs(empty, settings=ignite)] == [FAILED]
+
+
+def _probe(path):
+    "A notebook that prints the names its namespace holds (beside IPython's own) and its kernel's pid."
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    nb = new_notebook(cells=[new_code_cell('tenant = ""', metadata={'tags': ['parameters']}),
+                             new_code_cell("import json, os\nprint(json.dumps([sorted(n for n in globals() if n[0] != '_'"
+                                           " and n not in ('In', 'Out', 'exit', 'quit', 'get_ipython', 'json', 'os')), "
+                                           "os.getpid()]))")],
+                      metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}})
+    nbformat.write(nb, path)
+    return path
+
+
+def _probed(path):
+    return json.loads(json.loads(Path(path).read_text())['cells'][-1]['outputs'][0]['text'][0])
+
+
+def test_warm_kernel_runs_tenant_after_tenant_without_leaking_state(ignite, tenants, first_runs, tmp_path):
+    "Two tenants' notebooks in one kernel: nothing the first defined is there for the second; each has its record."
+    zk, storm = tenants['zk'], tenants['storm']
+    probe = _probe(tmp_path/'probe.ipynb')
+    with WarmKernel(ignite) as k:
+        k.execute(probe, tmp_path/'fresh.ipynb', {'tenant': 'probe'}, 60)
+        fresh, pid = _probed(tmp_path/'fresh.ipynb')  # what a new kernel's namespace holds besides the parameter
+        assert 'tenant' in fresh and pid == k.pid
+        a = retrain_tenant(zk, force=True, parameters={'tasks': ['priority']}, settings=ignite, kernel=k)
+        assert a.status == SUCCEEDED, a.error
+        k.execute(probe, tmp_path/'after-zk.ipynb', {'tenant': 'probe'}, 60)
+        names, after = _probed(tmp_path/'after-zk.ipynb')
+        # the training notebook defined tickets, result, report, settings, pd, ...: all gone, as in a new kernel
+        assert names == fresh and after == pid, (names, fresh)
+        b = retrain_tenant(storm, force=True, parameters={'tasks': ['priority']}, settings=ignite, kernel=k)
+        assert b.status == SUCCEEDED, b.error
+        assert (k.starts, k.executed, k.pid) == (1, 4, pid), "one kernel ran all four notebooks"
+    ra, rb = notebook_result(a.notebook), notebook_result(b.notebook)
+    assert (ra['tenant'], rb['tenant']) == (zk, storm) and a.notebook != b.notebook
+    assert (ra['tickets'], rb['tickets']) == (len(load_tickets(zk, ignite)), len(load_tickets(storm, ignite)))
+    assert b.tasks['priority']['version'] > first_runs[storm].tasks['priority']['version']
+    nb = json.loads(Path(b.notebook).read_text())
+    assert any('injected-parameters' in c.get('metadata', {}).get('tags', []) for c in nb['cells'])
+    assert nb['metadata']['papermill']['parameters']['tenant'] == storm
+    assert k.pid is None  # closed
+
+
+def test_failed_and_hung_notebooks_restart_the_warm_kernel(ignite, tenants, first_runs, tmp_path):
+    "A failing tenant and a hung cell are failed runs with their reason; the next tenant runs in a fresh kernel."
+    import nbformat
+    nb = nbformat.read(train_notebook(), as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if 'parameters' in c.metadata.get('tags', []))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell("import time\ntime.sleep(globals().get('hang', 0))"))
+    hanging = tmp_path/'train_hanging.ipynb'
+    nbformat.write(nb, hanging)
+    quick = ignite.model_copy(update=dict(retrain_notebook=hanging, retrain_timeout=15))
+    zk, empty = tenants['zk'], tenants['empty']
+    with WarmKernel(ignite) as k:
+        failed = retrain_tenant(empty, force=True, settings=ignite, kernel=k)
+        assert (failed.status, failed.error) == (FAILED, _no_history(empty, ignite))
+        assert k.starts == 2, "restarted after the failure"
+        first = k.pid
+        hung = retrain_tenant(zk, force=True, parameters={'hang': 600}, settings=quick, kernel=k)
+        assert hung.status == FAILED and 'ALLIEDIUM_RETRAIN_TIMEOUT' in hung.error, hung.error
+        assert k.starts == 3 and k.pid != first
+        row = get_run(hung.run_id, settings=ignite)
+        assert row['status'] == FAILED and row['metrics']['error'] == hung.error
+        record = json.loads(Path(hung.notebook).read_text())
+        assert hung.error in ''.join(record['cells'][0]['source'])  # the record says why at its top
+        # the same notebook without `hang`, the usual timeout: trains in the new kernel
+        ok = retrain_tenant(zk, force=True, parameters={'tasks': ['priority']}, kernel=k,
+                            settings=ignite.model_copy(update=dict(retrain_notebook=hanging)))
+        assert ok.status == SUCCEEDED, ok.error
+        assert (k.starts, k.executed) == (3, 3)
+
+
+def test_cold_runs_a_papermill_process_per_tenant(ignite, tenants, first_runs):
+    "warm=False (--cold, ALLIEDIUM_RETRAIN_WARM=false): the papermill process of before, the same record."
+    run, = retrain([tenants['storm']], force=True, warm=False, parameters={'tasks': ['priority']}, settings=ignite,
+                   progress=False)
+    assert run.status == SUCCEEDED, run.error
+    res = notebook_result(run.notebook)
+    assert res['tenant'] == tenants['storm'] and res['run_id'] == run.run_id
+    assert Path(res['python']).resolve() == Path(sys.executable).resolve()
+
+
+def test_retrain_over_ray_actors(ray_session, ignite, tenants, first_runs):
+    "on_ray: the tenants go to Ray actors (not this process), each keeping a warm kernel; records and RUN rows as ever."
+    zk, storm, empty = tenants['zk'], tenants['storm'], tenants['empty']
+    runs = retrain([zk, storm, empty], jobs=2, force=True, on_ray=True, parameters={'tasks': ['priority']},
+                   settings=ignite, progress=False)
+    assert [r.tenant_id for r in runs] == [zk, storm, empty]
+    assert [r.status for r in runs] == [SUCCEEDED, SUCCEEDED, FAILED], [r.error for r in runs]
+    assert runs[2].error == _no_history(empty, ignite)
+    workers = {r.worker for r in runs}
+    assert None not in workers and 1 <= len(workers) <= 2, workers
+    assert all(int(w.rsplit(':', 1)[1]) != os.getpid() for w in workers)
+    for r in runs[:2]:
+        res = notebook_result(r.notebook)
+        assert res['tenant'] == r.tenant_id and res['run_id'] == r.run_id
+        assert get_run(r.run_id, settings=ignite)['status'] == SUCCEEDED

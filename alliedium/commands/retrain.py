@@ -43,6 +43,10 @@ def retrain_command(
                              help="tenants at once (default: ALLIEDIUM_RETRAIN_JOBS, else the cores)"),
     force: bool = typer.Option(False, '--force', help="retrain tenants whose tickets did not change too"),
     on_cluster: bool = typer.Option(False, '--on-cluster', help="train on the Ignite node holding each tenant's data"),
+    on_ray: bool = typer.Option(False, '--on-ray', help="over --jobs Ray actors (RAY_ADDRESS's cluster, else local)"),
+    warm: bool = typer.Option(None, '--warm/--cold', show_default=False,
+                              help="a warm kernel per job, tenant after tenant (default: ALLIEDIUM_RETRAIN_WARM, "
+                                   "true), or a papermill process per tenant"),
     as_json: bool = typer.Option(False, '--json', help="print the runs as JSON instead of a table")):
     "Run the training notebook (papermill) per tenant: train, evaluate, register, promote if not worse."
     if all_tenants == bool(tenant): raise RetrainError("say which tenants: --all, or --tenant T (repeatable)")
@@ -50,7 +54,7 @@ def retrain_command(
         from alliedium.tenants import require_tenant
         for t in tenant: require_tenant(t)
     runs = retrain(None if all_tenants else tenant, jobs=jobs or None, force=force, on_cluster=on_cluster,
-                   progress=not as_json)
+                   progress=not as_json, warm=warm, on_ray=on_ray)
     if as_json: print(json.dumps([asdict(r) for r in runs], indent=1, default=str))
     else: console.print(runs_table(runs))
     if any(r.status == FAILED for r in runs): raise typer.Exit(1)
