@@ -17,7 +17,7 @@ from ..features import (Linear, OneHot, ReporterHistory, TextMatrix, active_peop
 from .multilabel import KnnIndex
 
 # %% auto #0
-__all__ = ['AssigneeModel']
+__all__ = ['AssigneeModel', 'LiveAssignments']
 
 # %% ../../nbs/30_models/31_assignee.ipynb #2686cf64
 def _first(c): return c[0] if isinstance(c, (list, tuple, np.ndarray)) and len(c) else None
@@ -122,6 +122,7 @@ def _fit_people(self:AssigneeModel, ad:pd.DataFrame, X:sp.csr_matrix, end):
 @patch
 def _evidence(self:AssigneeModel, X, Pc:np.ndarray, tq:np.ndarray, comps:list, reps:list) -> np.ndarray:
     "Per ticket, the four evidence rows over `people_`: classifier `Pc`, kNN vote, component share, reporter's."
+    if getattr(self, 'live_', None) is not None: return self._evidence_live(X, Pc, tq, comps, reps)  # learning online
     n, m = len(tq), len(self.people_)
     E = np.zeros((n, 4, m)); E[:, 0, self.clf_cols_] = Pc
     if k := min(self.k, len(self.t_)):
@@ -243,6 +244,20 @@ def predict(self:AssigneeModel, df:pd.DataFrame) -> list[dict]:
     return [dict(assignee=[dict(name=n, score=round(s, 4), why=w) for (n, s), w in zip(r, ws)], abstain=bool(x))
             for r, ws, x in zip(ranked, self.why(df, ranked), self.abstains(ranked, df['reporter']))]
 
+# %% ../../nbs/30_models/31_assignee.ipynb #684807e1
+@patch
+def _took_in(self:AssigneeModel, c:str, t:float, j:int) -> tuple[int, int]:
+    "(taken by person `j`, all) of component `c`'s tickets in the `share_days` before day `t` (live ones too)."
+    took = total = 0
+    if (pos := self.comp_pos_.get(c)) is not None:
+        pos = pos[np.searchsorted(pos, np.searchsorted(self.t_, t - self.share_days)):]
+        alive = self.live_.alive[pos] > 0 if getattr(self, 'live_', None) is not None else np.ones(len(pos), bool)
+        took, total = int(((self.aid_[pos] == j) & alive).sum()), int(alive.sum())
+    if getattr(self, 'live_', None) is not None and (pos := self.live_.view(self)[3].get(c)) is not None:
+        _, laid, lt, _, _ = self.live_.view(self); pos = pos[lt[pos] >= t - self.share_days]
+        took, total = took + int((laid[pos] == j).sum()), total + len(pos)
+    return took, total
+
 # %% ../../nbs/30_models/31_assignee.ipynb #34950971
 def _cite(keys) -> str: return f" ({', '.join(keys)})" if len(keys) else ''
 
@@ -266,13 +281,11 @@ def _why_other(self:AssigneeModel, j:int, near:np.ndarray, t:float, comps:list, 
         if len(mine):
             out.append(f"took {len(mine)} of the {min(n, len(near))} most similar past tickets"
                        + _cite(self.keys_[mine[:3]].tolist())); break
-    lo = np.searchsorted(self.t_, t - self.share_days)
     for c in _list(comps):
-        if (pos := self.comp_pos_.get(c)) is not None:
-            pos = pos[np.searchsorted(pos, lo):]
-            if took := int((self.aid_[pos] == j).sum()):
-                days = f'{self.share_days:g}'
-                out.append(f"took {took} of the {len(pos)} tickets in component {c} in the last {days} days")
+        took, total = self._took_in(c, t, j)  # (the tickets learnt online too)
+        if took:
+            days = f'{self.share_days:g}'
+            out.append(f"took {took} of the {total} tickets in component {c} in the last {days} days")
     if r is not None and (pos := self.rep_pos_.get(r)) is not None and (took := int((self.aid_[pos] == j).sum())):
         out.append(f"took {took} of the {len(pos)} tickets from this reporter that went to someone else")
     days = int(round(t - self.last_[j])) if np.isfinite(self.last_[j]) else None
@@ -294,3 +307,146 @@ def why(self:AssigneeModel, df:pd.DataFrame, ranked:list) -> list[list[list[str]
     return [[self._why_reporter(n) if n == rep[i] else
              self._why_other(self.pid_[n], near[i], tq[i], comps[i], rep[i]) if n in self.pid_ else []
              for n, _ in r] for i, r in enumerate(ranked)]
+
+# %% ../../nbs/30_models/31_assignee.ipynb #8751cf13
+class _LiveStats:
+    "A `ReporterHistory`'s counts (`base`, never changed) plus those learnt online."
+    def __init__(self, base): self.base, self.delta = base, {}
+
+    def get(self, r, default=None):
+        b, d = self.base.get(r), self.delta.get(r)
+        if d is None: return b if b is not None else default
+        b = b or dict(filed=0.0, self_taken=0.0, assigned=0.0, prio=[])
+        return dict(filed=b['filed'] + d[0], self_taken=b['self_taken'] + d[1], assigned=b['assigned'] + d[2],
+                    prio=b['prio'])
+
+    def add(self, r, a, sign:int):
+        "Count (or, with `sign` -1, uncount) one assigned ticket of reporter `r` taken by `a`."
+        if a is not None: self.delta.setdefault(a, [0.0, 0.0, 0.0])[2] += sign
+        if r is not None:
+            d = self.delta.setdefault(r, [0.0, 0.0, 0.0]); d[0] += sign; d[1] += sign * float(a == r)
+
+class LiveAssignments:
+    "The assigned tickets an `AssigneeModel` learnt after training (at most `max_rows`, least recently learnt go)."
+    def __init__(self, model:AssigneeModel, max_rows:int=10_000):
+        self.max_rows = max_rows
+        self.rows: dict[str, tuple] = {}  # key -> (row indices, row data, person id, created day, components, reporter)
+        self.base = {k: i for i, k in enumerate(model.keys_.tolist())}  # the trained tickets' positions
+        self.alive = np.ones(len(model.keys_))  # 0: a trained ticket changed or gone since (its state is learnt)
+        self.stats = _LiveStats(model.history_.stats_)
+        self._view, self._base_rep = None, None
+
+    def __len__(self) -> int: return len(self.rows)
+
+    def base_reporter(self, model:AssigneeModel, p:int):
+        "The reporter of trained ticket `p` (from the reporter index; a ticket missing there was self-taken)."
+        if self._base_rep is None:
+            self._base_rep = {int(i): r for r, pos in model.rep_pos_.items() for i in pos}
+        return self._base_rep.get(p, model.people_[model.aid_[p]])
+
+    def view(self, model:AssigneeModel) -> tuple:
+        "The live rows stacked (CSR), their person ids and days, their component and (non-self) reporter positions."
+        if self._view is None:
+            width, people = model.index_.XT.shape[0], model.people_
+            vals = list(self.rows.values())
+            X = sp.csr_matrix((np.concatenate([v[1] for v in vals]).astype(np.float32),
+                               np.concatenate([v[0] for v in vals]).astype(np.int32),
+                               np.cumsum([0] + [len(v[0]) for v in vals])), shape=(len(vals), width)) \
+                if vals else sp.csr_matrix((0, width), dtype=np.float32)
+            aid = np.array([v[2] for v in vals], np.int64); t = np.array([v[3] for v in vals], float)
+            rep = _positions([[v[5]] if v[5] != people[v[2]] else [] for v in vals])  # the non-self ones
+            self._view = (X, aid, t, _positions([v[4] for v in vals]), rep)
+        return self._view
+
+@patch
+def online_copy(self:AssigneeModel, max_rows:int=10_000) -> AssigneeModel:
+    "A copy that can `learn_tickets` (this model, its arrays and its counts are never changed by it)."
+    import copy
+    m = copy.copy(self)
+    m.live_ = LiveAssignments(self, max_rows)
+    m.history_ = copy.copy(self.history_); m.history_.stats_ = m.live_.stats
+    m.people_, m.pid_, m.last_ = self.people_.copy(), dict(self.pid_), self.last_.copy()
+    m.classes_ = m.people_
+    return m
+
+@patch
+def _person(self:AssigneeModel, a:str) -> int:
+    "The id of person `a` in `people_`, added (a newcomer, now a candidate) when unknown."
+    if (j := self.pid_.get(a)) is not None: return j
+    self.people_ = np.append(self.people_, np.array([a], dtype=object)); self.classes_ = self.people_
+    self.last_ = np.append(self.last_, -np.inf); self.pid_[a] = j = len(self.people_) - 1
+    return j
+
+@patch
+def _unlearn(self:AssigneeModel, key:str):
+    "Forget what is known of ticket `key`: its live row, or its trained row (hidden), with their counts."
+    L = self.live_
+    if (old := L.rows.pop(key, None)) is not None:
+        L.stats.add(old[5], self.people_[old[2]], -1); L._view = None
+    if (p := L.base.get(key)) is not None and L.alive[p]:
+        L.stats.add(L.base_reporter(self, p), self.people_[self.aid_[p]], -1); L.alive[p] = 0
+
+@patch
+def learn_tickets(self:AssigneeModel, df:pd.DataFrame, # tickets' current state: issue_key, created_at, assignee,
+                                                      # reporter, components, summary, description
+                  X:sp.csr_matrix|None=None # their rows (this model's encoder), when already encoded
+                 ) -> int:
+    "Learn tickets' current state online (an online copy only); how many assigned tickets it now knows anew."
+    L = self.live_
+    if X is None: X = self.vectorizer_.transform(ticket_text(df))
+    X, n = sp.csr_matrix(X), 0
+    for i, (key, a, r, cs, t) in enumerate(zip(df['issue_key'], _names(df['assignee']), _names(df['reporter']),
+                                              df['components'], _days(df['created_at']))):
+        self._unlearn(key)
+        if a is None: continue  # unassigned now: nothing to learn
+        j, lo, hi = self._person(a), X.indptr[i], X.indptr[i + 1]
+        L.rows[key] = (X.indices[lo:hi].copy(), X.data[lo:hi].copy(), j, float(t), _list(cs), r)
+        L.stats.add(r, a, 1); self.last_[j] = max(self.last_[j], t); n += 1
+        while len(L.rows) > L.max_rows: self._unlearn(next(iter(L.rows)))
+    L._view = None
+    return n
+
+@patch
+def forget_tickets(self:AssigneeModel, keys:list[str]):
+    "Forget deleted tickets (an online copy only)."
+    for k in keys: self._unlearn(k)
+
+# %% ../../nbs/30_models/31_assignee.ipynb #5cc2e2fd
+def _as_csr(X) -> sp.csr_matrix:
+    "A query block as CSR (one ticket's `SparseRow` too)."
+    if sp.issparse(X): return X.tocsr()
+    return sp.csr_matrix((X.data, X.indices, np.array([0, len(X.indices)])), shape=X.shape)
+
+@patch
+def _evidence_live(self:AssigneeModel, X, Pc:np.ndarray, tq:np.ndarray, comps:list, reps:list) -> np.ndarray:
+    "`_evidence` over the trained tickets still current (`live_.alive`) and the tickets learnt online."
+    L = self.live_; LX, laid, lt, lcomp, lrep = L.view(self)
+    n, m, nb, alive = len(tq), len(self.people_), len(self.t_), L.alive
+    E = np.zeros((n, 4, m)); E[:, 0, self.clf_cols_] = Pc
+    tops, sims = [], []
+    if kb := min(self.k, nb):  # the trained index's neighbours (a changed ticket's row weighs 0) ...
+        top, s = self.index_.neighbours(X, kb); tops.append(top); sims.append(s * alive[top])
+    if kl := min(self.k, len(lt)):  # ... and the live ones', the `k` most similar of both vote
+        S = (_as_csr(X) @ LX.T).toarray()
+        top = np.argpartition(-S, kl - 1, axis=1)[:, :kl]
+        tops.append(top + nb); sims.append(np.take_along_axis(S, top, 1))
+    if tops:
+        top, s = np.hstack(tops), np.hstack(sims)
+        if top.shape[1] > self.k:
+            o = np.argpartition(-s, self.k - 1, axis=1)[:, :self.k]
+            top, s = np.take_along_axis(top, o, 1), np.take_along_axis(s, o, 1)
+        aid, t = np.r_[self.aid_, laid], np.r_[self.t_, lt]
+        w = np.clip(s, 0, None) * 0.5 ** ((self.end_ - t[top]) / self.knn_half_life)
+        np.add.at(E[:, 1], (np.repeat(np.arange(n), top.shape[1]), aid[top].ravel()), w.ravel())
+    lo = np.searchsorted(self.t_, tq - self.share_days)
+    for i, (cs, r) in enumerate(zip(comps, reps)):
+        for c in _list(cs):
+            if (pos := self.comp_pos_.get(c)) is not None:
+                pos = pos[np.searchsorted(pos, lo[i]):]
+                E[i, 2] += np.bincount(self.aid_[pos], weights=alive[pos], minlength=m)
+            if (pos := lcomp.get(c)) is not None:
+                E[i, 2] += np.bincount(laid[pos[lt[pos] >= tq[i] - self.share_days]], minlength=m)
+        if (pos := self.rep_pos_.get(r)) is not None:
+            E[i, 3] += np.bincount(self.aid_[pos], weights=alive[pos], minlength=m)
+        if (pos := lrep.get(r)) is not None: E[i, 3] += np.bincount(laid[pos], minlength=m)
+    return E

@@ -4,12 +4,13 @@
 
 # %% ../../nbs/30_models/35_triage.ipynb #5c7e9ab3
 from __future__ import annotations
+import json, threading
 
 import pandas as pd
 from fastcore.basics import patch
 from pyignite import Client
 
-from ..config import Settings
+from ..config import Settings, get_settings
 from ..features import TicketRows, _new_issue, encode_rows, issue_rows, ticket_text
 from ..ingest import _utc, tickets_fingerprint
 from ..jira import parse_issue
@@ -42,6 +43,15 @@ class TenantModels:
             m = models.get(task)
             if m is not None and getattr(getattr(m, 'index_', None), 'meta', None) is not None:
                 self.index, self.encoder, self.live = m.index_, m.vectorizer_, LiveTickets(m.index_); break
+        if self.live is not None and len(self.index.meta):  # first look: the tickets changed since the index's newest
+            self._newest = int(self.index.meta.updated.max()) - 86_400_000  # (a day back: SQL's clock and the zone)
+        # learning between retrains (`catch_up`): the assignee model's online copy learns outcomes; the loaded model
+        # (and the stored artifact) stay as trained. Learning and answering take turns on `lock`.
+        self.lock, self._catching = threading.RLock(), threading.Lock()
+        a, s = models.get('assignee'), settings or get_settings()
+        if s.online_learning and self.live is not None and hasattr(a, 'online_copy') and hasattr(a, 'keys_') \
+                and getattr(a, 'live_', None) is None:
+            self.models = {**self.models, 'assignee': a.online_copy(s.online_max_tickets)}
 
     def triage(self, issue:dict) -> dict:
         "Versions, assignee top-k, components, labels, priority, rank_score, abstain, similar, duplicates."
@@ -49,6 +59,9 @@ class TenantModels:
 
     def triage_many(self, issues:list[dict]) -> list[dict]:
         "The answer of each issue, in order; every model predicts them together (one matrix, not a loop)."
+        with self.lock: return self._triage_many(issues)  # (not while `catch_up` changes what the models know)
+
+    def _triage_many(self, issues:list[dict]) -> list[dict]:
         row = issue_rows(issues[0], self.tenant_id) if len(issues) == 1 else \
             TicketRows.of([parse_issue(_new_issue(i), self.tenant_id) for i in issues])
         outs = [dict(versions=dict(self.versions), assignee=[], components=[], labels=[], priority=None,
@@ -93,9 +106,15 @@ def _shown(df:pd.DataFrame, raws:list) -> list[dict]:
 def learn(self:TenantModels, df:pd.DataFrame, # tickets as `tickets_frame` columns
           raws:list|None=None, # their Jira JSON (dict or text), for status and resolution
          ) -> int:
-    "Add tickets to `similar` (new ones, or a newer version of one); how many were new or changed."
+    "Add tickets to `similar` (new or newer ones), and to an online assignee model (with reporter, components)."
     if self.live is None or not len(df): return 0
-    return self.live.learn(self.encoder.transform(ticket_text(df)), _shown(df, raws or [None] * len(df)))
+    texts = ticket_text(df); X = self.encoder.transform(texts)  # (encoded before taking the lock)
+    a = self.models.get('assignee')
+    online = getattr(a, 'live_', None) is not None and {'reporter', 'components'} <= set(df.columns)
+    Xa = X if not online or a.vectorizer_ is self.encoder else a.vectorizer_.transform(texts)
+    with self.lock:
+        if online: a.learn_tickets(df, Xa)
+        return self.live.learn(X, _shown(df, raws or [None] * len(df)))
 
 _STATE_MS = "DATEDIFF('MS', TIMESTAMP '1970-01-01 00:00:00', updated_at)"
 
@@ -103,6 +122,10 @@ _STATE_MS = "DATEDIFF('MS', TIMESTAMP '1970-01-01 00:00:00', updated_at)"
 def catch_up(self:TenantModels, client:Client) -> int:
     "Learn the tickets ingested since the last look (new, changed; deleted ones forgotten); how many changed."
     if self.live is None: return 0
+    with self._catching: return self._catch_up(client)  # one look at a time (a poll round, a request)
+
+@patch
+def _catch_up(self:TenantModels, client:Client) -> int:
     fp = tickets_fingerprint(self.tenant_id, client=client)
     if fp == self._fp: return 0
     q, n = f"SELECT issue_key, updated_at, deleted, {_STATE_MS} FROM {SCHEMA}.TICKET_STATE WHERE tenant_id = ?", 0
@@ -123,15 +146,18 @@ def _apply(self:TenantModels, client:Client, rows:list, gone:list|None=None) -> 
     "Forget deleted tickets and learn new or newer ones among TICKET_STATE `rows` (key, updated_at, deleted, ms)."
     changed, gone = self._changes(rows), list(gone or []) + [r[0] for r in rows if r[2] and r[0] in self.live.seen]
     if rows: self._newest = max([self._newest if self._newest is not None else -2**62] + [r[3] for r in rows])
-    self.live.forget(gone)
+    with self.lock:
+        self.live.forget(gone)
+        if getattr(a := self.models.get('assignee'), 'live_', None) is not None: a.forget_tickets(gone)
     n = len(gone)
     for i in range(0, len(changed), 500):
         keys = changed[i:i + 500]
-        got = list(client.sql(f"SELECT issue_key, created_at, updated_at, summary, assignee, description, raw FROM "
-                              f"{SCHEMA}.TICKET WHERE tenant_id = ? AND issue_key IN ({', '.join('?' * len(keys))})",
-                              query_args=[self.tenant_id, *keys]))
+        got = list(client.sql(f"SELECT issue_key, created_at, updated_at, summary, assignee, description, raw, "
+                              f"reporter, components FROM {SCHEMA}.TICKET WHERE tenant_id = ? "
+                              f"AND issue_key IN ({', '.join('?' * len(keys))})", query_args=[self.tenant_id, *keys]))
         df = pd.DataFrame(got, columns=['issue_key', 'created_at', 'updated_at', 'summary', 'assignee', 'description',
-                                        'raw'])
+                                        'raw', 'reporter', 'components'])
+        df['components'] = [json.loads(c or '[]') for c in df['components']]
         for c in ('created_at', 'updated_at'): df[c] = pd.to_datetime([_utc(v) for v in df[c]])
         n += self.learn(df, list(df['raw']))
     return n
