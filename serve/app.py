@@ -20,8 +20,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from alliedium.config import Settings
-from alliedium.serving.api import (AppArgs, TenantSlot, make_api, poll_promotions, run_training_job,
-                                   settings_overrides)
+from alliedium.serving.api import (AppArgs, ModelsUnavailable, TenantSlot, make_api, poll_promotions,
+                                   run_training_job, settings_overrides)
 
 log = logging.getLogger('ray.serve')
 
@@ -95,16 +95,23 @@ def triage_api_deployment(settings: Settings):
         @serve.multiplexed(max_num_models_per_replica=settings.serve_models_per_replica)
         async def tenant(self, tenant: str) -> TenantSlot: return await self._load(tenant)
 
+        async def _pool(self, call) -> dict | list:
+            "A ModelPool call's answer; its user error unwrapped; a replica dead or silent is a 503 to retry."
+            try: return await asyncio.wait_for(call, self.settings.serve_model_timeout)
+            except ray.exceptions.RayTaskError as e: raise (e.cause if isinstance(e.cause, Exception) else e) from None
+            except (ray.exceptions.RayActorError, TimeoutError) as e:  # SIGKILLed, its node lost, or stuck
+                what = 'stopped' if isinstance(e, ray.exceptions.RayActorError) else \
+                    f'did not answer within {self.settings.serve_model_timeout:g}s (ALLIEDIUM_SERVE_MODEL_TIMEOUT)'
+                raise ModelsUnavailable(f"the replica holding this tenant's models {what}: retry") from None
+
         async def triage(self, tenant: str, issue: dict) -> dict:
             if self.models is None: return (await self._slot(tenant)).triage(issue)
-            try: return await self.models.options(multiplexed_model_id=tenant).triage.remote(issue)
-            except ray.exceptions.RayTaskError as e: raise (e.cause if isinstance(e.cause, Exception) else e) from None
+            return await self._pool(self.models.options(multiplexed_model_id=tenant).triage.remote(issue))
 
         async def triage_batch(self, tenant: str, issues: list) -> list:
             "Several issues of one tenant in one call (one hop, one prediction per model)."
             if self.models is None: return (await self._slot(tenant)).triage_many(issues)
-            try: return await self.models.options(multiplexed_model_id=tenant).triage_many.remote(issues)
-            except ray.exceptions.RayTaskError as e: raise (e.cause if isinstance(e.cause, Exception) else e) from None
+            return await self._pool(self.models.options(multiplexed_model_id=tenant).triage_many.remote(issues))
 
         def launch_training(self, tenant: str, run_id: str, tasks):
             self.jobs = {k: v for k, v in self.jobs.items() if not ray.wait([v], timeout=0)[0]}

@@ -24,29 +24,35 @@ CLIENT_TIMEOUT = 30.0  # seconds a triage may take before the client gives up (a
 
 
 class Load:
-    "Triage requests at a steady rate from a few threads; each answer recorded as (sent, answered, status)."
-    def __init__(self, url: str, tenant: str, key: str, issue: dict, threads: int = 3, rate: float = 6.0):
-        self.url, self.path, self.headers, self.issue = url, f'/v1/tenants/{tenant}/triage', bearer(key), issue
-        self.threads, self.period = threads, threads / rate  # each thread sends one request per period
-        self.results, self.bodies, self.stop = [], {}, threading.Event()
+    """Triage requests at a steady rate from a few threads (single issues, plus one thread of batches so that a
+    request is in the model replica when it dies); each answer recorded as (sent, answered, status)."""
+    def __init__(self, url: str, tenant: str, key: str, issue: dict, threads: int = 3, rate: float = 6.0,
+                 batch: int = 50):
+        self.url, self.headers = url, bearer(key)
+        path = f'/v1/tenants/{tenant}/triage'
+        self.jobs = [(path, issue)] * threads + ([(f'{path}/batch', {'issues': [issue] * batch})] if batch else [])
+        self.period = threads / rate  # each single-issue thread sends one request per period
+        self.results, self.bodies, self.inflight, self.stop = [], {}, {}, threading.Event()
         self.lock = threading.Lock()
 
-    def _run(self):
+    def _run(self, path: str, body: dict):
         with httpx.Client(base_url=self.url, timeout=CLIENT_TIMEOUT) as http:
             while not self.stop.is_set():
                 t0 = time.monotonic()
+                with self.lock: self.inflight[threading.get_ident()] = (path, t0)
                 try:
-                    r = http.post(self.path, json=self.issue, headers=self.headers)
-                    status, body = r.status_code, (r.text[:300], r.headers.get('retry-after'))
-                except httpx.HTTPError as e: status, body = type(e).__name__, (str(e)[:300], None)
+                    r = http.post(path, json=body, headers=self.headers)
+                    status, text = r.status_code, (r.text[:300], r.headers.get('retry-after'))
+                except httpx.HTTPError as e: status, text = type(e).__name__, (str(e)[:300], None)
                 t1 = time.monotonic()
                 with self.lock:
+                    self.inflight.pop(threading.get_ident(), None)
                     self.results.append((t0, t1, status))
-                    self.bodies.setdefault(status, body)
-                self.stop.wait(max(0.0, self.period - (t1 - t0)))
+                    self.bodies.setdefault(status, text)
+                if not path.endswith('/batch'): self.stop.wait(max(0.0, self.period - (t1 - t0)))
 
     def __enter__(self):
-        self.workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        self.workers = [threading.Thread(target=self._run, args=job, daemon=True) for job in self.jobs]
         for w in self.workers: w.start()
         return self
 
@@ -56,6 +62,16 @@ class Load:
 
     def snapshot(self) -> list:
         with self.lock: return sorted(self.results)
+
+    def batch_in_flight(self, at_least: float = 0.05, timeout: float = 30) -> bool:
+        "Wait until a batch request has been on its way for `at_least` seconds (True), or `timeout` passes."
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            with self.lock:
+                if any(p.endswith('/batch') and time.monotonic() - t > at_least for p, t in self.inflight.values()):
+                    return True
+            time.sleep(0.005)
+        return False
 
     def wait_for_200s(self, n: int, after: float, timeout: float) -> bool:
         "Wait until `n` answers sent after `after` (monotonic) are 200 in a row (the newest ones)."
@@ -74,7 +90,9 @@ def kill_report(name: str, results: list, killed_at: float, bodies: dict) -> dic
     window = (min(a for a, _, _ in bad) - killed_at, max(b for _, b, _ in bad) - killed_at) if bad else None
     before = sum(1 for a, _, s in results if a < killed_at and s == 200)
     after = [s for a, _, s in results if bad and a > window[1] + killed_at]
-    print(f"\n{name}: {len(results)} triage requests, {dict(counts)}; 200s before the kill: {before}")
+    slowest = max(results, key=lambda r: r[1] - r[0])
+    print(f"\n{name}: {len(results)} triage requests, {dict(counts)}; 200s before the kill: {before}; slowest answer "
+          f"{slowest[1] - slowest[0]:.2f}s (sent {slowest[0] - killed_at:+.2f}s from the kill, {slowest[2]})")
     if window: print(f"  errors from {window[0]:+.2f}s to {window[1]:+.2f}s around the kill "
                      f"({window[1] - max(window[0], 0):.2f}s window), then {len(after)} answers, "
                      f"{sum(s == 200 for s in after)} of them 200")
@@ -84,12 +102,26 @@ def kill_report(name: str, results: list, killed_at: float, bodies: dict) -> dic
     return dict(counts=counts, bad=bad, window=window, before=before, after=after)
 
 
-def check_kill(rep: dict, killed_at: float):
+def check_kill(rep: dict, killed_at: float, bodies: dict):
     "200 or a clear 503 only; errors only after the kill, none of them a hang; 200s before and after."
-    assert set(rep['counts']) <= {200, 503}, rep['counts']   # no 500, no client timeout
+    assert set(rep['counts']) <= {200, 503}, (rep['counts'], bodies)   # no 500, no client timeout
+    if 503 in bodies:  # a clear one: what failed, and when to retry
+        text, retry = bodies[503]
+        assert retry and '"error":' in text and '"retry_after":' in text, bodies[503]
     assert rep['before'] > 0, "no 200 before the kill: the load did not reach the service"
     assert all(b >= killed_at for _, b, _ in rep['bad']), "an error answered before the kill"
     assert not rep['bad'] or (rep['after'] and all(s == 200 for s in rep['after'])), rep['after'][:20]
+
+
+def test_a_dead_replica_is_a_503_to_retry():
+    "What the ingress answers when the model replica under a request dies or is silent: 503 with Retry-After."
+    import ray
+    from alliedium.serving.api import ModelsUnavailable, http_error, http_status
+    assert http_status(ray.exceptions.ActorDiedError()) == 503
+    assert http_status(ray.exceptions.ActorUnavailableError('replica restarting', None)) == 503
+    r = http_error(ModelsUnavailable("the replica holding this tenant's models stopped: retry"), 't')
+    assert r.status_code == 503 and int(r.headers['retry-after']) > 0, r.body
+    assert json.loads(r.body)['error'] == 'ModelsUnavailable', r.body
 
 
 def trained_tenant(ignite, prefix: str) -> tuple[str, str, dict]:
@@ -135,6 +167,7 @@ def test_sigkill_a_model_replica_under_triage_load(serve_url, ignite, zk_tenant)
         [victim] = replica_actors(app, 'ModelPool')
         with Load(f'{serve_url}/{app}', tenant, key, issue) as load:
             assert load.wait_for_200s(6, time.monotonic(), 60), load.snapshot()[-10:]
+            in_flight = load.batch_in_flight()
             killed_at = time.monotonic()
             os.kill(victim['pid'], signal.SIGKILL)
             t0 = time.monotonic()
@@ -146,10 +179,11 @@ def test_sigkill_a_model_replica_under_triage_load(serve_url, ignite, zk_tenant)
             recovered = load.wait_for_200s(10, back_at, 60)
             time.sleep(2)
         rep = kill_report(f"SIGKILL of ModelPool replica pid {victim['pid']}", load.snapshot(), killed_at, load.bodies)
-        print(f"  new replica {[a['pid'] for a in new]} RUNNING {back_at - killed_at:.2f}s after the kill")
+        print(f"  a batch was in flight at the kill: {in_flight}; new replica {[a['pid'] for a in new]} RUNNING "
+              f"{back_at - killed_at:.2f}s after the kill")
         assert new, "Serve did not start a new replica within 90s"
         assert recovered, load.snapshot()[-20:]
-        check_kill(rep, killed_at)
+        check_kill(rep, killed_at, load.bodies)
     finally:
         serve.delete(app)
 
@@ -163,6 +197,12 @@ def free_ports(n: int) -> list[int]:
     while len(ports) < n:
         if (p := free_port()) not in ports: ports.append(p)
     return ports
+
+
+def _higher_priority():
+    "A node starts at a higher priority when allowed: on a busy machine Ray gives a raylet 30 s to register."
+    try: os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) - 5)
+    except OSError: pass
 
 
 class LocalRayNode:
@@ -187,14 +227,19 @@ class LocalRayNode:
         self.address = self.head or f'127.0.0.1:{ports[0]}'
         self.log = open(self.tmp/'ray-start.log', 'wb')
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env, start_new_session=True)
+                                     env=self.env, start_new_session=True, preexec_fn=_higher_priority)
 
     def wait_started(self, timeout: float = 240, attempts: int = 3):
         "Wait for `ray start` to report the node up; a start that failed (a port taken meanwhile) is retried."
+        import psutil
         for attempt in range(attempts):
             t0 = time.monotonic()
             while time.monotonic() - t0 < timeout and self.proc.poll() is None:
-                if b'Ray runtime started' in (self.tmp/'ray-start.log').read_bytes(): return self
+                if b'Ray runtime started' in (self.tmp/'ray-start.log').read_bytes():
+                    for p in self.processes():  # up: back to normal priority (workers it starts later inherit it)
+                        try: p.nice(os.getpriority(os.PRIO_PROCESS, 0))
+                        except (OSError, psutil.Error): pass
+                    return self
                 time.sleep(0.5)
             log = (self.tmp/'ray-start.log').read_text()[-2000:]
             self.kill()
@@ -235,14 +280,15 @@ from alliedium.config import Settings
 from alliedium.serving.api import settings_overrides
 args = json.loads(sys.argv[1])
 sys.path.insert(0, args['home'])
-from serve.app import tenant_models_deployment, triage_api_deployment
+from serve.app import triage_api_deployment
 ray.init(address=os.environ['RAY_ADDRESS'], log_to_driver=False)
 serve.start(http_options=dict(host='127.0.0.1', port=args['port']), proxy_location='HeadOnly')
 s = Settings(**args['settings'])
 opts = settings_overrides(s)
-models = tenant_models_deployment(s).options(num_replicas=2, max_replicas_per_node=1).bind(opts)
-ingress = triage_api_deployment(s).options(ray_actor_options=dict(num_cpus=0.1, resources={'head': 0.01}))
-serve.run(ingress.bind(models, opts), name='triage', route_prefix='/')
+# the one-hop layout (serve_models_in_ingress): the proxy spreads requests over both nodes' replicas
+ingress = triage_api_deployment(s).options(num_replicas=2, max_replicas_per_node=1,
+                                           ray_actor_options=dict(num_cpus=s.serve_replica_cpus))
+serve.run(ingress.bind(None, opts), name='triage', route_prefix='/')
 for line in sys.stdin:
     if line.strip() != 'state': break
     nodes = {n['NodeID']: 'node2' if 'node2' in n['Resources'] else 'head' for n in ray.nodes() if n['Alive']}
@@ -283,14 +329,16 @@ class ClusterDriver:
         self.err.close()
 
 
-def model_nodes(st: dict) -> list:
-    return sorted(r['node'] for r in st['replicas'] if r['cls'] == 'ModelPool')
+def replica_nodes(st: dict) -> list:
+    "The nodes the app's replicas run on."
+    return sorted(r['node'] for r in st['replicas'] if r['cls'] == 'TriageAPI')
 
 
 def test_kill_the_worker_node_of_a_two_node_ray_cluster(ignite, zk_tenant):
-    """A head and a second node (`ray start --address`) on this machine, a ModelPool replica on each, the ingress
-    on the head; under triage load every process of the second node is SIGKILLed: 200s or 503s only, errors only
-    around the kill, then 200s from the head's replica; a new second node joins and Serve places the replica there."""
+    """A head and a second node (`ray start --address`) on this machine, a replica of the triage app on each (the
+    one-hop layout: models held by the ingress replicas, which the proxy on the head spreads requests over); under
+    triage load every process of the second node is SIGKILLed: 200s or 503s only, errors only around the kill, then
+    200s from the head's replica; a new second node joins and Serve places the second replica there again."""
     from alliedium.ignite import free_port
     from alliedium.serving.runtime import ray_env
     tenant, key, issue = zk_tenant
@@ -302,7 +350,7 @@ def test_kill_the_worker_node_of_a_two_node_ray_cluster(ignite, zk_tenant):
                RAY_agent_register_timeout_ms='120000', RAY_raylet_start_wait_time_s='120')
     nodes, driver, port = [], None, free_port()
     s = Settings(**{**settings_overrides(ignite), 'serve_poll_seconds': 1.0, 'serve_models_per_replica': 4,
-                    'serve_replica_cpus': 0.1})
+                    'serve_replica_cpus': 0.1, 'serve_models_in_ingress': True})
     try:
         t0 = time.monotonic()
         head = LocalRayNode(tmp/'head', env, num_cpus=1, resources={'head': 1})
@@ -313,10 +361,11 @@ def test_kill_the_worker_node_of_a_two_node_ray_cluster(ignite, zk_tenant):
         st = driver.wait(lambda st: st['status'] == 'RUNNING', 240)
         deployed = time.monotonic() - t0 - started
         print(f"\n2-node Ray cluster up in {started:.1f}s, triage app RUNNING {deployed:.1f}s later: {st}")
-        assert st['nodes'] == ['head', 'node2'] and model_nodes(st) == ['head', 'node2'], st
+        assert st['nodes'] == ['head', 'node2'] and replica_nodes(st) == ['head', 'node2'], st
         url = f'http://127.0.0.1:{port}'
         with Load(url, tenant, key, issue) as load:
             assert load.wait_for_200s(6, time.monotonic(), 90), load.snapshot()[-10:]
+            in_flight = load.batch_in_flight()
             killed_at = time.monotonic()
             n = nodes[1].kill()
             st = driver.wait(lambda st: st['nodes'] == ['head'], 120)
@@ -325,14 +374,15 @@ def test_kill_the_worker_node_of_a_two_node_ray_cluster(ignite, zk_tenant):
             alone_at = time.monotonic()
             nodes.append(LocalRayNode(tmp/'n3', env, head=head.address, num_cpus=1,
                                       resources={'node2': 1}).wait_started())
-            st = driver.wait(lambda st: st['status'] == 'RUNNING' and model_nodes(st) == ['head', 'node2'], 180)
+            st = driver.wait(lambda st: st['status'] == 'RUNNING' and replica_nodes(st) == ['head', 'node2'], 180)
             back_at = time.monotonic()
             again = load.wait_for_200s(10, back_at, 60)
         rep = kill_report(f"SIGKILL of the second Ray node ({n} processes)", load.snapshot(), killed_at, load.bodies)
-        print(f"  node declared dead after {gone_at - killed_at:.1f}s; 10 200s in a row by {alone_at - killed_at:.1f}s;"
-              f" a new second node's ModelPool replica RUNNING {back_at - killed_at:.1f}s after the kill: {st}")
+        print(f"  a batch was in flight at the kill: {in_flight}; node declared dead after {gone_at - killed_at:.1f}s; "
+              f"10 200s in a row by {alone_at - killed_at:.1f}s;"
+              f" a new second node's replica RUNNING {back_at - killed_at:.1f}s after the kill: {st}")
         assert alone and again, load.snapshot()[-20:]
-        check_kill(rep, killed_at)
+        check_kill(rep, killed_at, load.bodies)
     finally:
         if driver: driver.close()
         for node in reversed(nodes):

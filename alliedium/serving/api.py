@@ -21,9 +21,9 @@ from ..ignite import ignite_client
 
 # %% auto #0
 __all__ = ['HTTP_STATUS', 'JiraTime', 'TRAIN_TASKS', 'MAX_BODY_DEPTH', 'LOAD_FAILURES_CACHE', 'LOAD_RETRY_SECONDS',
-           'ERROR_RESPONSES', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'http_status',
-           'without_addresses', 'AsciiJSON', 'http_error', 'Named', 'Person', 'WebhookFields', 'IssueFields',
-           'JiraIssue', 'Scored', 'AssigneeScored', 'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer',
+           'ERROR_RESPONSES', 'Unauthorized', 'Forbidden', 'JobNotFound', 'BodyTooLarge', 'ModelsUnavailable',
+           'http_status', 'without_addresses', 'AsciiJSON', 'http_error', 'Named', 'Person', 'WebhookFields',
+           'IssueFields', 'JiraIssue', 'Scored', 'AssigneeScored', 'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer',
            'TriageAnswer', 'BatchRequest', 'BatchError', 'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest',
            'Job', 'not_too_deep', 'triage_issue', 'bearer_key', 'KeyCache', 'authorize', 'FutureEvent',
            'check_event_times', 'parse_webhook', 'webhook_auth', 'TenantSlot', 'poll_promotions', 'run_training_job',
@@ -36,6 +36,7 @@ class Unauthorized(AlliediumError): "No API key, or one that matches no tenant."
 class Forbidden(AlliediumError): "The API key belongs to another tenant."
 class JobNotFound(AlliediumError): "No training job with this id for this tenant."
 class BodyTooLarge(AlliediumError): "The request body is over the configured limit."
+class ModelsUnavailable(AlliediumError): "The replica with the tenant's models died or did not answer in time: retry."
 
 # %% ../../nbs/60_serving/60_api.ipynb #fb9169f6
 HTTP_STATUS = {  # error class name -> status; the first match along the class's MRO wins
@@ -44,6 +45,7 @@ HTTP_STATUS = {  # error class name -> status; the first match along the class's
     'JiraError': 422, 'InvalidTenantId': 422, 'RequestValidationError': 422, 'FutureEvent': 422,
     'IgniteUnavailable': 503, 'LaunchFailed': 503, 'ReconnectError': 503, 'HandshakeError': 503,
     'EndpointUnavailable': 503,  # a deep model's SageMaker endpoint (the other tasks' answers in `answer`)
+    'ModelsUnavailable': 503, 'RayActorError': 503,  # a Serve replica that died (or is restarting) under a request
     'ConfigError': 500, 'AlliediumError': 400}
 
 def _cause(exc:BaseException) -> BaseException:
