@@ -20,10 +20,11 @@ from .ignite import ignite_client
 from .schema import SCHEMA
 
 # %% auto #0
-__all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promote', 'RegistryError', 'NoModelYet',
+__all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promote', 'FAST_FORMAT', 'RegistryError', 'NoModelYet',
            'ArtifactRefused', 'UnknownModel', 'dump_artifact', 'load_artifact', 'ModelKey', 'ModelRow',
            'register_model', 'list_models', 'active_versions', 'active_versions_of', 'loadable_active', 'promote',
-           'rollback', 'load_model', 'load_active_models']
+           'rollback', 'load_model', 'NotCacheable', 'dump_fast', 'load_fast', 'ModelFileCache', 'load_active_cached',
+           'load_active_models']
 
 # %% ../nbs/50_registry.ipynb #e93c7b52
 FORMAT = 'skops/5'  # skops/4 archives, signed
@@ -59,8 +60,8 @@ def dump_artifact(model, context:str='', # what the artifact is for: the registr
 
 _RETRAIN = 'retrain with `alliedium train`'
 
-def load_artifact(data:bytes, fmt:str|None, what:str='artifact', context:str='', settings:Settings|None=None):
-    "The model in `data`, after checking its format tag, digest, signature and types; `ArtifactRefused` otherwise."
+def _checked_digest(fmt:str|None, what:str, context:str, settings:Settings|None) -> str:
+    "The sha256 a format tag names, once the tag is this release's and its signature checks out; `ArtifactRefused`."
     kind, *parts = (fmt or '').split(';')
     tag = dict(p.partition('=')[::2] for p in parts)
     digest = tag.get('sha256', '')
@@ -69,12 +70,17 @@ def load_artifact(data:bytes, fmt:str|None, what:str='artifact', context:str='',
         f"{_RETRAIN}")
     if kind != FORMAT or not digest: raise ArtifactRefused(
         f"{what}: format {fmt!r} is not {FORMAT!r}: it was not written by alliedium; {_RETRAIN}")
-    if hashlib.sha256(bytes(data or b'')).hexdigest() != digest: raise ArtifactRefused(
-        f"{what}: its bytes do not match the recorded sha256 (tampered or truncated): {_RETRAIN}")
     if not hmac.compare_digest(tag.get('hmac', ''), _signature(kind, digest, context, settings)): raise ArtifactRefused(
         f"{what}: its signature does not match: it was not written with this installation's artifact key "
         "(rewritten by someone without the key, or ALLIEDIUM_ARTIFACT_KEY / <secrets>/artifact.key changed); "
         f"refusing to load it: {_RETRAIN}")
+    return digest
+
+def load_artifact(data:bytes, fmt:str|None, what:str='artifact', context:str='', settings:Settings|None=None):
+    "The model in `data`, after checking its format tag, digest, signature and types; `ArtifactRefused` otherwise."
+    digest = _checked_digest(fmt, what, context, settings)
+    if hashlib.sha256(bytes(data or b'')).hexdigest() != digest: raise ArtifactRefused(
+        f"{what}: its bytes do not match the recorded sha256 (tampered or truncated): {_RETRAIN}")
     try: return sio.loads(bytes(data), trusted=sorted(TRUSTED_TYPES))  # skops audits every type before building any
     except UntrustedTypesFoundException as e: raise ArtifactRefused(
         f"{what}: contains types alliedium does not trust ({str(e).splitlines()[0]}); refusing to load it") from None
@@ -225,10 +231,193 @@ def load_model(tenant_id:str, task:str, version:int|None=None, settings:Settings
         return v, art, json.loads(metrics or '{}')
     return _with_client(settings, client, run)
 
+# %% ../nbs/50_registry.ipynb #760a7745
+import importlib, mmap, os
+import numpy as np
+
+FAST_FORMAT = b'ALLIEDIUM-MODEL-CACHE/1\n'  # a node-local copy of a verified artifact: signed header + raw arrays
+_ALIGN = 64
+
+class NotCacheable(RegistryError): "A model whose state has a part the node-local cache does not store (skops only)."
+
+def _type_name(obj) -> str: return f'{type(obj).__module__}.{type(obj).__qualname__}'
+
+def _state_tree(x, blobs:list, size:list) -> object:
+    "`x` as a JSON tree; arrays and bytes go to `blobs` (offsets into one aligned buffer)."
+    def put(b) -> int:
+        off = -(-size[0] // _ALIGN) * _ALIGN
+        blobs.append((off, b)); size[0] = off + len(b)
+        return off
+    if x is None or isinstance(x, (bool, str)): return x
+    if type(x) in (int, float): return {'f': x} if isinstance(x, float) else x
+    if isinstance(x, (bytes, bytearray)): return {'b': [put(bytes(x)), len(x)]}
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            if not all(v is None or isinstance(v, str) for v in x.flat): raise NotCacheable("an object array")
+            return {'A': [list(x.shape), x.ravel().tolist()]}
+        if x.dtype.kind not in 'biufUS' or x.dtype.hasobject: raise NotCacheable(f"an array of {x.dtype}")
+        a = np.ascontiguousarray(x)
+        return {'a': [a.dtype.str, list(a.shape), put(a.tobytes())]}
+    if isinstance(x, np.generic):
+        if x.dtype.kind not in 'biuf': raise NotCacheable(f"a {x.dtype} scalar")
+        return {'s': [x.dtype.str, x.item()]}
+    if isinstance(x, list): return {'l': [_state_tree(v, blobs, size) for v in x]}
+    if isinstance(x, tuple): return {'t': [_state_tree(v, blobs, size) for v in x]}
+    if isinstance(x, dict):
+        return {'d': [[_state_tree(k, blobs, size), _state_tree(v, blobs, size)] for k, v in x.items()]}
+    name = _type_name(x)
+    if name not in TRUSTED_TYPES: raise NotCacheable(f"a {name}")
+    return {'o': [name, _state_tree(x.__getstate__(), blobs, size)]}
+
+def _tree_types(t, out:set) -> set:
+    "Every class name a state tree would build (checked before building any)."
+    if isinstance(t, dict):
+        (k, v), = t.items()
+        if k == 'o': out.add(v[0]); _tree_types(v[1], out)
+        elif k in ('l', 't'):
+            for e in v: _tree_types(e, out)
+        elif k == 'd':
+            for a, b in v: _tree_types(a, out); _tree_types(b, out)
+    return out
+
+def _build(t, buf):
+    "The object of a state tree over `buf` (arrays are views of it: shared pages, no copy)."
+    if not isinstance(t, dict): return t
+    (k, v), = t.items()
+    if k == 'f': return float(v)
+    if k == 'b': return bytes(buf[v[0]:v[0] + v[1]])
+    if k == 'a':
+        dt = np.dtype(v[0]); n = int(np.prod(v[1], dtype=np.int64))
+        return np.frombuffer(buf, dt, n, v[2]).reshape(v[1])
+    if k == 'A':
+        a = np.empty(len(v[1]), dtype=object); a[:] = v[1]; return a.reshape(v[0])
+    if k == 's': return np.dtype(v[0]).type(v[1])
+    if k == 'l': return [_build(e, buf) for e in v]
+    if k == 't': return tuple(_build(e, buf) for e in v)
+    if k == 'd': return {_build(a, buf): _build(b, buf) for a, b in v}
+    if k == 'o':
+        module, _, name = v[0].rpartition('.')
+        cls = getattr(importlib.import_module(module), name)
+        obj, state = cls.__new__(cls), _build(v[1], buf)
+        if hasattr(cls, '__setstate__'): obj.__setstate__(state)
+        else: obj.__dict__.update(state)
+        return obj
+    raise ValueError(f"unknown node {k!r}")
+
+def _cache_mac(digest:str, context:str, body, settings:Settings|None) -> bytes:
+    "HMAC-SHA256 of a cache file's body, bound to the registry artifact (its sha256) and its purpose."
+    h = hmac.new(server_key('artifact', settings), f"cache;{FORMAT};sha256={digest};for={context};".encode(),
+                 hashlib.sha256)
+    h.update(body)
+    return h.digest()
+
+def dump_fast(model, digest:str, context:str, settings:Settings|None=None) -> bytes:
+    "`model` (loaded from the verified artifact `digest`) in the node-local cache's form, signed; `NotCacheable`."
+    blobs, size = [], [0]
+    tree = json.dumps(_state_tree(model, blobs, size), separators=(',', ':')).encode()
+    head = len(tree).to_bytes(8, 'little') + tree
+    start = -(-(len(FAST_FORMAT) + 32 + len(head)) // _ALIGN) * _ALIGN  # arrays start aligned
+    body = bytearray(start - len(FAST_FORMAT) - 32 + size[0])
+    body[:len(head)] = head
+    base = start - len(FAST_FORMAT) - 32
+    for off, b in blobs: body[base + off:base + off + len(b)] = b
+    return FAST_FORMAT + _cache_mac(digest, context, body, settings) + bytes(body)
+
+def load_fast(data, # the file's bytes (or a memory map of it)
+              digest:str, context:str, what:str='cache file', settings:Settings|None=None):
+    "The model of a node-local cache file, after checking its signature and types; `ArtifactRefused` otherwise."
+    data = memoryview(data)
+    n = len(FAST_FORMAT)
+    if bytes(data[:n]) != FAST_FORMAT: raise ArtifactRefused(f"{what}: not an alliedium model cache file")
+    body = data[n + 32:]
+    if not hmac.compare_digest(bytes(data[n:n + 32]), _cache_mac(digest, context, body, settings)):
+        raise ArtifactRefused(f"{what}: its signature does not match this artifact ({context}, sha256 {digest[:12]}) "
+                              "and this installation's artifact key: refusing to load it")
+    size = int.from_bytes(body[:8], 'little')
+    tree = json.loads(bytes(body[8:8 + size]))
+    if bad := _tree_types(tree, set()) - TRUSTED_TYPES:
+        raise ArtifactRefused(f"{what}: contains types alliedium does not trust ({sorted(bad)}); refusing to load it")
+    base = -(-(n + 32 + 8 + size) // _ALIGN) * _ALIGN
+    return _build(tree, data[base:])
+
+# %% ../nbs/50_registry.ipynb #aaa212ea
+class ModelFileCache:
+    "Verified models on this node's disk in a form loaded without unpacking (memory-mapped), bounded in bytes."
+    def __init__(self, settings:Settings|None=None):
+        self.settings = settings or get_settings()
+        self.folder = self.settings.var/'model-cache'
+        self.limit = int(self.settings.model_cache_mb * 2**20)
+
+    def path(self, digest:str, context:str):
+        "One file per (artifact sha256, tenant/task): two tenants' equal bytes still get their own signed copy."
+        return self.folder/f"{hashlib.sha256(f'{digest};{context}'.encode()).hexdigest()[:40]}.model"
+
+    def get(self, digest:str, context:str, what:str='model'):
+        "The cached model, or None (absent; a file that fails its checks is deleted and counts as absent)."
+        if self.limit <= 0: return None
+        p = self.path(digest, context)
+        try:
+            with open(p, 'rb') as f: mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # pages shared till written
+        except (FileNotFoundError, ValueError): return None
+        try: model = load_fast(mm, digest, context, f"{what} (cached copy {p.name})", self.settings)
+        except Exception:
+            p.unlink(missing_ok=True)  # forged, truncated or from another key: the registry's artifact is loaded
+            return None
+        try: os.utime(p)  # recently used: evicted last
+        except OSError: pass
+        return model
+
+    def put(self, model, digest:str, context:str) -> int:
+        "Store a model loaded from the verified artifact `digest`; bytes written (0: not cacheable, or off)."
+        if self.limit <= 0: return 0
+        try: data = dump_fast(model, digest, context, self.settings)
+        except NotCacheable: return 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        p = self.path(digest, context)
+        tmp = p.with_suffix(f'.{os.getpid()}.tmp')
+        tmp.write_bytes(data); os.replace(tmp, p)  # readers see the whole file or none
+        self.evict()
+        return len(data)
+
+    def evict(self):
+        "Delete the least recently used files until the folder fits `model_cache_mb`."
+        files = []
+        for p in self.folder.glob('*.model'):
+            try: st = p.stat(); files.append((st.st_mtime, st.st_size, p))
+            except FileNotFoundError: pass
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files, key=lambda f: f[0]):
+            if total <= self.limit: break
+            p.unlink(missing_ok=True); total -= size  # (a replica that mapped it keeps its pages)
+
+def load_active_cached(tenant_id:str, settings:Settings|None=None,
+                       client:Client|None=None) -> tuple[dict, dict[str, int], dict[str, dict]]:
+    "`load_active_models` through this node's `ModelFileCache`: Ignite sends only the artifacts not cached yet."
+    from alliedium.ignite import kept_client
+    s = settings or get_settings()
+    cache = ModelFileCache(s)
+    ask = (lambda fn: fn(client)) if client is not None else kept_client(s).run  # (no new connection per tenant)
+    q = f"SELECT task, version, format, metrics FROM {SCHEMA}.MODEL WHERE tenant_id = ? AND active = TRUE"
+    rows = ask(lambda c: list(c.sql(q, query_args=[tenant_id])))
+    if not rows: raise NoModelYet(f"tenant {tenant_id!r} has no trained model yet: run `alliedium train --tenant "
+                                  f"{tenant_id}` (or POST /v1/tenants/{tenant_id}/train)")
+    models = {}
+    for task, v, fmt, _ in rows:
+        what, context = f"{tenant_id}/{task} v{v}", f'{tenant_id}/{task}'
+        digest = _checked_digest(fmt, what, context, s)  # the row's signed tag names the artifact's sha256
+        if (m := cache.get(digest, context, what)) is None:  # not cached: the artifact, checked and audited by skops
+            q1 = f"SELECT artifact, format FROM {SCHEMA}.MODEL WHERE tenant_id = ? AND task = ? AND version = ?"
+            (data, fmt2), = ask(lambda c: list(c.sql(q1, query_args=[tenant_id, task, int(v)])))
+            m = load_artifact(bytes(data or b''), fmt2, what, context, s)
+            if _checked_digest(fmt2, what, context, s) == digest: cache.put(m, digest, context)
+        models[task] = m
+    return models, {t: int(v) for t, v, *_ in rows}, {t: json.loads(m or '{}') for t, _, _, m in rows}
+
 # %% ../nbs/50_registry.ipynb #7545799c
 def load_active_models(tenant_id:str, settings:Settings|None=None,
                        client:Client|None=None) -> tuple[dict, dict[str, int], dict[str, dict]]:
     "Models, versions and metrics (by task) of the tenant's active versions; `NoModelYet` when none."
+    if (settings or get_settings()).model_cache_mb > 0: return load_active_cached(tenant_id, settings, client)
     q = f"SELECT task, version, artifact, format, metrics FROM {SCHEMA}.MODEL WHERE tenant_id = ? AND active = TRUE"
     rows = _with_client(settings, client, lambda c: list(c.sql(q, query_args=[tenant_id])))  # one query, with artifacts
     if not rows: raise NoModelYet(f"tenant {tenant_id!r} has no trained model yet: "

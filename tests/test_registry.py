@@ -138,3 +138,79 @@ def test_promote_only_if_not_worse_on_the_newest_tickets(ignite, zk_tickets):
     assert not row['active'] and 'worse' in row['metrics']['decision']['reason']
     # with a tolerance that covers the gap it is promoted
     assert train_frame(tenant, df, ['priority'], ignite, tolerance=1.0)['priority']['promoted']
+
+
+def _digest(tenant, task, settings):
+    fmt = list_models(tenant, task, settings)[0]['format']
+    return registry._checked_digest(fmt, task, f'{tenant}/{task}', settings)
+
+
+def test_model_cache_answers_as_the_registrys_artifacts(ignite, zk_tickets):
+    "Real models: loaded through the node-local cache they answer real issues exactly as loaded through skops."
+    from alliedium.jira import jira_file
+    from alliedium.models.triage import TenantModels
+    import gzip, itertools, json
+    tenant = _tenant('cache')
+    train_frame(tenant, zk_tickets, None, ignite)
+    off = ignite.model_copy(update=dict(model_cache_mb=0))
+    cache = registry.ModelFileCache(ignite)
+    tasks = sorted(active_versions(tenant, ignite))
+    assert [cache.get(_digest(tenant, t, ignite), f'{tenant}/{t}') for t in tasks] == [None] * len(tasks)
+    plain = load_active_models(tenant, off)
+    load_active_models(tenant, ignite)                      # from Ignite, then cached
+    cached = [cache.get(_digest(tenant, t, ignite), f'{tenant}/{t}') for t in tasks]
+    assert all(m is not None for m in cached), tasks       # every task's model has a cached copy
+    again = load_active_models(tenant, ignite)              # from the copies
+    assert again[1:] == plain[1:]
+    with gzip.open(jira_file('Zookeeper'), 'rt') as f: issues = [json.loads(l) for l in itertools.islice(f, 1500, 1520)]
+    a, b = TenantModels(tenant, *plain, settings=off), TenantModels(tenant, *again, settings=ignite)
+    assert a.triage_many(issues) == b.triage_many(issues)
+    assert [a.triage(i) for i in issues[:3]] == [b.triage(i) for i in issues[:3]]
+
+
+def test_forged_or_foreign_cache_files_are_refused(ignite):
+    tenant, other = _tenant('cache'), _tenant('cache')
+    for t, values in ((tenant, ['a', 'b']), (other, ['evil'])):
+        promote(t, 'labels', register_model(t, 'labels', OneHot().fit(values), {}, ignite), ignite)
+        assert load_active_models(t, ignite)[0]['labels'].index_ == {v: i for i, v in enumerate(values)}
+    cache, d = registry.ModelFileCache(ignite), _digest(tenant, 'labels', ignite)
+    path = cache.path(d, f'{tenant}/labels')
+    genuine = path.read_bytes()
+    # another tenant's genuine copy under this one's name; the same re-signed with a guessed key; a changed byte
+    n = len(registry.FAST_FORMAT)
+    theirs = cache.path(_digest(other, 'labels', ignite), f'{other}/labels').read_bytes()
+    for forged in (theirs, theirs[:n] + hashlib.sha256(b'guess').digest() + theirs[n + 32:],
+                   genuine[:-1] + bytes([genuine[-1] ^ 1])):
+        path.write_bytes(forged)
+        with pytest.raises(ArtifactRefused, match='signature'): registry.load_fast(forged, d, f'{tenant}/labels')
+        assert cache.get(d, f'{tenant}/labels') is None and not path.exists()     # refused and deleted
+        assert load_active_models(tenant, ignite)[0]['labels'].index_ == {'a': 0, 'b': 1}  # the artifact, again
+        assert path.exists()
+    # signed with the installation's key (a cache writer's bug, or the key stolen): its types are still audited
+    # before anything is built
+    good = registry.dump_fast(OneHot().fit(['x']), d, f'{tenant}/labels', ignite)
+    body = good[n + 32:].replace(b'"alliedium.features.OneHot"', b'"subprocess.Popen"'.ljust(27))  # same length
+    assert b'subprocess.Popen' in body
+    evil = registry.FAST_FORMAT + registry._cache_mac(d, f'{tenant}/labels', body, ignite) + body
+    with pytest.raises(ArtifactRefused, match='does not trust'): registry.load_fast(evil, d, f'{tenant}/labels', 'x', ignite)
+
+
+def test_model_cache_is_bounded_in_bytes(ignite):
+    import tempfile
+    from pathlib import Path
+    s = ignite.model_copy(update=dict(var_dir=Path(tempfile.mkdtemp()), secrets_dir=ignite.secrets_path))
+    tenants = [_tenant('cache') for _ in range(5)]
+    for i, t in enumerate(tenants):
+        promote(t, 'labels', register_model(t, 'labels', OneHot().fit([f'v{j}' for j in range(50 * (i + 1))]), {}, s), s)
+    cache = registry.ModelFileCache(s)
+    for t in tenants: load_active_models(t, s)
+    sizes = {t: cache.path(_digest(t, 'labels', s), f'{t}/labels').stat().st_size for t in tenants}
+    limit = sizes[tenants[-1]] + sizes[tenants[-2]] + 1
+    small = s.model_copy(update=dict(model_cache_mb=limit / 2**20))
+    load_active_models(tenants[-2], small)                  # used last: kept first
+    registry.ModelFileCache(small).evict()
+    kept = [t for t in tenants if cache.path(_digest(t, 'labels', s), f'{t}/labels').exists()]
+    assert sum(sizes[t] for t in kept) <= limit and tenants[-2] in kept and len(kept) < len(tenants)
+    for t in tenants:                                        # an evicted tenant loads from Ignite (and is cached again)
+        assert len(load_active_models(t, small)[0]['labels'].index_) == 50 * (tenants.index(t) + 1)
+    assert sum(p.stat().st_size for p in cache.folder.glob('*.model')) <= limit

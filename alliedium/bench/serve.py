@@ -16,7 +16,8 @@ from ..serving.runtime import http_json, load_app, start_ray, stop_service
 
 # %% auto #0
 __all__ = ['GUARD', 'sample_issues', 'triage_body', 'clone_models', 'bench_tenants', 'cold_loads', 'webhook_runs',
-           'protection_ratios', 'promotion_seconds', 'bench_serve_run', 'bench_table', 'protection_costs']
+           'protection_ratios', 'promotion_seconds', 'bench_serve_run', 'bench_churn_run', 'bench_table',
+           'protection_costs']
 
 # %% ../../nbs/70_bench/74_serve.ipynb #6663e135
 def sample_issues(project:str='Zookeeper', n:int=50, settings:Settings|None=None) -> list[dict]:
@@ -179,6 +180,47 @@ def bench_serve_run(settings:Settings|None=None, requests:int=300, tenants:int=1
     finally: stop_service()
     return out
 
+# %% ../../nbs/70_bench/74_serve.ipynb #0d8660be
+def bench_churn_run(settings:Settings|None=None, requests:int=600, tenants:int=100, rounds:int=3,
+                    concurrency:int=8, warm_tenants:int=8, seed:int=0) -> dict:
+    "Triage with the models in the ingress, node-local model cache on and off: warm, and uniform over `tenants`."
+    import random
+    from ray import serve
+    s = settings or get_settings()
+    keys = bench_tenants(tenants, s)
+    names, issues = list(keys), [triage_body(i) for i in sample_issues(n=50, settings=s)]
+    req = lambda prefix, ts: [(f'{prefix}/v1/tenants/{t}/triage', {'Authorization': f'Bearer {keys[t]}'},
+                               issues[i % len(issues)]) for i, t in enumerate(ts)]
+    pick = random.Random(seed)
+    spread = [pick.choice(names) for _ in range(requests)]  # uniform: each request's tenant drawn at random
+    warm = list(itertools.islice(itertools.cycle(names[:warm_tenants]), requests))
+    cores = os.cpu_count() or 1
+    s = s.model_copy(update=dict(serve_replica_cpus=min(s.serve_replica_cpus, cores / 8)))
+    base = {**settings_overrides(s), **GUARD, 'serve_models_in_ingress': True, 'serve_ingress_replicas': cores}
+    apps = {'cache on': ('/cache-on', base),  # model_cache_mb as set (default 4 GiB)
+            'cache off': ('/cache-off', {**base, 'model_cache_mb': 0})}
+    start_ray(s)
+    serve.start(http_options=dict(host='127.0.0.1', port=s.serve_port))
+    out = {}
+    try:
+        for name, (route, conf) in apps.items():
+            serve.run(load_app('serve.app:build_app', dict(settings=conf), s), name=route[1:], route_prefix=route)
+        url = f'http://127.0.0.1:{s.serve_port}'
+        for route, _ in apps.values():  # every tenant once (the node's cache filled, as after a first request)
+            load(url, req(route, names), 4)
+        runs = {}
+        for name, (route, _) in apps.items():
+            runs[f'churn {name}: warm, {warm_tenants} tenants c={concurrency}'] = req(route, warm)
+            runs[f'churn {name}: uniform over {tenants} tenants c={concurrency}'] = req(route, spread)
+        out.update(load_interleaved(url, runs, concurrency, rounds))
+        for name in apps:
+            w, u = (out[f'churn {name}: {k} c={concurrency}']['rps'] for k in
+                    (f'warm, {warm_tenants} tenants', f'uniform over {tenants} tenants'))
+            out[f'churn {name}: uniform/warm'] = u / w if w else float('nan')
+    finally: stop_service()
+    out['models per replica (ALLIEDIUM_SERVE_MODELS_PER_REPLICA)'] = float(s.serve_models_per_replica)
+    return out
+
 # %% ../../nbs/70_bench/74_serve.ipynb #d3efbdc3
 def bench_table(out:dict, s:Settings) -> Table:
     "The figures as a table, with the triage/echo ratios and the targets."
@@ -190,6 +232,8 @@ def bench_table(out:dict, s:Settings) -> Table:
     for k, v in out.items():
         if not isinstance(v, dict):
             if 'on/off' in k: t.add_row(k, '', '', '', '', '', f"{v:.2f}x", '', ''); continue
+            if k.endswith('/warm'): t.add_row(k, '', '', '', '', '', '', f"{v:.2f}x", ''); continue
+            if k.startswith('models per'): t.add_row(k, '', '', f"{v:.0f}", '', '', '', '', ''); continue
             if '(us/' in k: t.add_row(k, '', '', '', '', '', f"{v / 1000:.3f}", '', ''); continue
             t.add_row(k, '', '', '', f"{v:.2f} s", '', '', '', ''); continue
         same = re.search(r' (x\d+) c=', k)  # triage in N ingress replicas, against echo in N replicas
@@ -201,7 +245,8 @@ def bench_table(out:dict, s:Settings) -> Table:
                  f"generator too). triage/echo: against the one-replica echo (the target's ratio); vs echo xN: against "
                  f"echo in as many replicas as that triage's ingress (what Serve's extra replicas cost is then on both "
                  f"sides). targets: triage >= 0.8x echo at c=8; warm p99 at c=1 <= 30 ms; cold load p99 <= 100 ms; "
-                 f"a promotion served within 5 s; protections on/off (rate limits, signed webhooks) <= 1.3x CPU "
+                 f"a promotion served within 5 s; churn uniform/warm >= 0.5x with p99 <= 100 ms; "
+                 f"protections on/off (rate limits, signed webhooks) <= 1.3x CPU "
                  f"per request; "
                  f"<= {s.serve_models_per_replica} models per replica (ALLIEDIUM_SERVE_MODELS_PER_REPLICA)")
     return t
