@@ -11,8 +11,8 @@ from .stats import percentile
 from ..config import Settings, get_settings
 
 # %% auto #0
-__all__ = ['LATER', 'replay_split', 'replay_events', 'prepare_tenant', 'replay_api', 'offline_assignee', 'bench_replay',
-           'triage_latency']
+__all__ = ['LATER', 'replay_split', 'replay_events', 'prepare_tenant', 'clone_tenant', 'replay_api', 'offline_assignee',
+           'nonself_quality', 'bench_replay', 'triage_latency']
 
 # %% ../../nbs/70_bench/74b_replay.ipynb #bca8bcdc
 LATER = ('assignee', 'labels', 'priority')  # fields people set after filing: left out of the created event
@@ -55,29 +55,58 @@ def prepare_tenant(tenant:str, older:list[dict], s:Settings) -> str:
     train_tenant(tenant, settings=s)
     return key
 
+# %% ../../nbs/70_bench/74b_replay.ipynb #f7dbbf43
+def clone_tenant(src:str, tenant:str, older:list[dict], s:Settings) -> str:
+    "A fresh tenant (an older one of that id erased) with the older issues and `src`'s active models; its API key."
+    from alliedium.feedback import erase_tenant
+    from alliedium.ingest import ingest_tickets
+    from alliedium.jira import parse_issue
+    from alliedium.registry import active_versions, load_model, promote, register_model
+    from alliedium.tenants import create_tenant, tenant_exists
+    if tenant_exists(tenant, s): erase_tenant(tenant, s)
+    key = create_tenant(tenant, settings=s)
+    ingest_tickets(tenant, [parse_issue(i, tenant) for i in older], s)
+    for task, v in active_versions(src, s).items():  # the same models: the two replays differ in learning only
+        _, model, metrics = load_model(src, task, v, s)
+        promote(tenant, task, register_model(tenant, task, model, metrics, settings=s), s)
+    return key
+
 # %% ../../nbs/70_bench/74b_replay.ipynb #79a3b7fb
 def _triage_body(issue:dict) -> dict:
     keep = ('summary', 'description', 'issuetype', 'reporter', 'components', 'created', 'updated')
     return dict(key=issue['key'], fields={k: v for k, v in issue['fields'].items() if k in keep and v is not None})
 
-def replay_api(tenant:str, key:str, events:list[tuple], s:Settings, progress=None) -> dict:
+def _runs(events:list[tuple], most:int) -> list[list[tuple]]:
+    "The events in order, each run of consecutive creations (at most `most`) together; an update alone."
+    out = []
+    for e in events:
+        if e[1] == 0 and out and out[-1][-1][1] == 0 and len(out[-1]) < most: out[-1].append(e)
+        else: out.append([e])
+    return out
+
+def replay_api(tenant:str, key:str, events:list[tuple], s:Settings, progress=None, batch:bool=True) -> dict:
     "Send the events and triages through the API in this process; request counts, errors and triage latency."
     from fastapi.testclient import TestClient
     from alliedium.serving.api import LocalBackend, make_api
     api, auth, lat, errors = TestClient(make_api(LocalBackend(s))), {'Authorization': f'Bearer {key}'}, [], []
-    hook = f'/v1/tenants/{tenant}/webhooks/jira'
-    for n, (_, kind, issue) in enumerate(events):
-        name = 'jira:issue_updated' if kind else 'jira:issue_created'
-        r = api.post(hook, json=dict(webhookEvent=name, issue=issue), headers=auth)
-        if r.status_code != 200: errors.append((issue['key'], name, r.status_code, r.text[:200]))
-        if kind == 0:
-            t0 = time.perf_counter()
-            r = api.post(f'/v1/tenants/{tenant}/triage', json=_triage_body(issue), headers=auth)
-            lat.append(time.perf_counter() - t0)
-            if r.status_code != 200: errors.append((issue['key'], 'triage', r.status_code, r.text[:200]))
-        if progress: progress(n + 1)
-    return dict(events=len(events), triages=len(lat), errors=errors, triage_p50_ms=1000 * percentile(lat, .5),
-                triage_p95_ms=1000 * percentile(lat, .95))
+    hook, n, triages = f'/v1/tenants/{tenant}/webhooks/jira', 0, 0
+    for run in _runs(events, s.serve_batch_max if batch else 1):
+        for _, kind, issue in run:
+            name = 'jira:issue_updated' if kind else 'jira:issue_created'
+            r = api.post(hook, json=dict(webhookEvent=name, issue=issue), headers=auth)
+            if r.status_code != 200: errors.append((issue['key'], name, r.status_code, r.text[:200]))
+        if run[0][1] == 0:  # the issues just filed, triaged before anything else happens (together when several)
+            bodies, t0 = [_triage_body(i) for _, _, i in run], time.perf_counter()
+            if len(bodies) == 1: r = api.post(f'/v1/tenants/{tenant}/triage', json=bodies[0], headers=auth)
+            else: r = api.post(f'/v1/tenants/{tenant}/triage/batch', json=dict(issues=bodies), headers=auth)
+            lat.append((time.perf_counter() - t0) / len(bodies)); triages += len(bodies)
+            if r.status_code != 200: errors.append((run[0][2]['key'], 'triage', r.status_code, r.text[:200]))
+            elif len(bodies) > 1: errors += [(b['key'], 'triage', 200, str(a)[:200])
+                                             for b, a in zip(bodies, r.json()['answers']) if 'error' in a]
+        n += len(run)
+        if progress: progress(n)
+    return dict(events=len(events), triages=triages, requests=len(lat), errors=errors,
+                triage_p50_ms=1000 * percentile(lat, .5), triage_p95_ms=1000 * percentile(lat, .95))
 
 # %% ../../nbs/70_bench/74b_replay.ipynb #4c076433
 def offline_assignee(tenant:str, newest:list[dict], s:Settings) -> dict:
@@ -91,22 +120,53 @@ def offline_assignee(tenant:str, newest:list[dict], s:Settings) -> dict:
                                                           'n_test')})
 
 # %% ../../nbs/70_bench/74b_replay.ipynb #9b888470
-def bench_replay(project:str='Storm', share:float=0.2, settings:Settings|None=None, progress=None) -> dict:
-    "Train on a project's older tickets, replay the newest through the API: live vs offline assignee quality."
+def nonself_quality(tenant:str, newest:list[dict], s:Settings) -> dict:
+    "Live assignee top-1/top-3 of the first suggestions, on all outcomes and on those not taken by their reporter."
+    from alliedium.feedback import feedback_rows
+    from alliedium.jira import parse_issue
+    rep = {i['key']: parse_issue(i, tenant).reporter for i in newest}
+    done = [r for r in feedback_rows(tenant, 'assignee', settings=s) if r['verdict'] != 'open']
+    def fig(rows):
+        n = len(rows)
+        return dict(n=n, top1=round(sum(r['ranked'][:1] == [r['chosen']] for r in rows) / n, 4) if n else None,
+                    top3=round(sum(r['chosen'] in r['ranked'][:3] for r in rows) / n, 4) if n else None)
+    return dict(all=fig(done), nonself=fig([r for r in done if r['chosen'] != rep.get(r['issue_key'])]))
+
+def _replay(tenant:str, key:str, newest:list[dict], s:Settings, online:bool, progress=None) -> dict:
+    "One replay with online learning on or off; its run figures and live quality (overall and non-self)."
     from alliedium.feedback import live_quality, suggestion_log
+    # learning on, the tenant's slot looks for new tickets before every triage: what a webhook brought is learnt before
+    # the next one (off, the assignee model learns nothing: the usual poll)
+    s = s.model_copy(update=dict(online_learning=online, **(dict(serve_poll_seconds=1e-6) if online else {})))
+    t0 = time.perf_counter(); run = replay_api(tenant, key, replay_events(newest), s, progress)
+    suggestion_log(s).flush()
+    q = live_quality(tenant, 'assignee', settings=s)['tasks']
+    return dict(tenant=tenant, online=online, replay_seconds=round(time.perf_counter() - t0, 1), **run,
+                live=q[-1]['live'] if q else {}, **nonself_quality(tenant, newest, s))
+
+def bench_replay(project:str='Storm', share:float=0.2, settings:Settings|None=None, progress=None,
+                 online:bool=True) -> dict:
+    "Train on a project's older tickets, replay the newest through the API with online learning off (then on)."
     from alliedium.jira import jira_file
     s = settings or get_settings()
     tenant = f'bench-replay-{project.lower()}'
     older, newest = replay_split(jira_file(project, s), tenant, share)
     t0 = time.perf_counter(); key = prepare_tenant(tenant, older, s); train_s = time.perf_counter() - t0
-    t0 = time.perf_counter(); run = replay_api(tenant, key, replay_events(newest), s, progress)
-    suggestion_log(s).flush(); replay_s = time.perf_counter() - t0
+    off = _replay(tenant, key, newest, s, False, progress)
     offline = offline_assignee(tenant, newest, s)
-    live = next(x for x in live_quality(tenant, 'assignee', settings=s)['tasks'] if x['version'] == offline['version'])
-    lv = live['live']
-    return dict(project=project, tenant=tenant, older=len(older), newest=len(newest), train_seconds=round(train_s, 1),
-                replay_seconds=round(replay_s, 1), **run, offline=offline, live=lv,
-                diff_top1=abs(lv['top1'] - offline['top1']), diff_top3=abs(lv['top3'] - offline['top3']))
+    lv = off['live']
+    out = dict(project=project, tenant=tenant, older=len(older), newest=len(newest), train_seconds=round(train_s, 1),
+               **{k: off[k] for k in ('replay_seconds', 'events', 'triages', 'requests', 'errors', 'triage_p50_ms',
+                                      'triage_p95_ms')},
+               offline=offline, live=lv, nonself=off['nonself'],
+               diff_top1=abs(lv['top1'] - offline['top1']), diff_top3=abs(lv['top3'] - offline['top3']))
+    if online:  # the same models on a second tenant, the same replay, learning on
+        on_tenant = f'{tenant}-online'
+        on = _replay(on_tenant, clone_tenant(tenant, on_tenant, older, s), newest, s, True, progress)
+        out['online'] = on
+        out['gain'] = {f'{part}_{k}': round(on[part][k] - off[part][k], 4) for part in ('all', 'nonself')
+                       for k in ('top1', 'top3')}
+    return out
 
 # %% ../../nbs/70_bench/74b_replay.ipynb #1e64c1b5
 def triage_latency(tenant:str, key:str, issues:list[dict], s:Settings, modes=('off', 'async', 'sync'),

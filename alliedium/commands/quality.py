@@ -70,6 +70,7 @@ def bench_replay_command(project: str = typer.Option('Storm', help="a Jira dump:
                                                                   "or ../shared/data"),
                          share: float = typer.Option(0.2, min=0.01, max=0.9, help="newest share of tickets replayed"),
                          latency: int = typer.Option(0, help="also time this many triages per suggestion-log mode"),
+                         online: bool = typer.Option(True, help="replay again with online learning on (same models)"),
                          as_json: bool = typer.Option(False, '--json', help="print JSON")):
     "Replay a project's newest tickets as webhooks and triages: live quality against the offline evaluation."
     from alliedium.bench.replay import bench_replay, replay_split, triage_latency
@@ -77,7 +78,7 @@ def bench_replay_command(project: str = typer.Option('Storm', help="a Jira dump:
     from alliedium.jira import jira_file
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f'replaying {project}', total=None)
-        r = bench_replay(project, share, progress=lambda n: bar.update(task, completed=n))
+        r = bench_replay(project, share, progress=lambda n: bar.update(task, completed=n), online=online)
     if latency:
         s = get_settings()
         _, newest = replay_split(jira_file(project, s), r['tenant'], share)
@@ -100,6 +101,14 @@ def replay_table(r:dict) -> Table:
     t.add_row('live', _f(lv['top1']), _f(lv['top3']), _f(lv['answered_precision']),
               _f(None if lv['outcomes'] == 0 else lv['answered'] / lv['outcomes']), str(lv['outcomes']))
     t.add_row('|difference|', _f(r['diff_top1']), _f(r['diff_top3']), '', '', '')
+    if on := r.get('online'):  # the same models and replay, learning from each outcome (issue 20, item 4)
+        lo = on['live']
+        t.add_row('live, learning on', _f(lo['top1']), _f(lo['top3']), _f(lo['answered_precision']),
+                  _f(None if lo['outcomes'] == 0 else lo['answered'] / lo['outcomes']), str(lo['outcomes']))
+    for name, x in (('non-self, live', r.get('nonself')), ('non-self, learning on', (on or {}).get('nonself'))):
+        if x: t.add_row(name, _f(x['top1']), _f(x['top3']), '', '', str(x['n']))
+    if g := r.get('gain'):
+        t.add_row('non-self gain', f"{g['nonself_top1']:+.4f}", f"{g['nonself_top3']:+.4f}", '', '', '')
     return t
 
 def latency_table(lat:dict) -> Table:
