@@ -46,7 +46,8 @@ def serve_cmd(models: Path = typer.Option(None, help="the model prefix folder (d
     prefix = models or get_settings().var/'sagemaker'/'models'
     prefix.mkdir(parents=True, exist_ok=True)
     ep = LocalEndpoint(prefix, {key: secret}, endpoint, container_port=port, front_port=front_port)
-    console.print(f"container {ep.container_url} (TorchServe: GET /ping, POST /invocations, /models); runtime API {ep.url} "
+    console.print(f"container {ep.container_url} (TorchServe: GET /ping, POST /invocations, /models); "
+                  f"runtime API {ep.url} "
                   f"(endpoint {endpoint!r}, models under {prefix}): set ALLIEDIUM_SAGEMAKER_ENDPOINT_URL={ep.url} "
                   f"ALLIEDIUM_SAGEMAKER_ENDPOINT={endpoint} ALLIEDIUM_DEEP_SERVING=sagemaker", highlight=False)
     def _term(*_): raise KeyboardInterrupt

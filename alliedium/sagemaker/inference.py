@@ -64,6 +64,6 @@ def output_fn(prediction:list, accept:str=JSON, context=None) -> str:
     return json.dumps(dict(predictions=prediction))
 
 # `code/inference.py` of every model.tar.gz: the toolkit imports the module `inference` from the model's `code/`
-HANDLER = '''"""An alliedium deep model's handlers, as the SageMaker inference toolkit imports them from code/inference.py."""
+HANDLER = '''"""An alliedium deep model's handlers: the SageMaker inference toolkit imports code/inference.py."""
 from alliedium.sagemaker.inference import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
 '''

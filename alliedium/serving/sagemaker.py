@@ -48,7 +48,8 @@ def run_toolkit(port:int=8080, multi_model:bool=True, metrics_port:int=8082, bas
     env = toolkit_env(port, multi_model, metrics_port, base_dir, work)
     os.environ.update(env)  # read when the toolkit's modules are imported, and by TorchServe and its workers
     bin_ = str(Path(sys.executable).parent)  # the `torchserve` script the toolkit runs: this Python's
-    os.environ['PATH'] = os.pathsep.join([bin_] + [p for p in os.environ.get('PATH', '').split(os.pathsep) if p != bin_])
+    path = [p for p in os.environ.get('PATH', '').split(os.pathsep) if p and p != bin_]
+    os.environ['PATH'] = os.pathsep.join([bin_, *path])
     work = Path(work or Path.cwd())
     for d in ('logs', 'tmp'): (work/d).mkdir(parents=True, exist_ok=True)
     os.chdir(work)  # a single model's store is ./.sagemaker/ts/models
