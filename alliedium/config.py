@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     serve_max_body_bytes: int = Field(1_048_576, gt=0)  # larger request bodies are refused with 413
     serve_batch_max: int = Field(500, ge=1)  # most issues in one POST .../triage/batch (more: 400)
     serve_retry_after: int = Field(5, ge=1)  # Retry-After seconds sent with 503 (Ignite unreachable)
-    serve_model_timeout: float = Field(10.0, gt=0)  # seconds the ingress waits for a model replica; then 503
+    serve_model_timeout: float = Field(30.0, gt=0)  # seconds the ingress waits for a model replica; then 503
     serve_key_cache_seconds: float = Field(5.0, ge=0)  # API key -> tenant lookups cached this long
     serve_key_miss_seconds: float = Field(2.0, ge=0)  # an unknown API key is refused without a lookup this long
     serve_health_cache_seconds: float = Field(1.0, ge=0)  # /healthz answers from its last check this long

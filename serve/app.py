@@ -97,7 +97,9 @@ def triage_api_deployment(settings: Settings):
 
         async def _pool(self, call) -> dict | list:
             "A ModelPool call's answer; its user error unwrapped; a replica dead or silent is a 503 to retry."
-            try: return await asyncio.wait_for(call, self.settings.serve_model_timeout)
+            task = asyncio.ensure_future(call)  # shielded: a slow first load goes on, and the retry finds it loaded
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned call's error is read
+            try: return await asyncio.wait_for(asyncio.shield(task), self.settings.serve_model_timeout)
             except ray.exceptions.RayTaskError as e: raise (e.cause if isinstance(e.cause, Exception) else e) from None
             except (ray.exceptions.RayActorError, TimeoutError) as e:  # SIGKILLed, its node lost, or stuck
                 what = 'stopped' if isinstance(e, ray.exceptions.RayActorError) else \

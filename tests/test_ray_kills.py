@@ -156,14 +156,17 @@ def test_sigkill_a_model_replica_under_triage_load(serve_url, ignite, zk_tenant)
     from ray import serve
     app = f'kills-{uuid.uuid4().hex[:6]}'
     s = Settings(**{**settings_overrides(ignite), 'serve_poll_seconds': 1.0, 'serve_models_per_replica': 4,
-                    'serve_replica_cpus': 0.1, 'serve_model_replicas': 1})
+                    'serve_replica_cpus': 0.1, 'serve_model_replicas': 1, 'serve_model_timeout': 10.0})
     serve.run(load_app('serve.app:build_app', dict(settings=settings_overrides(s)), s), name=app,
               route_prefix=f'/{app}')
     tenant, key, issue = zk_tenant
     try:
         with httpx.Client(base_url=f'{serve_url}/{app}', timeout=CLIENT_TIMEOUT) as http:
-            r = http.post(f'/v1/tenants/{tenant}/triage', json=issue, headers=bearer(key))
-            assert r.status_code == 200, r.text  # the replica has loaded the tenant's model
+            for _ in range(12):  # the first call loads the tenant's models (503 while that takes over 10 s)
+                r = http.post(f'/v1/tenants/{tenant}/triage', json=issue, headers=bearer(key))
+                if r.status_code != 503: break
+                time.sleep(int(r.headers['retry-after']))
+            assert r.status_code == 200, r.text
         [victim] = replica_actors(app, 'ModelPool')
         with Load(f'{serve_url}/{app}', tenant, key, issue) as load:
             assert load.wait_for_200s(6, time.monotonic(), 60), load.snapshot()[-10:]
@@ -295,7 +298,7 @@ for line in sys.stdin:
     reps = [dict(pid=a['Pid'], node=nodes.get(a['Address']['NodeID'], 'dead'), cls=a['ActorClassName'].split(':')[-1])
             for a in actors(actor_state_name='ALIVE').values() if a['ActorClassName'].startswith('ServeReplica:triage:')]
     st = serve.status().applications['triage']
-    print(json.dumps(dict(status=st.status.value, nodes=sorted(nodes.values()), replicas=reps,
+    print('@@' + json.dumps(dict(status=st.status.value, nodes=sorted(nodes.values()), replicas=reps,
                           deployments={k: v.status.value for k, v in st.deployments.items()})), flush=True)
 '''
 
@@ -311,9 +314,9 @@ class ClusterDriver:
 
     def state(self) -> dict:
         self.proc.stdin.write('state\n'); self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        while (line := self.proc.stdout.readline()) and not line.startswith('@@'): pass  # Ray's own lines
         assert line, f"the driver exited: {Path(self.err.name).read_text()[-3000:]}"
-        return json.loads(line)
+        return json.loads(line[2:])
 
     def wait(self, what, timeout: float) -> dict:
         t0 = time.monotonic()
