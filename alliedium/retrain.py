@@ -165,8 +165,12 @@ def warm_engine() -> str:
             c = Client(nb_man, km=km, timeout=execution_timeout, startup_timeout=start_timeout,
                        kernel_name=kernel_name, log=logger, log_output=log_output)
             c.prelude = prelude
+            # written once when the notebook ends (failed, timed out or not), not after every cell: each write
+            # serialises and validates the whole notebook, plots included, seconds per tenant on a busy machine
+            out, nb_man.output_path = nb_man.output_path, None
             try: return c.execute()
             finally:
+                nb_man.output_path = out
                 if c.kc is not None: c.kc.stop_channels()  # the kernel stays; its client of this run goes
     papermill_engines.register(WARM_ENGINE, Engine)
     return WARM_ENGINE
