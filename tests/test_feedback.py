@@ -20,7 +20,17 @@ T0 = '2024-01-02T03:04:05.000+0000'
 def replayed(ignite):
     "Storm's newest 20% replayed through the API after training on the rest (`alliedium bench replay`)."
     from alliedium.bench.replay import bench_replay
-    return bench_replay('Storm', 0.2, settings=ignite)
+    return bench_replay('Storm', 0.2, settings=ignite, online=False)
+
+
+@pytest.fixture(scope='module')
+def replayed_online(replayed, ignite):
+    "The same replay again with online learning on, on a second tenant with the same models (`bench_replay`'s)."
+    from alliedium.bench.replay import _replay, clone_tenant, replay_split
+    from alliedium.jira import jira_file
+    older, newest = replay_split(jira_file('Storm', ignite), 'x', 0.2)
+    tenant = f"{replayed['tenant']}-online"
+    return _replay(tenant, clone_tenant(replayed['tenant'], tenant, older, ignite), newest, ignite, True)
 
 
 @pytest.fixture(scope='module')
@@ -240,3 +250,98 @@ def test_the_assignee_thresholds_follow_the_live_outcomes(ignite, tenant):
     assert after.threshold_ == r['new']['threshold'] and metrics['threshold_refit']['from_version'] == 1
     assert [x['kind'] for x in list_runs(tenant, s)].count('threshold') == 1
     assert refit_thresholds(tenant, s) is None  # the new version has no outcome of its own yet
+
+
+def test_replay_with_online_learning_on_learns_from_outcomes(replayed, replayed_online):
+    """The same models replayed again with learning on (`alliedium bench replay`): the same triages and outcomes.
+    The gain is reported, not asserted: on Storm's 27 non-self tickets it is within a ticket either way (measured
+    -0.037 top-3); that learning reaches the next suggestion is the next test's assertion."""
+    on, off = replayed_online, replayed
+    print({'off': (off['nonself'], off['live']['top1'], off['live']['top3']),
+           'on': (on['nonself'], on['live']['top1'], on['live']['top3'])})
+    assert on['errors'] == [] and on['triages'] == off['triages'] and on['all']['n'] == off['live']['outcomes']
+    assert on['nonself']['n'] == off['nonself']['n'] > 20
+    assert on['all']['top3'] >= off['live']['top3'] - 0.02  # learning never costs more than a few answers
+
+
+def _filed(issue:dict, key:str|None=None, **fields) -> dict:
+    "A Jira issue as filed (without the fields set later), with `fields` changed."
+    from alliedium.bench.replay import LATER
+    f = {k: v for k, v in issue['fields'].items() if k not in LATER}
+    return dict(key=key or issue['key'], fields=f | {'updated': f['created']} | fields)
+
+
+def test_a_person_who_starts_taking_a_component_is_suggested_after_a_few_outcomes(replayed, ignite):
+    "Real Storm tickets of one component, taken by someone who never took it: top 3 with learning on, not off."
+    from alliedium.bench.replay import clone_tenant, replay_split
+    from alliedium.jira import jira_file
+    from alliedium.registry import list_models, load_model
+    older, newest = replay_split(jira_file('Storm', ignite), 'x', 0.2)
+    comp = lambda i: [c['name'] for c in i['fields'].get('components') or []]
+    c_tickets = [i for i in newest if comp(i)[:1] == ['storm-client']]
+    took = {(i['fields'].get('assignee') or {}).get('name') for i in older if 'storm-client' in comp(i)}
+    busy = {}
+    for i in older:
+        if (a := (i['fields'].get('assignee') or {}).get('name')): busy[a] = busy.get(a, 0) + 1
+    tenant = f"online-{uuid.uuid4().hex[:6]}"
+    key = clone_tenant(replayed['tenant'], tenant, older, ignite)
+    stored = [(m['version'], m['created_at']) for m in list_models(tenant, 'assignee', ignite)]
+    auth = {'Authorization': f'Bearer {key}'}
+    apis = {on: TestClient(make_api(LocalBackend(ignite.model_copy(update=dict(online_learning=on,
+                                                                                serve_poll_seconds=1e-6)))))
+            for on in (True, False)}
+    n, asked = 3, c_tickets[3:9]
+
+    def top3(on:bool) -> list[list[str]]:
+        out = []
+        for i in asked:
+            r = apis[on].post(f'/v1/tenants/{tenant}/triage', json=_filed(i, key=f"ASK-{i['key']}"), headers=auth)
+            assert r.status_code == 200, r.text
+            out.append([a['name'] for a in r.json()['assignee'][:3]])
+        return out
+    before = top3(False)
+    assert top3(True) == before  # nothing learnt yet: the same answers
+    shown = {p for r in before for p in r}
+    # the busiest person who never took a storm-client ticket and is suggested for none of them
+    person = max((p for p in busy if p not in took and p not in shown), key=busy.get)
+    for i in c_tickets[:n]:  # they take the component's next n tickets (webhooks: filed, then assigned to them)
+        for event, issue in (('jira:issue_created', _filed(i)), ('jira:issue_updated', _filed(
+                i, assignee=dict(name=person), updated=i['fields']['updated']))):
+            r = apis[True].post(f'/v1/tenants/{tenant}/webhooks/jira', json=dict(webhookEvent=event, issue=issue),
+                                headers=auth)
+            assert r.status_code == 200, r.text
+    mine = [(i['fields'].get('reporter') or {}).get('name') != person for i in asked]  # (never their own)
+    on, off = ([person in r for r, m in zip(top3(x), mine) if m] for x in (True, False))
+    print(f"{person} ({busy[person]} tickets before) in the top 3 of {len(on)} later storm-client tickets after {n} "
+          f"outcomes: learning on {sum(on)}, off {sum(off)}")
+    assert len(on) >= 4 and sum(on) > len(on) / 2 and not any(off)  # most of them after 3 outcomes; never off
+    # the stored model is as trained: the same version, and a model loaded from it does not know them
+    assert [(m['version'], m['created_at']) for m in list_models(tenant, 'assignee', ignite)] == stored
+    stored_model = load_model(tenant, 'assignee', settings=ignite)[1]
+    assert not hasattr(stored_model, 'live_')
+    assert stored_model._took_in('storm-client', stored_model.end_, stored_model.pid_[person])[0] == 0
+
+
+def test_learning_while_triaging_from_threads(replayed, ignite):
+    "Triage from four threads while another learns the replayed tickets: every answer whole, the state as if alone."
+    from concurrent.futures import ThreadPoolExecutor
+    from alliedium.bench.replay import replay_split
+    from alliedium.jira import jira_file, tickets_frame
+    from alliedium.models.triage import load_tenant_models
+    _, newest = replay_split(jira_file('Storm', ignite), 'x', 0.2)
+    df = tickets_frame([parse_issue(i, 'x') for i in newest])
+    bodies = [_filed(i, key=f'ASK-{i["key"]}') for i in newest[:40]]
+    tm = load_tenant_models(replayed['tenant'], ignite)
+
+    def learner() -> int:
+        for s in range(0, len(df), 10): tm.learn(df.iloc[s:s + 10])  # each part its own turn of the lock
+        return len(tm.models['assignee'].live_)
+    with ThreadPoolExecutor(5) as ex:
+        learning = ex.submit(learner)
+        asked = [ex.submit(lambda k: [tm.triage(b) for b in bodies[k::4]], k) for k in range(4)]
+        answers, learnt = [a for f in asked for a in f.result()], learning.result()
+    assert len(answers) == len(bodies) and all(a['assignee'] and a['versions'] for a in answers)
+    assert learnt == df['assignee'].notna().sum() > 100
+    alone = load_tenant_models(replayed['tenant'], ignite)
+    alone.learn(df)
+    assert [tm.triage(b)['assignee'] for b in bodies[:10]] == [alone.triage(b)['assignee'] for b in bodies[:10]]
