@@ -29,10 +29,11 @@ def model_params(s:Settings) -> dict:
                              default_threshold=s.assignee_abstain_threshold)}
 
 def holdout_split(df:pd.DataFrame, eval_days:int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Tickets before the newest `eval_days` (at most 90% of them) and the newest ones."
+    "Tickets before the newest `eval_days` (at most 90% of them) and the newest ones; 80/20 when under half are."
     df = df.sort_values(['created_at', 'issue_key'], kind='stable').reset_index(drop=True)
     cut = df['created_at'].max() - pd.Timedelta(days=eval_days)
     n_old = min(int((df['created_at'] <= cut).sum()), int(len(df) * 0.9))
+    if n_old < len(df) / 2: n_old = int(len(df) * 0.8)  # a young history: nothing (or little) to fit the check on
     return df.iloc[:n_old], df.iloc[n_old:]
 
 # %% ../nbs/55_training.ipynb #04b32dce

@@ -123,3 +123,21 @@ def test_assignee_retrain_records_and_compares_slices(ignite, storm_tenant):
     assert 'nonself' in r['reason'], r['reason']
     recorded = next(m['metrics'] for m in list_models(storm_tenant, 'assignee', ignite) if m['version'] == r['version'])
     assert recorded['check']['slices'] == r['metrics']['slices'] and recorded['decision']['reason'] == r['reason']
+
+
+def test_a_young_history_trains(ignite):
+    "A tenant whose real tickets span fewer days than the held-out window (a new customer) trains: 80/20 check split."
+    import pandas as pd
+    tenant = f'young-{uuid.uuid4().hex[:8]}'
+    create_tenant(tenant, settings=ignite)
+    tickets = [t for t in read_issues(jira_file('Hive'), tenant) if isinstance(t, Ticket)]
+    tickets.sort(key=lambda t: t.created_at)
+    n = 300  # the busiest 300 consecutive tickets: a short history
+    i = min(range(len(tickets) - n), key=lambda i: tickets[i + n - 1].created_at - tickets[i].created_at)
+    young = tickets[i:i + n]
+    assert young[-1].created_at - young[0].created_at < pd.Timedelta(days=ignite.train_eval_days)
+    ingest_tickets(tenant, young, settings=ignite)
+    r = train_tenant(tenant, tasks=['assignee', 'priority'], settings=ignite)  # all inside train_eval_days (90)
+    assert all(x['version'] == 1 and x['promoted'] for x in r.values()), r
+    checked = [m['metrics']['check']['n_test'] for m in list_models(tenant, 'priority', ignite)]
+    assert checked == [len(young) - int(len(young) * 0.8)]
