@@ -371,8 +371,10 @@ def _batches(items:Iterable, size:int, tenant_id:str, summary:IngestSummary, pro
         if batch: yield i, batch
 
 # %% ../nbs/15_ingest.ipynb #be29adfa
-_NODE_LOSS = re.compile(r'topology|node (?:has )?left|node.{0,40}(?:failed|stopp)|rolled back|not mapped|acquire lock',
-                        re.I)
+# (a commit cut by the primary's loss reaches the thin client as 'Failed to commit transaction.' only; a batch is
+# idempotent, so writing it again is safe)
+_NODE_LOSS = re.compile(r'topology|node (?:has )?left|node.{0,40}(?:failed|stopp)|rolled back|not mapped|acquire lock'
+                        r'|failed to commit transaction', re.I)
 
 def node_lost(e:BaseException) -> bool:
     "True for an error that losing a node causes: the connection broke, or the cluster undid a transaction it cut."

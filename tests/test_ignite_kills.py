@@ -205,6 +205,19 @@ def halted(s: Settings, nodes: int = 3) -> dict:
     return out
 
 
+# Ignite 2.15 (the last release with Ignite ML, which bench compare uses) corrupts the TICKET index of a node that
+# takes a full rebalance of the encrypted (TDE) cache group: 8 of 8 runs with the tenant's primary killed, also with
+# 4 KB pages, SIGTERM, a wiped store, WAL kept during rebalancing; never with TDE off. The restarted node halts
+# (CorruptedTreeException). Until an Ignite with the fix: expected to fail at the rejoin, and only there.
+KNOWN_TDE_BUG = ("Ignite 2.15: a full rebalance of an encrypted cache group corrupts the rejoining node's index "
+                 "(CorruptedTreeException; see nbs/explanations/cluster_kills.md)")
+
+
+def tde_rebalance_corruption(s: Settings) -> bool:
+    "Whether a node halted on a corrupted B+tree: the known TDE rebalancing bug, and no other failure."
+    return any('CorruptedTreeException' in why for why in halted(s).values())
+
+
 def primary_of(s: Settings, tenant: str, nodes: int = 3) -> int:
     "The index of the node that holds `tenant`'s TICKET rows as their primary (a local query sees primary rows only)."
     counts = []
@@ -305,12 +318,13 @@ def test_sigkill_of_one_of_three_nodes_during_ingest_and_triage(three_node_clust
         t0 = time.monotonic()
         start_local_node(s, nodes=3)
         rejoined = time.monotonic() - t0
-        assert wait_for(lambda: rebalanced(s), 300, 0.5)
+        assert wait_for(lambda: rebalanced(s) or tde_rebalance_corruption(s), 300, 0.5)
         rebalance = time.monotonic() - t0 - rejoined
         served = sum(a[2] == 200 for a in answers)
     finally:
         stop.set()
         load.join(60)
+    if tde_rebalance_corruption(s): pytest.xfail(KNOWN_TDE_BUG + f": {halted(s)}")
     with ignite_client(s) as c:
         baseline = sorted(c.sql('SELECT CONSISTENT_ID, ONLINE FROM SYS.BASELINE_NODES'))
     counts, local = [], []
@@ -325,6 +339,7 @@ def test_sigkill_of_one_of_three_nodes_during_ingest_and_triage(three_node_clust
                                         local=True))[0][0])
             finally: c.close()
     except Exception as e:
+        if tde_rebalance_corruption(s): pytest.xfail(KNOWN_TDE_BUG + f": {halted(s)}")
         raise AssertionError(f"node{len(counts)}'s view could not be read ({type(e).__name__}: {e}); "
                              f"nodes that halted: {halted(s)}") from e
     assert not halted(s), halted(s)
