@@ -200,13 +200,13 @@ def _str(v:Any, field:str) -> str|None:
 def _person(v:Any, field:str) -> str|None:
     "A user as a stable id: v2 `name`, v3 `accountId` (else `key`)."
     if v is None: return None
-    if isinstance(v, str): return v or None
+    if isinstance(v, str): return _str(v, field) or None  # (checked like a name: a lone surrogate is refused)
     if not isinstance(v, dict): raise BadIssue(f"fields.{field} is a {type(v).__name__}, expected a user object")
     return _str(v.get('name') or v.get('accountId') or v.get('key') or None, field)
 
 def _named(v:Any, field:str) -> str|None:
     "An object's `name` (issue type, priority) or a plain string."
-    if v is None or isinstance(v, str): return v or None
+    if v is None or isinstance(v, str): return _str(v or None, field)
     if not isinstance(v, dict):
         raise BadIssue(f"fields.{field} is a {type(v).__name__}, expected an object with a name")
     return _str(v.get('name') or None, field)

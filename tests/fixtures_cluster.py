@@ -72,16 +72,21 @@ def close_shared_gateway():
     if _shared.get('gw') is not None: _shared['gw'].close()
 
 
-@pytest.fixture(scope='module')
-def two_node_cluster(tmp_path_factory):
-    "A local cluster of two server nodes on loopback (own ports and work dirs), TICKET with one backup."
-    s = cluster_settings(tmp_path_factory.mktemp('cluster'), nodes=2, thick_timeout=6)
+def local_cluster(folder, nodes: int, **overrides):
+    "Settings and start result of `nodes` local server nodes under `folder` with the schema; stopped afterwards."
+    s = cluster_settings(folder, nodes=nodes, **overrides)
     try:
-        r = start_local_node(s, nodes=2)
+        r = start_local_node(s, nodes=nodes)
         ensure_schema(s)
         yield s, r
     finally:
         stop_local_node(s)
+
+
+@pytest.fixture(scope='module')
+def two_node_cluster(tmp_path_factory):
+    "A local cluster of two server nodes on loopback (own ports and work dirs), TICKET with one backup."
+    yield from local_cluster(tmp_path_factory.mktemp('cluster'), 2, thick_timeout=6)
 
 
 @pytest.fixture(scope='module')
@@ -96,10 +101,4 @@ def cluster_gateway(two_node_cluster):
 @pytest.fixture(scope='module')
 def three_node_cluster(tmp_path_factory):
     "A local cluster of three server nodes on loopback (own ports and work dirs, security on), tables with one backup."
-    s = cluster_settings(tmp_path_factory.mktemp('cluster3'), nodes=3)
-    try:
-        r = start_local_node(s, nodes=3)
-        ensure_schema(s)
-        yield s, r
-    finally:
-        stop_local_node(s)
+    yield from local_cluster(tmp_path_factory.mktemp('cluster3'), 3)

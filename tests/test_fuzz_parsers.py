@@ -138,3 +138,10 @@ def test_jsonl_files_give_items_or_rejections(tmp_path_factory, docs, junk):
     for item in read_issues(path, 'f'):
         assert isinstance(item, (Ticket, Deletion, Rejected))
         if not isinstance(item, Rejected): storable(item)
+
+
+@pytest.mark.parametrize('field', ['reporter', 'assignee', 'issuetype', 'priority'])
+def test_a_lone_surrogate_in_a_name_given_as_plain_text_is_a_bad_issue(field):
+    "Found by `make fuzz`: a person or type named by a plain string skipped the UTF-8 check and failed at the write."
+    with pytest.raises(JiraError, match='lone surrogate'):
+        parse_issue({'key': 'A-1', 'fields': {'created': 0, field: 'x\ud800'}}, 'f')
