@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     retrain_jobs: int = Field(0, ge=0)  # tenants `alliedium retrain` runs at once; 0: the number of cores
     retrain_kernel: str = 'python3'  # Jupyter kernel of the retrain notebook (the .venv's ipykernel)
     retrain_timeout: float = Field(3600, gt=0)  # seconds one tenant's notebook may run before it counts as failed
-    retrain_warm: bool = True  # run the notebook in warm kernels (one per job) tenant after tenant; false: a process each
+    retrain_warm: bool = True  # the notebook in warm kernels (one per job), tenant after tenant; false: a process each
     serve_host: str = '127.0.0.1'  # address the HTTP API (Ray Serve proxy) binds
     serve_port: int = Field(8000, gt=0, lt=65536)  # port of the HTTP API
     serve_models_per_replica: int = Field(16, ge=1)  # tenants' models kept loaded per model replica (LRU)

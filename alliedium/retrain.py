@@ -255,7 +255,7 @@ def warm_error(e:Exception, output:Path, timeout:float) -> str:
         return (notebook_error(output) if output.exists() else None) or f'{e.ename}: {e.evalue}'
     if isinstance(e, CellTimeoutError):
         return f'a cell ran longer than {timeout:.0f}s (ALLIEDIUM_RETRAIN_TIMEOUT): stopped, the kernel restarted'
-    if isinstance(e, DeadKernelError): return 'the kernel died (killed, or out of memory): restarted for the next tenant'
+    if isinstance(e, DeadKernelError): return 'the kernel died (killed, out of memory): restarted for the next tenant'
     return f'{type(e).__name__}: {e}'
 
 def _mark_failed(output:Path, error:str):

@@ -63,12 +63,13 @@ def report_lines(r:dict) -> list[str]:
                  f"{r['load']['start']} at the start, {r['load']['end']} at the end")
     lines.append("tenant | tickets | direct train_tenant s | papermill process s (train s) | warm kernel s (train s)")
     for t in r['tenants']:
-        lines.append(f"{t['tenant']} | {t['tickets']} | {t['direct_s']:.2f} | {t['cold_s']:.2f} ({t['cold_train_s']:.2f})"
-                     f" | {t['warm_s']:.2f} ({t['warm_train_s']:.2f})")
+        lines.append(f"{t['tenant']} | {t['tickets']} | {t['direct_s']:.2f} | {t['cold_s']:.2f} "
+                     f"({t['cold_train_s']:.2f}) | {t['warm_s']:.2f} ({t['warm_train_s']:.2f})")
     lines.append(f"median per tenant: direct {m['direct_s']:.2f}s, papermill process {m['cold_s']:.2f}s "
                  f"({m['cold_ratio']:.2f}x direct; {m['cold_overhead_s']:.2f}s outside the training), warm kernel "
                  f"{m['warm_s']:.2f}s ({m['warm_ratio']:.2f}x direct on the same tenants; {m['warm_overhead_s']:.2f}s "
-                 f"outside the training; its first tenant {m['warm_first_s']:.2f}s with the kernel's start and imports)")
+                 f"outside the training; its first tenant {m['warm_first_s']:.2f}s with the kernel's start and "
+                 "imports)")
     lines.append(f"goal: papermill <= 1.5x a direct call: process {m['cold_ratio']:.2f}x, warm kernel "
                  f"{m['warm_ratio']:.2f}x ({'met' if m['warm_ratio'] <= 1.5 else 'missed'})")
     lines.append(f"{r['jobs']} warm kernels: {len(r['tenants'])} tenants in {r['pool_wall_s']:.1f}s = "

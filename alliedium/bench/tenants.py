@@ -449,7 +449,7 @@ def bench_node(folder:Path, data_region_mb:int=512, heap:str='1g') -> Settings:
 PHASES = ('ingest', 'train', 'serve')  # and 'copy': `fill_models` alone
 
 def _keep(res:dict, phase:str, new:dict):
-    "A phase's figures, unless this run found nothing to do and an earlier run's are there (`<phase>_last`: this run's)."
+    "A phase's figures, unless this run did nothing and an earlier run's are there (`<phase>_last`: this run's)."
     res[f'{phase}_last'] = new
     if new.get('tenants') or not res.get(phase): res[phase] = new
 
@@ -514,7 +514,8 @@ def results_table(res:dict) -> Table:
     if i := res.get('ingest'):
         t.add_row('ingest', 'tenants ingested now (skipped: done before)', f"{i['tenants']:,} ({i['skipped']:,})")
         t.add_row('ingest', 'tickets; time in ingest; tickets/s',
-                  f"{i['tickets']:,}; {i['ingest_s']:,.1f} s (wall {i['wall_s']:,.1f} s); {i['tickets_per_s'] or 0:,.0f}/s")
+                  f"{i['tickets']:,}; {i['ingest_s']:,.1f} s (wall {i['wall_s']:,.1f} s); "
+                  f"{i['tickets_per_s'] or 0:,.0f}/s")
         t.add_row('ingest', 'rejected tickets; load average at the end', f"{i['rejected']}; {i['load_average']}")
     if (a := res.get('ingest_all')) and a['tenants']:
         t.add_row('ingest', 'every ingested tenant, over all runs: tenants; tickets; time in ingest; tickets/s',
@@ -555,7 +556,8 @@ def results_table(res:dict) -> Table:
     if sv := res.get('serve'):
         mem = sv['memory']
         t.add_row('serve', f"memory per loaded tenant (RSS growth over {mem['tenants']} loaded)",
-                  f"{_mb(mem['bytes_per_tenant'])}; load p50 {mem['load']['p50']:.0f} ms, p99 {mem['load']['p99']:.0f} ms")
+                  f"{_mb(mem['bytes_per_tenant'])}; load p50 {mem['load']['p50']:.0f} ms, "
+                  f"p99 {mem['load']['p99']:.0f} ms")
         t.add_row('serve', 'replicas: models kept per replica; model replicas',
                   f"{sv['models_per_replica']}; {sv['model_replicas']}")
         for k, v in sv['runs'].items():

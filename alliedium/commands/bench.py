@@ -220,8 +220,9 @@ def bench_tenants_cmd(count: int = typer.Option(1000, min=1, help="synthetic ten
 @bench_app.command('retrain')
 def bench_retrain_cmd(count: int = typer.Option(6, '--tenants', min=1, help="tenants (one per project's dump in turn)"),
                       tickets: int = typer.Option(2000, min=200, help="tickets per tenant (the first of the dump)"),
-                      jobs: int = typer.Option(0, '--jobs', min=0, help="warm kernels at once for the throughput "
-                                                                         "(default: ALLIEDIUM_RETRAIN_JOBS, else cores)"),
+                      jobs: int = typer.Option(0, '--jobs', min=0,
+                                               help="warm kernels at once for the throughput "
+                                                    "(default: ALLIEDIUM_RETRAIN_JOBS, else cores)"),
                       data: Path = typer.Option(None, help="folder of <Project>.jsonl.gz Jira dumps "
                                                            "(default: ../shared/data/jira/apache)"),
                       as_json: bool = typer.Option(False, '--json', help="print JSON")):
