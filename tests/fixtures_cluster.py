@@ -1,5 +1,5 @@
 "Fixtures of the thick client and of multi-node local clusters: real JVMs, real Jira tickets, tenants of their own."
-import itertools, uuid
+import itertools, time, uuid
 from pathlib import Path
 
 import pytest
@@ -70,6 +70,15 @@ def thick_gateway(ignite):
 def close_shared_gateway():
     yield
     if _shared.get('gw') is not None: _shared['gw'].close()
+
+
+def wait_for(cond, seconds=60.0, step=0.1):
+    "`cond()`'s first truthy value within `seconds` (polled every `step`), else its last value."
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if (v := cond()): return v
+        time.sleep(step)
+    return cond()
 
 
 def local_cluster(folder, nodes: int, **overrides):

@@ -7,18 +7,10 @@ import pytest
 
 from alliedium.ignite import LocalNode, _alive, cluster_status, ignite_client, node_pid
 from alliedium.thick import JobFailed
-from fixtures_cluster import insert_tickets, new_tenant, real_tickets
+from fixtures_cluster import insert_tickets, new_tenant, real_tickets, wait_for
 
 pytestmark = pytest.mark.slow
 PROBE = 'alliedium.thick:probe_job'
-
-
-def wait_for(cond, seconds=60.0, step=0.1):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if (v := cond()): return v
-        time.sleep(step)
-    return cond()
 
 
 def test_two_nodes_start_as_one_baseline(two_node_cluster):

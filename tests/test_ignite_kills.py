@@ -14,7 +14,7 @@ from alliedium.ignite import (LocalNode, _alive, client_addresses, client_option
 from alliedium.jira import Deletion, Ticket, read_issues
 from alliedium.schema import ensure_schema
 from alliedium.tenants import create_tenant
-from fixtures_cluster import JIRA
+from fixtures_cluster import JIRA, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +48,6 @@ class Ingest:
         self.reader.join(10)
         self.err = self.proc.stderr.read()
         return rc
-
-
-def wait_for(cond, seconds=120.0, step=0.05):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if (v := cond()): return v
-        time.sleep(step)
-    return cond()
 
 
 def newest_versions(files, tenant) -> dict:
