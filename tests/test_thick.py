@@ -1,6 +1,6 @@
 """The thick client on the session's node: a real gateway JVM (Ignite client node), jobs colocated with a tenant's
 data running real Python on the server, messaging between two processes, and every bad input a caller can cause."""
-import json, os, select, signal, subprocess, sys, time
+import json, os, select, signal, subprocess, sys
 
 import pytest
 
@@ -10,18 +10,9 @@ from alliedium.tenants import UnknownTenant
 from alliedium.thick import (Gateway, GatewayAlreadyRunning, GatewayDied, GatewayJarsMissing, GatewayStartFailed,
                              JobFailed, JobTimeout, current_gateway, publish_model_promoted,
                              run_colocated_retrain, thick_client)
-from fixtures_cluster import insert_tickets, new_tenant, real_tickets
+from fixtures_cluster import insert_tickets, new_tenant, real_tickets, wait_for
 
 PROBE = 'alliedium.thick:probe_job'
-
-
-def wait_for(cond, seconds=60.0, step=0.1):
-    "Poll `cond` until true (bounded, so a broken feature fails instead of hanging)."
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if (v := cond()): return v
-        time.sleep(step)
-    return cond()
 
 
 def test_gateway_joins_the_cluster_as_a_client(thick_gateway, ignite):
