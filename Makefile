@@ -23,8 +23,8 @@ $(PY_STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11+ is needed (set PYTHON=...)"; exit 1; }
 	@echo "==> Python packages into $(VENV) (pinned by requirements.lock)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip==26.3
-	@$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	@$(BIN)/python -m pip install -q --no-cache-dir --upgrade pip==26.3
+	@$(BIN)/python -m pip install -q --no-cache-dir -c requirements.lock -e '.[dev]'
 	@! git rev-parse --git-dir >/dev/null 2>&1 || git config --local merge.nbdev-merge.driver '$(BIN)/nbdev-merge %O %A %B %P'
 	@touch $@
 
@@ -46,7 +46,8 @@ setup-dl: $(DL_STAMP)  ## also install PyTorch (extra [dl]; PyPI's CUDA build, ~
 
 $(DL_STAMP): $(PY_STAMP)
 	@echo "==> PyTorch (the optional extra [dl]) into $(VENV): about 4 GB with its nvidia-* wheels, a few minutes once"
-	@$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev,dl]'
+	@$(BIN)/python -m pip install -q --no-cache-dir -c requirements.lock -e '.[dev,dl]' || { df -h $(VENV); \
+		echo "error: installing PyTorch failed; it needs about 7 GB free beside .venv (df above)"; exit 1; }
 	@touch $@
 
 demo: setup  ## install, then run the main job on the embedded default (local Ignite node)
