@@ -5,6 +5,7 @@
 # %% ../../nbs/70_bench/71_load.ipynb #2e764337
 from __future__ import annotations
 import asyncio, time
+from typing import Callable
 
 from .stats import machine_cpu_seconds, stats
 
@@ -12,7 +13,8 @@ from .stats import machine_cpu_seconds, stats
 __all__ = ['load_interleaved', 'load']
 
 # %% ../../nbs/70_bench/71_load.ipynb #77abaaaf
-async def _load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int) -> dict:
+async def _load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int,
+                done:Callable[[], None]|None=None) -> dict:
     "Send `requests` (path, headers, JSON body) with `concurrency` in flight; the raw figures."
     import aiohttp
     lat, errors, todo = [], 0, iter(requests)
@@ -25,6 +27,7 @@ async def _load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int)
                     await r.read()
                     if r.status == 200: lat.append(time.perf_counter() - t0)
                     else: errors += 1
+                if done: done()
         t0, c0 = time.perf_counter(), machine_cpu_seconds()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         c1 = machine_cpu_seconds()
@@ -32,17 +35,23 @@ async def _load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int)
         return dict(lat=lat, seconds=time.perf_counter() - t0, errors=errors, cpu=cpu)
 
 def load_interleaved(url:str, runs:dict[str, list[tuple[str, dict, dict]]], concurrency:int,
-                     rounds:int=3) -> dict[str, dict]:
+                     rounds:int=3, progress:Callable[[str, int, int], None]|None=None) -> dict[str, dict]:
     "The stats of each named list of requests, sent in `rounds` alternating slices (a, b, a, b, ...)."
     raw = {k: dict(lat=[], seconds=0.0, errors=0, cpu=0.0) for k in runs}
+    sent, total = [0], sum(len(v) for v in runs.values())
     for i in range(rounds):
         for k, reqs in runs.items():
-            r = asyncio.run(_load(url, reqs[len(reqs) * i // rounds:len(reqs) * (i + 1) // rounds], concurrency))
+            def done(k=k):
+                sent[0] += 1
+                if progress: progress(f'load: {k} (round {i + 1} of {rounds})', sent[0], total)
+            r = asyncio.run(_load(url, reqs[len(reqs) * i // rounds:len(reqs) * (i + 1) // rounds], concurrency,
+                                  done))
             acc = raw[k]
             acc['lat'] += r['lat']; acc['seconds'] += r['seconds']; acc['errors'] += r['errors']
             acc['cpu'] = None if acc['cpu'] is None or r['cpu'] is None else acc['cpu'] + r['cpu']
     return {k: stats(v['lat'], v['seconds'], v['errors'], v['cpu']) for k, v in raw.items()}
 
-def load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int) -> dict:
+def load(url:str, requests:list[tuple[str, dict, dict]], concurrency:int,
+         progress:Callable[[str, int, int], None]|None=None) -> dict:
     "The stats of `requests` sent with `concurrency` in flight (blocking)."
-    return load_interleaved(url, {'': requests}, concurrency, 1)['']
+    return load_interleaved(url, {'': requests}, concurrency, 1, progress)['']

@@ -414,12 +414,13 @@ def serve_phase(records:list[dict], data:Path, s:Settings, requests:int=1500, co
         url = start_service(s)
     try:
         out['replica_rss_mb_start'] = replica_rss()
-        load(url, serve_requests(spread(names, 40, seed, 'warm', hot=hot), keys, bodies, prefix), 4)  # warm-up
+        load(url, serve_requests(spread(names, 40, seed, 'warm', hot=hot), keys, bodies, prefix), 4,
+             progress)  # warm-up
         runs = {k: serve_requests(spread(names, requests, seed + 1, k, zipf_s, hot), keys, bodies, prefix)
                 for k in ('warm', 'uniform', 'zipf')}
         out['distinct_tenants'] = {k: len({t for t in spread(names, requests, seed + 1, k, zipf_s, hot)})
                                    for k in runs}
-        out['runs'] = load_interleaved(url, runs, concurrency, rounds)
+        out['runs'] = load_interleaved(url, runs, concurrency, rounds, progress)
         out['replica_rss_mb_end'] = replica_rss()
     finally:
         if own: stop_service()

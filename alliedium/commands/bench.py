@@ -203,6 +203,8 @@ def bench_tenants_cmd(count: int = typer.Option(1000, min=1, help="synthetic ten
             def progress(what:str, i:int, n:int):
                 if what not in tasks: tasks[what] = bar.add_task(what, total=n)
                 bar.update(tasks[what], completed=i)
+                if not console.is_terminal and (i == n or i % max(1, n // 10) == 0):  # (a log: a line a tenth)
+                    console.print(f"{_time.strftime('%H:%M:%S')} {what}: {i:,} of {n:,}", highlight=False)
             res = run_bench(count, phases, folder, s, d, seed, min_tickets,
                             max_tickets, workers, papermill, requests, concurrency, hot=hot, zipf_s=zipf,
                             memory_tenants=memory_tenants, progress=progress,
