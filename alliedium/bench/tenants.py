@@ -15,9 +15,10 @@ from ..config import Settings, get_settings
 
 # %% auto #0
 __all__ = ['PEOPLE', 'PHASES', 'bench_dir', 'size_draw', 'tenant_specs', 'project_lines', 'project_sizes', 'renamed',
-           'tenant_issues', 'BenchState', 'ingest_phase', 'needs_training', 'train_phase', 'papermill_overhead',
-           'copy_active', 'fill_models', 'storage', 'model_bytes', 'memory_per_tenant', 'replica_rss', 'zipf_weights',
-           'spread', 'serve_requests', 'serve_phase', 'bench_node', 'run_bench', 'results_table']
+           'tenant_issues', 'next_issues', 'BenchState', 'ingest_phase', 'needs_training', 'train_phase',
+           'papermill_overhead', 'copy_active', 'fill_models', 'storage', 'model_bytes', 'memory_per_tenant',
+           'replica_rss', 'zipf_weights', 'spread', 'serve_requests', 'serve_phase', 'bench_node', 'run_bench',
+           'results_table']
 
 # %% ../../nbs/70_bench/74e_tenants.ipynb #f818c1ff
 def bench_dir(settings:Settings|None=None) -> Path:
@@ -91,6 +92,12 @@ def tenant_issues(spec:dict, data:Path, seed:int) -> tuple[list[dict], list[dict
     a, b = spec['start'], spec['start'] + spec['n']
     return ([renamed(l, key, spec, seed) for l in lines[a:b]],
             [renamed(l, key, spec, seed) for l in lines[b:b + 2]])
+
+def next_issues(spec:dict, data:Path, seed:int) -> list[dict]:
+    "Only the issues filed right after the tenant's window (`tenant_issues`' second part, without renaming the window)."
+    key, lines = project_lines(data/f"{spec['project']}.jsonl.gz")
+    b = spec['start'] + spec['n']
+    return [renamed(l, key, spec, seed) for l in lines[b:b + 2]]
 
 # %% ../../nbs/70_bench/74e_tenants.ipynb #5b95fcac
 class BenchState:
@@ -402,7 +409,7 @@ def serve_phase(records:list[dict], data:Path, s:Settings, requests:int=1500, co
         for i, r in enumerate(trained):  # fresh keys (old ones retired at once): no key is kept on disk
             t = r['spec']['tenant']
             keys[t] = rotate_keys(t, 0, s, c)[0]
-            bodies[t] = [triage_body(o) for o in tenant_issues(r['spec'], data, r['seed'])[1]]
+            bodies[t] = [triage_body(o) for o in next_issues(r['spec'], data, r['seed'])]
             if progress: progress('keys', i + 1, len(trained))
     out = dict(tenants=len(names), requests=requests, concurrency=concurrency, rounds=rounds, hot=hot, zipf_s=zipf_s,
                models_per_replica=s.serve_models_per_replica, model_replicas=s.serve_model_replicas)
