@@ -57,7 +57,7 @@ lint: setup  ## ruff (pyflakes, syntax, 120 columns) on the package, serve/ and 
 	@$(BIN)/ruff check alliedium serve tests
 
 test: setup setup-dl lint  ## install (with PyTorch), lint, then run the whole test suite (real Ignite node, notebooks too)
-	@$(BIN)/python -m pytest tests nbs/index.ipynb --nbval-lax
+	@$(BIN)/python -m pytest -m 'not bench' tests nbs/index.ipynb --nbval-lax
 
 fuzz: setup  ## long fuzz runs: the Jira parsers, every API route, schemathesis on the live service (counts printed)
 	@ALLIEDIUM_FUZZ=long $(BIN)/python -m pytest -s -p no:cacheprovider tests/test_fuzz_parsers.py tests/test_fuzz_api.py \
@@ -66,7 +66,8 @@ fuzz: setup  ## long fuzz runs: the Jira parsers, every API route, schemathesis 
 lab: setup  ## JupyterLab on the notebooks (the package is installed editable)
 	@$(BIN)/jupyter lab --notebook-dir=nbs
 
-bench: setup  ## run the benchmarks that exist
+bench: setup setup-dl  ## the benchmarks' end-to-end and multi-node kill tests (pytest -m bench), then the benchmarks
+	@$(BIN)/python -m pytest -s -m bench tests
 	@$(BIN)/alliedium bench ingest
 	@$(BIN)/alliedium bench train --all
 	@$(BIN)/alliedium bench serve

@@ -1,9 +1,12 @@
 """`alliedium bench serve --security` runs end to end, small: two nodes of its own (security off and on), the same
 trained tenant on each, triage through the real HTTP API on the session's Ray Serve; both modes reported with every
 process's CPU. Figures are printed, never asserted (they are the benchmark's)."""
+import pytest
+
 from alliedium.bench.security import MODES, SERVER, bench_serve_security, security_table
 
 
+@pytest.mark.bench
 def test_bench_serve_security_reports_both_modes(serve_url):
     r = bench_serve_security(requests=24, levels=(1,), rounds=2, url=serve_url, heap='512m')
     print(security_table(r))

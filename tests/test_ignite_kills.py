@@ -235,6 +235,7 @@ def rebalanced(s: Settings) -> bool:
             and all(owning.get(g) == parts * min(backups + 1, servers) for g, (parts, backups) in groups.items()))
 
 
+@pytest.mark.bench  # (minutes: three nodes, a kill, a restart and a rebalance)
 def test_sigkill_of_one_of_three_nodes_during_ingest_and_triage(three_node_cluster):
     """One node of three SIGKILLed while a bulk ingest writes and triage answers: the ingest goes on on the others
     and loses no acknowledged ticket, triage answers again, the node restarts, rejoins the baseline, rebalances,
