@@ -8,7 +8,7 @@ import itertools, os, statistics, time
 from pathlib import Path
 from typing import Callable
 
-from ..config import Settings, get_settings
+from ..config import AlliediumError, Settings, get_settings
 
 # %% auto #0
 __all__ = ['bench_tenants', 'add_one_ticket', 'summarise', 'report_lines', 'bench_retrain']
@@ -31,6 +31,9 @@ def bench_tenants(count:int, tickets:int, s:Settings, data:Path|None=None,
             create_tenant(t, settings=s)
             ingest_tickets(t, itertools.islice(read_issues(f, t), part * tickets, (part + 1) * tickets), s)
         out.append(dict(tenant=t, project=project, file=str(f), tickets=len(load_tickets(t, s))))
+        if out[-1]['tickets'] < tickets // 2:  # (a dump shorter than part * tickets: an empty tenant fails to train)
+            raise AlliediumError(f"{f.name} holds too few tickets for tenant {i + 1} ({out[-1]['tickets']} of {tickets}): "
+                             "ask fewer --tenants or --tickets")
         if progress: progress(f"{t}: {out[-1]['tickets']} tickets")
     return out
 
