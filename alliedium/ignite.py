@@ -330,6 +330,16 @@ def free_port(host:str='127.0.0.1') -> int:
     with socket.socket() as sock:
         sock.bind((host, 0)); return sock.getsockname()[1]
 
+# %% ../nbs/05_ignite.ipynb #d5e2b0f8
+import pyignite.connection.connection as _pyignite_connection
+
+def _no_delay_wrap(sock:socket.socket, ssl_params:dict, _wrap=_pyignite_connection.wrap):
+    "pyignite's socket wrapping (TLS or none), on a socket that sends small writes at once (no Nagle delay)."
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return _wrap(sock, ssl_params)
+
+if getattr(_pyignite_connection.wrap, '__name__', '') != '_no_delay_wrap': _pyignite_connection.wrap = _no_delay_wrap
+
 # %% ../nbs/05_ignite.ipynb #77c3627e
 def client_addresses(settings:Settings) -> list[tuple[str,int]]:
     "Thin-client addresses: the configured cluster's, else node0's then the other running local nodes'."

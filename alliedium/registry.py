@@ -20,11 +20,11 @@ from .ignite import ignite_client
 from .schema import SCHEMA
 
 # %% auto #0
-__all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promote', 'FAST_FORMAT', 'RegistryError', 'NoModelYet',
-           'ArtifactRefused', 'UnknownModel', 'dump_artifact', 'load_artifact', 'ModelKey', 'ModelRow',
-           'register_model', 'list_models', 'active_versions', 'active_versions_of', 'loadable_active', 'promote',
-           'rollback', 'load_model', 'NotCacheable', 'dump_fast', 'load_fast', 'ModelFileCache', 'load_active_cached',
-           'load_active_models']
+__all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promote', 'FAST_FORMAT', 'CACHE_RESCAN_SECONDS',
+           'RegistryError', 'NoModelYet', 'ArtifactRefused', 'UnknownModel', 'dump_artifact', 'load_artifact',
+           'ModelKey', 'ModelRow', 'register_model', 'list_models', 'active_versions', 'active_versions_of',
+           'loadable_active', 'promote', 'rollback', 'load_model', 'NotCacheable', 'dump_fast', 'load_fast',
+           'ModelFileCache', 'load_active_cached', 'load_active_models']
 
 # %% ../nbs/50_registry.ipynb #e93c7b52
 FORMAT = 'skops/5'  # skops/4 archives, signed
@@ -232,7 +232,7 @@ def load_model(tenant_id:str, task:str, version:int|None=None, settings:Settings
     return _with_client(settings, client, run)
 
 # %% ../nbs/50_registry.ipynb #760a7745
-import importlib, mmap, os
+import importlib, mmap, os, time
 import numpy as np
 
 FAST_FORMAT = b'ALLIEDIUM-MODEL-CACHE/1\n'  # a node-local copy of a verified artifact: signed header + raw arrays
@@ -341,6 +341,11 @@ def load_fast(data, # the file's bytes (or a memory map of it)
     return _build(tree, data[base:])
 
 # %% ../nbs/50_registry.ipynb #aaa212ea
+# folder -> [bytes as this process counts them, when it last listed the folder]: what other processes write
+# is seen at the next listing (at most CACHE_RESCAN_SECONDS later), so the folder may pass its bound by that much
+_CACHE_TALLY: dict[str, list] = {}
+CACHE_RESCAN_SECONDS = 60.0
+
 class ModelFileCache:
     "Verified models on this node's disk in a form loaded without unpacking (memory-mapped), bounded in bytes."
     def __init__(self, settings:Settings|None=None):
@@ -376,11 +381,18 @@ class ModelFileCache:
         p = self.path(digest, context)
         tmp = p.with_suffix(f'.{os.getpid()}.tmp')
         tmp.write_bytes(data); os.replace(tmp, p)  # readers see the whole file or none
-        self.evict()
+        self._tally(len(data))
         return len(data)
 
-    def evict(self):
-        "Delete the least recently used files until the folder fits `model_cache_mb`."
+    def _tally(self, added:int):
+        "Count a write in this process's tally of the folder; list the folder and evict only past the limit or a minute."
+        t = _CACHE_TALLY.get(str(self.folder))  # (a listing of thousands of files cost 90 ms a put)
+        if t is None or t[0] + added > self.limit or time.monotonic() - t[1] > CACHE_RESCAN_SECONDS:
+            _CACHE_TALLY[str(self.folder)] = [self.evict(), time.monotonic()]
+        else: t[0] += added
+
+    def evict(self) -> int:
+        "Delete the least recently used files until the folder fits `model_cache_mb`; the bytes left."
         files = []
         for p in self.folder.glob('*.model'):
             try: st = p.stat(); files.append((st.st_mtime, st.st_size, p))
@@ -389,6 +401,7 @@ class ModelFileCache:
         for _, size, p in sorted(files, key=lambda f: f[0]):
             if total <= self.limit: break
             p.unlink(missing_ok=True); total -= size  # (a replica that mapped it keeps its pages)
+        return total
 
 def load_active_cached(tenant_id:str, settings:Settings|None=None,
                        client:Client|None=None) -> tuple[dict, dict[str, int], dict[str, dict]]:
