@@ -385,7 +385,7 @@ class ModelFileCache:
         return len(data)
 
     def _tally(self, added:int):
-        "Count a write in this process's tally of the folder; list the folder and evict only past the limit or a minute."
+        "Count a write in this process's tally; list the folder and evict only past the bound or after a minute."
         t = _CACHE_TALLY.get(str(self.folder))  # (a listing of thousands of files cost 90 ms a put)
         if t is None or t[0] + added > self.limit or time.monotonic() - t[1] > CACHE_RESCAN_SECONDS:
             _CACHE_TALLY[str(self.folder)] = [self.evict(), time.monotonic()]

@@ -32,8 +32,8 @@ def bench_tenants(count:int, tickets:int, s:Settings, data:Path|None=None,
             ingest_tickets(t, itertools.islice(read_issues(f, t), part * tickets, (part + 1) * tickets), s)
         out.append(dict(tenant=t, project=project, file=str(f), tickets=len(load_tickets(t, s))))
         if out[-1]['tickets'] < tickets // 2:  # (a dump shorter than part * tickets: an empty tenant fails to train)
-            raise AlliediumError(f"{f.name} holds too few tickets for tenant {i + 1} ({out[-1]['tickets']} of {tickets}): "
-                             "ask fewer --tenants or --tickets")
+            raise AlliediumError(f"{f.name} holds too few tickets for tenant {i + 1} "
+                                 f"({out[-1]['tickets']} of {tickets}): ask fewer --tenants or --tickets")
         if progress: progress(f"{t}: {out[-1]['tickets']} tickets")
     return out
 
