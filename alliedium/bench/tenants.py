@@ -90,8 +90,7 @@ def tenant_issues(spec:dict, data:Path, seed:int) -> tuple[list[dict], list[dict
     "The tenant's issues (its window, oldest first) and the ones filed right after it (its triage requests)."
     key, lines = project_lines(data/f"{spec['project']}.jsonl.gz")
     a, b = spec['start'], spec['start'] + spec['n']
-    return ([renamed(l, key, spec, seed) for l in lines[a:b]],
-            [renamed(l, key, spec, seed) for l in lines[b:b + 2]])
+    return [renamed(l, key, spec, seed) for l in lines[a:b]], next_issues(spec, data, seed)
 
 def next_issues(spec:dict, data:Path, seed:int) -> list[dict]:
     "Only the issues filed right after the tenant's window (`tenant_issues`' second part, without renaming the window)."
