@@ -15,8 +15,9 @@ from ..features import (OneHot, RowTable, SparseRow, TextMatrix, encode_rows, pa
                                 recency_weights, text_rows, text_vectorizer, ticket_text, unpack_values)
 
 # %% auto #0
-__all__ = ['META_TEXT', 'DUPLICATES_DEFAULT', 'Strings', 'TicketMeta', 'KnnIndex', 'knn_scores', 'MultiLabelModel',
-           'fit_duplicates', 'LiveTickets', 'similar_tickets', 'duplicates_of', 'outcome']
+__all__ = ['META_TEXT', 'DUPLICATES_DEFAULT', 'SIMILAR_HALF_LIFE_DAYS', 'Strings', 'TicketMeta', 'KnnIndex', 'knn_scores',
+           'MultiLabelModel', 'epoch_ms', 'recency_factor', 'fit_duplicates', 'LiveTickets', 'similar_tickets',
+           'duplicates_of', 'outcome']
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #26d4172e
 def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18)) -> float:
@@ -268,7 +269,25 @@ def predict(self:MultiLabelModel, df:pd.DataFrame) -> list[list[dict]]:
             for s in self.scores(df)]
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #d22229a6
-DUPLICATES_DEFAULT = dict(a=12.0, b=-9.0, threshold=0.5, calibrated=False, n=0, positives=0)  # 0.5 at cosine 0.75
+DUPLICATES_DEFAULT = dict(a=12.0, b=-9.0, threshold=0.5, calibrated=False, n=0, positives=0)  # 0.5 at score 0.75
+SIMILAR_HALF_LIFE_DAYS = 730  # `similar`'s recency: a ticket filed this long before the query keeps 3/4 of its cosine
+
+def epoch_ms(times) -> np.ndarray:
+    "Times (timestamps, ISO strings, datetime64; naive means UTC) as epoch milliseconds, int64."
+    if isinstance(times, pd.Series) and isinstance(times.dtype, pd.DatetimeTZDtype): times = times.dt.tz_convert(None)
+    a = times.to_numpy() if isinstance(times, pd.Series) else times
+    if isinstance(a, np.ndarray) and a.dtype.kind == 'M': return a.astype('datetime64[ms]').astype(np.int64)  # fast
+    t = pd.to_datetime(pd.Series(list(times), dtype=object), utc=True, format='ISO8601').dt.tz_convert(None)
+    return t.to_numpy('datetime64[ms]').astype(np.int64)   # NaT: the smallest int64 (the oldest time)
+
+def recency_factor(query_ms:np.ndarray, # per query, its creation (epoch ms)
+                   ticket_ms:np.ndarray, # per past ticket, its creation (epoch ms)
+                   half_life_days:float|None=SIMILAR_HALF_LIFE_DAYS) -> np.ndarray:
+    "Queries x tickets: (1 + 0.5 ** (days between them / half-life)) / 2, 1 for tickets filed together, toward 1/2."
+    q, t = np.asarray(query_ms, np.float64), np.asarray(ticket_ms, np.float64)
+    if not half_life_days: return np.ones((len(q), len(t)), np.float32)
+    days = (np.clip(q[:, None] - t[None, :], 0, None) * (1 / 86_400_000)).astype(np.float32)
+    return np.float32(0.5) + np.float32(0.5) * np.exp2(days * np.float32(-1 / half_life_days))
 
 def _logistic(cal:dict, cos:np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(cal['a'] * np.asarray(cos, np.float64) + cal['b'])))
@@ -277,16 +296,19 @@ def fit_duplicates(index:KnnIndex, # the older tickets
                    X:sp.csr_matrix, # the newer tickets' rows (in creation order)
                    held:pd.DataFrame, # the newer tickets (`resolution` when known)
                    min_positives:int=5, target_precision:float=0.5) -> dict|None:
-    "The logistic map cosine -> P(resolved as Duplicate) and the tenant's threshold (None without labels)."
+    "The logistic map similar score -> P(resolved as Duplicate) and the tenant's threshold (None without labels)."
     from sklearn.linear_model import LogisticRegression
     if 'resolution' not in held or index.n == 0 or not len(held): return None
     y = (held['resolution'] == 'Duplicate').to_numpy()
     if y.sum() < min_positives or (~y).sum() < min_positives: return None
-    # each ticket's best cosine among the older ones and those of `held` filed before it (as serving learns them)
-    H = np.tril((X @ X.T).toarray(), -1)
-    top = np.maximum(index.similarities(X, weighted=False).max(1), H.max(1))
+    # each ticket's best similar score among the older ones and those of `held` filed before it (as serving learns them)
+    made = epoch_ms(held['created_at'])
+    H = np.tril((X @ X.T).toarray() * recency_factor(made, made), -1)
+    S = index.similarities(X, weighted=False)
+    if index.meta is not None: S = S * recency_factor(made, index.meta.created)
+    top = np.maximum(S.max(1), H.max(1))
     lr = LogisticRegression(C=100).fit(top[:, None], y)
-    if lr.coef_[0, 0] <= 0: return None  # no more duplicates at a higher cosine: nothing to calibrate
+    if lr.coef_[0, 0] <= 0: return None  # no more duplicates at a higher score: nothing to calibrate
     cal = dict(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]), calibrated=True, n=int(len(y)),
                positives=int(y.sum()))
     p = _logistic(cal, top)
@@ -305,7 +327,7 @@ class LiveTickets:
         self.seen: dict[str, int] = {}  # key -> updated (epoch ms) of every ticket known, index and live
         if index.meta is not None: self.seen = dict(zip(map(index.meta.cols['key'].__getitem__, range(index.n)),
                                                         index.meta.updated.tolist()))
-        self._X = self._shown = None
+        self._X = self._shown = self._made = None
 
     def learn(self, X:sp.csr_matrix, # the tickets' TF-IDF rows
               shown:list[dict], # per ticket: key, summary, assignee, status, resolution, created (ISO), updated (ms)
@@ -333,7 +355,13 @@ class LiveTickets:
             self._X = sp.vstack([r for r, _ in vals]).tocsr() if vals else sp.csr_matrix((0, self.index.XT.shape[0]),
                                                                                          dtype=np.float32)
             self._shown = [m for _, m in vals]
+            self._made = epoch_ms([m.get('created') for m in self._shown])
         return self._X, self._shown
+
+    def created(self) -> np.ndarray:
+        "The live rows' creation times (epoch ms), in `matrix`'s order."
+        self.matrix()
+        return self._made
 
     def __len__(self) -> int: return len(self.rows)
 
@@ -345,15 +373,18 @@ def similar_tickets(index:KnnIndex, Q:sp.csr_matrix|SparseRow, # query rows (the
                     k:int=10, live:LiveTickets|None=None,
                     keys:list|None=None, # per query its own key (never listed), or None
                     S:np.ndarray|None=None, # the index's plain similarities to `Q`, when already computed
+                    created:np.ndarray|None=None, # per query its creation (epoch ms): the recency factor; None: none
+                    half_life_days:float|None=SIMILAR_HALF_LIFE_DAYS,
                    ) -> list[list[dict]]:
-    "Per query row, the `k` most similar past tickets (plain cosine as `score`), best first."
+    "Per query row, the `k` most similar past tickets (cosine times `recency_factor` as `score`), best first."
     if index.meta is None: return [[] for _ in range(Q.shape[0])]
     S = index.similarities(Q, weighted=False) if S is None else S
-    shown = []
+    shown, made = [], index.meta.created
     if live is not None:
         if live.hidden.any(): S = np.where(live.hidden[None, :], -1, S)
         L, shown = live.matrix()
-        if L.shape[0]: S = np.hstack([S, (_csr(Q) @ L.T).toarray()])
+        if L.shape[0]: S, made = np.hstack([S, (_csr(Q) @ L.T).toarray()]), np.concatenate([made, live.created()])
+    if created is not None and half_life_days: S = S * recency_factor(created, made, half_life_days)
     out, n = [], index.n
     for i in range(S.shape[0]):
         s = S[i]
