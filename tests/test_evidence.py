@@ -3,6 +3,7 @@ and real ZooKeeper tickets: `similar` and `duplicates` in the answer, `why` kept
 index learning a ticket as soon as it is ingested, and the batch route (order, per-issue errors, its limit)."""
 import gzip, itertools, json, time, uuid
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -57,11 +58,16 @@ def test_answer_has_similar_and_duplicates(api, trained):
     assert [s['score'] for s in a['similar']] == sorted((s['score'] for s in a['similar']), reverse=True)
     assert set(a['similar'][0]) >= {'key', 'summary', 'created', 'score'}
     assert {d['key'] for d in a['duplicates']} <= {s['key'] for s in a['similar']}
-    # its own text again: the most similar ticket is itself, which is then found a duplicate
+    # its own text again, filed a day later: the most similar ticket is itself, which is then found a duplicate
     old = zk_issues(10, 1)[0]
-    b = triage(api, t, key, {'fields': {k: old['fields'][k] for k in ('summary', 'description')}})
+    text = {k: old['fields'][k] for k in ('summary', 'description')}
+    later = (pd.Timestamp(old['fields']['created']) + pd.Timedelta(days=1)).strftime('%Y-%m-%dT%H:%M:%S.000+0000')
+    b = triage(api, t, key, {'fields': {**text, 'created': later}})
     assert b['similar'][0]['key'] == old['key'] and b['similar'][0]['score'] > 0.99
     assert b['duplicates'] and b['duplicates'][0]['key'] == old['key']
+    # the same text filed today, years later: still the first, its score lowered by the recency factor
+    c = triage(api, t, key, {'fields': text})
+    assert c['similar'][0]['key'] == old['key'] and 0.5 <= c['similar'][0]['score'] < 0.75
 
 
 def test_why_reaches_the_http_answer_as_the_model_gives_it(api, backend, trained):
