@@ -4,13 +4,11 @@
 
 # %% ../nbs/50_registry.ipynb #06ad8f11
 from __future__ import annotations
-import hashlib, hmac, json, zipfile
+import hashlib, hmac, importlib, json, sys, threading, zipfile
 from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Callable
 
-import skops.io as sio
-from skops.io.exceptions import UntrustedTypesFoundException
 from pyignite import Client, GenericObjectMeta
 from pyignite.datatypes import BoolObject, ByteArrayObject, IntObject, String, TimestampObject
 from pyignite.datatypes.transactions import TransactionConcurrency, TransactionIsolation
@@ -18,6 +16,24 @@ from pyignite.datatypes.transactions import TransactionConcurrency, TransactionI
 from .config import AlliediumError, Settings, get_settings, server_key
 from .ignite import ignite_client
 from .schema import SCHEMA
+
+def _import_hiding_torch(name:str):
+    "Import module `name` with PyTorch hidden from this thread, unless something imported torch already."
+    if 'torch' in sys.modules or name in sys.modules: return importlib.import_module(name)
+    me = threading.get_ident()
+    class _Hide:
+        def find_spec(self, fullname, path=None, target=None):
+            if threading.get_ident() == me and fullname.partition('.')[0] == 'torch':
+                raise ModuleNotFoundError(f"{fullname} is hidden while {name} is imported", name=fullname)
+            return None
+    hide = _Hide()
+    sys.meta_path.insert(0, hide)
+    try: return importlib.import_module(name)
+    finally: sys.meta_path.remove(hide)
+
+_import_hiding_torch('skops.io')  # (why: below)
+import skops.io as sio
+from skops.io.exceptions import UntrustedTypesFoundException
 
 # %% auto #0
 __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promote', 'FAST_FORMAT', 'CACHE_RESCAN_SECONDS',
