@@ -248,7 +248,7 @@ def load_model(tenant_id:str, task:str, version:int|None=None, settings:Settings
     return _with_client(settings, client, run)
 
 # %% ../nbs/50_registry.ipynb #760a7745
-import importlib, mmap, os, time
+import mmap, os, time
 import numpy as np
 
 FAST_FORMAT = b'ALLIEDIUM-MODEL-CACHE/1\n'  # a node-local copy of a verified artifact: signed header + raw arrays
