@@ -5,6 +5,7 @@
 # %% ../../nbs/30_models/32_multilabel.ipynb #6f3c570d
 from __future__ import annotations
 import hashlib
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -277,6 +278,8 @@ def epoch_ms(times) -> np.ndarray:
     if isinstance(times, pd.Series) and isinstance(times.dtype, pd.DatetimeTZDtype): times = times.dt.tz_convert(None)
     a = times.to_numpy() if isinstance(times, pd.Series) else times
     if isinstance(a, np.ndarray) and a.dtype.kind == 'M': return a.astype('datetime64[ms]').astype(np.int64)  # fast
+    if isinstance(a, list) and all(isinstance(x, datetime) and x.tzinfo is None for x in a):  # a triage's rows
+        return np.array(a, dtype='datetime64[ms]').astype(np.int64)
     t = pd.to_datetime(pd.Series(list(times), dtype=object), utc=True, format='ISO8601').dt.tz_convert(None)
     return t.to_numpy('datetime64[ms]').astype(np.int64)   # NaT: the smallest int64 (the oldest time)
 
