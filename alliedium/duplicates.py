@@ -12,7 +12,7 @@ import pandas as pd
 
 from .config import Settings, get_settings
 from .features import temporal_split, ticket_text
-from .models.multilabel import MultiLabelModel, duplicates_of, epoch_ms, outcome, recency_factor
+from .models.multilabel import MultiLabelModel, duplicates_of, times_ms, outcome, recency_factor
 
 # %% auto #0
 __all__ = ['duplicate_links', 'with_outcomes', 'file_raws', 'ignite_raws', 'evaluate_duplicates']
@@ -81,7 +81,7 @@ def evaluate_duplicates(df:pd.DataFrame, # the tenant's tickets
     base = TfidfVectorizer(sublinear_tf=True).fit(ticket_text(train))
     B = base.transform(ticket_text(pd.concat([train, test])))
     created = pd.concat([train['created_at'], test['created_at']]).to_numpy()
-    made = epoch_ms(created)
+    made = times_ms(created)
     ours, plain, plain_train, gold, pairs, hits, found = [], [], [], [], 0, 0, 0
     for s in range(0, len(test), chunk):
         rows = np.arange(s, min(s + chunk, len(test)))

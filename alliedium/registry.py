@@ -4,8 +4,9 @@
 
 # %% ../nbs/50_registry.ipynb #06ad8f11
 from __future__ import annotations
-import hashlib, hmac, importlib, json, sys, threading, zipfile
+import hashlib, hmac, json, sys, threading, zipfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -17,23 +18,24 @@ from .config import AlliediumError, Settings, get_settings, server_key
 from .ignite import ignite_client
 from .schema import SCHEMA
 
-def _import_hiding_torch(name:str):
-    "Import module `name` with PyTorch hidden from this thread, unless something imported torch already."
-    if 'torch' in sys.modules or name in sys.modules: return importlib.import_module(name)
+@contextmanager
+def _torch_hidden():
+    "PyTorch hidden from this thread's imports inside the block, unless something imported it already."
     me = threading.get_ident()
     class _Hide:
         def find_spec(self, fullname, path=None, target=None):
             if threading.get_ident() == me and fullname.partition('.')[0] == 'torch':
-                raise ModuleNotFoundError(f"{fullname} is hidden while {name} is imported", name=fullname)
+                raise ModuleNotFoundError(f"{fullname} is hidden while skops is imported", name=fullname)
             return None
-    hide = _Hide()
-    sys.meta_path.insert(0, hide)
-    try: return importlib.import_module(name)
-    finally: sys.meta_path.remove(hide)
+    hide = None if 'torch' in sys.modules else _Hide()
+    if hide: sys.meta_path.insert(0, hide)
+    try: yield
+    finally:
+        if hide: sys.meta_path.remove(hide)
 
-_import_hiding_torch('skops.io')  # (why: below)
-import skops.io as sio
-from skops.io.exceptions import UntrustedTypesFoundException
+with _torch_hidden():  # (why: below)
+    import skops.io as sio
+    from skops.io.exceptions import UntrustedTypesFoundException
 
 # %% auto #0
 __all__ = ['FORMAT', 'TRUSTED_TYPES', 'MODEL_CACHE', 'TX_TIMEOUT_MS', 'on_promote', 'FAST_FORMAT', 'CACHE_RESCAN_SECONDS',
@@ -248,7 +250,7 @@ def load_model(tenant_id:str, task:str, version:int|None=None, settings:Settings
     return _with_client(settings, client, run)
 
 # %% ../nbs/50_registry.ipynb #760a7745
-import mmap, os, time
+import importlib, mmap, os, time
 import numpy as np
 
 FAST_FORMAT = b'ALLIEDIUM-MODEL-CACHE/1\n'  # a node-local copy of a verified artifact: signed header + raw arrays

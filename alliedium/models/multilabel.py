@@ -17,7 +17,7 @@ from ..features import (OneHot, RowTable, SparseRow, TextMatrix, encode_rows, pa
 
 # %% auto #0
 __all__ = ['META_TEXT', 'DUPLICATES_DEFAULT', 'SIMILAR_HALF_LIFE_DAYS', 'Strings', 'TicketMeta', 'KnnIndex', 'knn_scores',
-           'MultiLabelModel', 'epoch_ms', 'recency_factor', 'fit_duplicates', 'LiveTickets', 'similar_tickets',
+           'MultiLabelModel', 'times_ms', 'recency_factor', 'fit_duplicates', 'LiveTickets', 'similar_tickets',
            'duplicates_of', 'outcome']
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #26d4172e
@@ -57,8 +57,7 @@ class TicketMeta:
             src = {'key': 'issue_key'}.get(c, c)
             xs = list(df[src]) if src in df else [None] * n
             cols[c] = Strings([x[:summary_chars] if c == 'summary' and isinstance(x, str) else x for x in xs])
-        ms = lambda c: pd.to_datetime(df[c]).to_numpy('datetime64[ms]').astype(np.int64) if n else []
-        return cls(cols, ms('created_at'), ms('updated_at') if 'updated_at' in df else ms('created_at'))
+        return cls(cols, times_ms(df['created_at']), times_ms(df['updated_at' if 'updated_at' in df else 'created_at']))
 
     def state(self) -> dict:
         return {**{c: dict(blob=s.blob, ends=s.ends, none=s.none) for c, s in self.cols.items()},
@@ -273,7 +272,7 @@ def predict(self:MultiLabelModel, df:pd.DataFrame) -> list[list[dict]]:
 DUPLICATES_DEFAULT = dict(a=12.0, b=-9.0, threshold=0.5, calibrated=False, n=0, positives=0)  # 0.5 at score 0.75
 SIMILAR_HALF_LIFE_DAYS = 730  # `similar`'s recency: a ticket filed this long before the query keeps 3/4 of its cosine
 
-def epoch_ms(times) -> np.ndarray:
+def times_ms(times) -> np.ndarray:
     "Times (timestamps, ISO strings, datetime64; naive means UTC) as epoch milliseconds, int64."
     if isinstance(times, pd.Series) and isinstance(times.dtype, pd.DatetimeTZDtype): times = times.dt.tz_convert(None)
     a = times.to_numpy() if isinstance(times, pd.Series) else times
@@ -305,7 +304,7 @@ def fit_duplicates(index:KnnIndex, # the older tickets
     y = (held['resolution'] == 'Duplicate').to_numpy()
     if y.sum() < min_positives or (~y).sum() < min_positives: return None
     # each ticket's best similar score among the older ones and those of `held` filed before it (as serving learns them)
-    made = epoch_ms(held['created_at'])
+    made = times_ms(held['created_at'])
     H = np.tril((X @ X.T).toarray() * recency_factor(made, made), -1)
     S = index.similarities(X, weighted=False)
     if index.meta is not None: S = S * recency_factor(made, index.meta.created)
@@ -358,7 +357,7 @@ class LiveTickets:
             self._X = sp.vstack([r for r, _ in vals]).tocsr() if vals else sp.csr_matrix((0, self.index.XT.shape[0]),
                                                                                          dtype=np.float32)
             self._shown = [m for _, m in vals]
-            self._made = epoch_ms([m.get('created') for m in self._shown])
+            self._made = times_ms([m.get('created') for m in self._shown])
         return self._X, self._shown
 
     def created(self) -> np.ndarray:

@@ -15,7 +15,7 @@ from ..features import TicketRows, _new_issue, encode_rows, issue_rows, ticket_t
 from ..ingest import _utc, tickets_fingerprint
 from ..jira import parse_issue
 from .deep import endpoint_failure, forwarded
-from .multilabel import LiveTickets, duplicates_of, epoch_ms, outcome, similar_tickets
+from .multilabel import LiveTickets, duplicates_of, times_ms, outcome, similar_tickets
 from ..registry import load_active_models
 from ..schema import SCHEMA
 
@@ -81,7 +81,7 @@ class TenantModels:
         if self.index is not None:
             Q = encode_rows(self.encoder, texts)
             sims = similar_tickets(self.index, Q, self.similar_k, self.live, [i.get('key') for i in issues],
-                                   created=epoch_ms(row['created_at']))
+                                   created=times_ms(row['created_at']))
             for out, s, c in zip(outs, sims, row['created_at']):
                 out['similar'] = s
                 out['duplicates'] = duplicates_of(s, self.index.duplicates, pd.Timestamp(c).isoformat())
