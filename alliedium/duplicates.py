@@ -12,7 +12,8 @@ import pandas as pd
 
 from .config import Settings, get_settings
 from .features import temporal_split, ticket_text
-from .models.multilabel import MultiLabelModel, duplicates_of, times_ms, outcome, recency_factor
+from .models.multilabel import (MultiLabelModel, _title, blend_titles, duplicates_of, times_ms, outcome,
+                                        recency_factor)
 
 # %% auto #0
 __all__ = ['duplicate_links', 'with_outcomes', 'file_raws', 'ignite_raws', 'evaluate_duplicates']
@@ -78,6 +79,7 @@ def evaluate_duplicates(df:pd.DataFrame, # the tenant's tickets
     model = MultiLabelModel('components').fit(train)
     index, cal = model.index_, model.index_.duplicates
     Xt = model.vectorizer_.transform(ticket_text(test))
+    Tt = index.titles.transform([_title(s) for s in test['summary']]) if index.titles is not None else None
     base = TfidfVectorizer(sublinear_tf=True).fit(ticket_text(train))
     B = base.transform(ticket_text(pd.concat([train, test])))
     created = pd.concat([train['created_at'], test['created_at']]).to_numpy()
@@ -87,6 +89,8 @@ def evaluate_duplicates(df:pd.DataFrame, # the tenant's tickets
         rows = np.arange(s, min(s + chunk, len(test)))
         later = np.arange(n0, n)[None, :] >= (n0 + rows)[:, None]   # test tickets not yet filed (itself included)
         S = np.hstack([index.similarities(Xt[rows], weighted=False), (Xt[rows] @ Xt.T).toarray()])
+        if Tt is not None:   # the summaries' 4-grams blended in, as `similar_tickets` does
+            S = blend_titles(S, np.hstack([index.titles.similarities(Tt[rows]), (Tt[rows] @ Tt.T).toarray()]))
         S *= recency_factor(made[n0 + rows], made)   # as `similar_tickets` scores them
         S[:, n0:][later] = -1
         P = (B[n0 + rows] @ B.T).toarray(); P[:, n0:][later] = -1

@@ -23,6 +23,13 @@ def _nbytes(obj) -> int:
     return int(obj.created.nbytes + obj.updated.nbytes +
                sum(len(c.blob) + c.ends.nbytes + c.none.nbytes for c in obj.cols.values()))
 
+def _titles_bytes(t) -> int:
+    "Bytes of an index's `TitleGrams` (or 0): its 4-gram rows, idf, terms and their column map once built."
+    import sys
+    if t is None: return 0
+    return int(t.GT.data.nbytes + t.GT.indices.nbytes + t.GT.indptr.nbytes + t.idf.nbytes + sys.getsizeof(t.terms)
+               + sum(sys.getsizeof(x) for x in t.terms) + (sys.getsizeof(t._col) if t._col is not None else 0))
+
 def _live_bytes(live) -> int:
     "Approximate bytes of a `LiveTickets`: its rows, its shown fields and the key -> updated map."
     import sys
@@ -62,7 +69,8 @@ def bench_batch(project:str='Hive', n:int=100, repeats:int=3, settings:Settings|
     with ignite_client(s) as c:  # a first look again, untraced (every state compared; nothing new)
         tm._fp = tm._newest = None
         t0 = time.perf_counter(); tm.catch_up(c); first_ms = (time.perf_counter() - t0) * 1000
-    evidence = _nbytes(tm.index.meta if tm.index else None) + (_live_bytes(tm.live) if tm.live else 0)
+    evidence = _nbytes(tm.index.meta if tm.index else None) + (_live_bytes(tm.live) if tm.live else 0) \
+        + _titles_bytes(getattr(tm.index, 'titles', None))   # measured after the first triage (`_col` built)
     # in-process
     def per_issue() -> float:
         tm.triage(issues[0]); t0 = time.perf_counter()

@@ -16,9 +16,9 @@ from ..features import (OneHot, RowTable, SparseRow, TextMatrix, encode_rows, pa
                                 recency_weights, text_rows, text_vectorizer, ticket_text, unpack_values)
 
 # %% auto #0
-__all__ = ['META_TEXT', 'DUPLICATES_DEFAULT', 'SIMILAR_HALF_LIFE_DAYS', 'Strings', 'TicketMeta', 'KnnIndex', 'knn_scores',
-           'MultiLabelModel', 'times_ms', 'recency_factor', 'fit_duplicates', 'LiveTickets', 'similar_tickets',
-           'duplicates_of', 'outcome']
+__all__ = ['META_TEXT', 'TITLE_WEIGHT', 'DUPLICATES_DEFAULT', 'SIMILAR_HALF_LIFE_DAYS', 'Strings', 'TicketMeta', 'TitleGrams',
+           'blend_titles', 'KnnIndex', 'knn_scores', 'MultiLabelModel', 'times_ms', 'recency_factor', 'fit_duplicates',
+           'LiveTickets', 'similar_tickets', 'duplicates_of', 'outcome']
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #26d4172e
 def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18)) -> float:
@@ -86,17 +86,115 @@ class TicketMeta:
         if self._pos is None: self._pos = {self.cols['key'][i]: i for i in range(len(self))}
         return self._pos.get(key)
 
+# %% ../../nbs/30_models/32_multilabel.ipynb #a7e3c1f0
+TITLE_WEIGHT = 0.25  # `similar`'s share of the summaries' character 4-gram cosine (the rest: the ticket texts')
+
+def _title(s) -> str|None: return s[:200] if isinstance(s, str) else None  # as `TicketMeta` keeps it
+
+def _grams(text:str, n:int=4) -> list[str]:
+    "Character `n`-grams of each lower-cased word padded with spaces (scikit-learn's `char_wb`; a short word whole)."
+    out = []
+    for w in text.lower().split():
+        w = f' {w} '
+        out.extend([w[i:i + n] for i in range(len(w) - n + 1)] if len(w) > n else [w])
+    return out
+
+def _all_grams(texts:list) -> tuple[np.ndarray, np.ndarray]:
+    "Every 4-gram of `texts` (not a string: none) in one array, and the text each comes from."
+    parts = [_grams(t) if isinstance(t, str) else [] for t in texts]
+    return (np.asarray([g for p in parts for g in p], '<U4'),
+            np.repeat(np.arange(len(texts)), [len(p) for p in parts]))
+
+_FITTED: dict = {}  # the last two fits (summaries, min_df) -> TitleGrams: a model's index and its held-out one
+
+def _distinct(k:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "The distinct integers of `k`, sorted, and their counts (by one sort: numpy's hashed `unique` is slower here)."
+    k = np.sort(k, kind='stable')
+    first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
+    return k[first], np.diff(np.r_[first, len(k)])
+
+class TitleGrams:
+    "Summaries as TF-IDF vectors of character 4-grams: `createCatalog` and `--createCatalog` share most of them."
+    def __init__(self, terms:np.ndarray, # the 4-grams, sorted (numpy unicode: no Python string or dict per term)
+                 idf:np.ndarray, GT:sp.csr_matrix):
+        self.terms, self.idf, self.GT = np.asarray(terms, '<U4'), np.asarray(idf, np.float32), GT
+
+    @classmethod
+    def fit(cls, summaries:list, # the index rows' summaries (None: empty)
+            min_df:int=2) -> TitleGrams:
+        "The 4-grams of at least `min_df` summaries, their idf (scikit-learn's smooth idf), and every summary's row."
+        key = (len(summaries), hash(tuple(summaries)), min_df)  # the components' and labels' indexes: fitted once
+        if (hit := _FITTED.get(key)) is not None: return hit
+        g, doc = _all_grams(summaries)
+        terms, inv = np.unique(g, return_inverse=True)
+        df = np.bincount(_distinct(doc * len(terms) + inv)[0] % max(len(terms), 1), minlength=len(terms))
+        keep = df >= min(min_df, len(summaries))
+        idf = np.log((1 + len(summaries)) / (1 + df[keep])) + 1
+        col = np.cumsum(keep) - 1  # a kept term's column
+        out = cls(terms[keep], idf, sp.csr_matrix((0, 0), dtype=np.float32))
+        out.GT = out._rows(col[inv][keep[inv]], doc[keep[inv]], len(summaries)).T.tocsr()
+        while len(_FITTED) >= 2: _FITTED.pop(next(iter(_FITTED)))
+        _FITTED[key] = out
+        return out
+
+    def _rows(self, j:np.ndarray, doc:np.ndarray, m:int) -> sp.csr_matrix:
+        "The `m` rows of texts whose known 4-grams are columns `j` in texts `doc` (sublinear tf, idf, L2)."
+        n = max(len(self.terms), 1)
+        key, c = _distinct(doc * n + j)
+        d, col = key // n, key % n
+        v = ((1 + np.log(c)) * self.idf[col]).astype(np.float32)
+        v /= np.sqrt(np.bincount(d, v * v, minlength=m))[d].astype(np.float32)
+        return sp.csr_matrix((v, col.astype(np.int32), np.r_[0, np.cumsum(np.bincount(d, minlength=m))]),
+                             shape=(m, len(self.terms)))
+
+    def transform(self, texts:list) -> sp.csr_matrix:
+        "Rows of `texts` (L2-normalised: sublinear tf times idf, as scikit-learn's TfidfVectorizer gives)."
+        n = len(self.terms)
+        g, doc = _all_grams(texts) if n else (np.zeros(0, '<U4'), np.zeros(0, np.int64))
+        j = np.minimum(np.searchsorted(self.terms, g), n - 1)
+        ok = self.terms[j] == g
+        return self._rows(j[ok], doc[ok], len(texts))
+
+    def similarities(self, T:sp.csr_matrix) -> np.ndarray:
+        "Cosine of each query row (`transform`'s) to each summary of the index."
+        if T.shape[0] != 1: return (T @ self.GT).toarray().astype(np.float32, copy=False)
+        GT = self.GT  # one query (a triage): its 4-grams' postings summed, without a sparse product's set-up
+        starts, lens = GT.indptr[T.indices], np.diff(GT.indptr)[T.indices]
+        pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
+        return np.bincount(GT.indices[pos], weights=GT.data[pos] * np.repeat(T.data, lens),
+                           minlength=GT.shape[1]).astype(np.float32)[None, :]
+
+    def state(self) -> dict:  # plain bytes and arrays; the rows in half precision, as the index's
+        GT = self.GT
+        return dict(terms=self.terms.tobytes(), idf=self.idf, shape=tuple(GT.shape), data=GT.data.astype(np.float16),
+                    indptr=GT.indptr.astype(np.int64),
+                    indices=GT.indices.astype(np.uint16 if GT.shape[1] < 2**16 else np.int32))
+
+    @classmethod
+    def of_state(cls, s:dict) -> TitleGrams:
+        GT = sp.csr_matrix((np.asarray(s['data'], np.float32), np.asarray(s['indices'], np.int32), s['indptr']),
+                           shape=tuple(s['shape']))
+        return cls(np.frombuffer(bytes(s['terms']), '<U4'), s['idf'], GT)
+
+def blend_titles(S:np.ndarray, # the texts' cosines
+                 G:np.ndarray|None, # the summaries' 4-gram cosines (None: the index has none)
+                 weight:float=TITLE_WEIGHT) -> np.ndarray:
+    "`similar`'s similarity before the recency factor: (1 - `weight`) x texts' cosine + `weight` x summaries'."
+    return S if G is None else (1 - weight) * S + weight * G
+
+
 # %% ../../nbs/30_models/32_multilabel.ipynb #416736df
 class KnnIndex:
     "Past tickets' TF-IDF rows as an inverted index with recency weights: the neighbours of new tickets."
     def __init__(self, X:sp.csr_matrix, # past tickets' rows (L2-normalised TF-IDF)
                  w:np.ndarray, # past tickets' weights (recency)
-                 meta:TicketMeta|None=None): # what `similar` shows of each row (key, summary, ...)
+                 meta:TicketMeta|None=None, # what `similar` shows of each row (key, summary, ...)
+                 titles:TitleGrams|None=None): # the rows' summaries as 4-grams (`similar` blends them in)
         self.XT, self.w = X.T.tocsr(), np.asarray(w, np.float32)
         parts = (self.XT.indptr, self.XT.indices, self.XT.data.astype(np.float16), self.w)
         self.digest = hashlib.sha1(b''.join(np.ascontiguousarray(a).tobytes() for a in parts)).hexdigest()
         self._memo = self._cos = None
-        self.meta, self.duplicates = meta, None
+        self.meta, self.duplicates, self.titles = meta, None, titles
 
     def similarities(self, Q:sp.csr_matrix|SparseRow, weighted:bool=True) -> np.ndarray:
         "Similarity of each query row to each past ticket: weighted by recency, or the plain cosine."
@@ -128,6 +226,7 @@ class KnnIndex:
                  digest=self.digest)
         if self.meta is not None: s['meta'] = self.meta.state()  # plain bytes and arrays: no other stored type
         if self.duplicates is not None: s['duplicates'] = dict(self.duplicates)
+        if self.titles is not None: s['titles'] = self.titles.state()
         return s
 
     def __setstate__(self, s:dict):
@@ -136,6 +235,7 @@ class KnnIndex:
         self.w, self.digest, self._memo, self._cos = np.asarray(s['w'], np.float32), s['digest'], None, None
         self.meta = TicketMeta.of_state(s['meta']) if 'meta' in s else None
         self.duplicates = dict(s['duplicates']) if 'duplicates' in s else None
+        self.titles = TitleGrams.of_state(s['titles']) if 'titles' in s else None   # (an index stored before: none)
 
     @property
     def n(self) -> int: return self.XT.shape[1]
@@ -189,7 +289,7 @@ def _store(self:MultiLabelModel, df:pd.DataFrame, X:sp.csr_matrix):
     "Remember the history the neighbours come from."
     self.Y_ = self._Y(df).astype(np.float32)
     self.index_ = KnnIndex(X, recency_weights(df['created_at'], df['created_at'].max(), self.half_life_days),
-                           TicketMeta.of(df))
+                           TicketMeta.of(df), TitleGrams.fit([_title(s) for s in df['summary']]))
     self.prior_ = self._reporter_prior(df, self.Y_)
     self.base_ = self.Y_.mean(0) if len(self.Y_) else np.zeros(self.Y_.shape[1], np.float32)
 
@@ -296,7 +396,7 @@ def _logistic(cal:dict, cos:np.ndarray) -> np.ndarray:
 
 def fit_duplicates(index:KnnIndex, # the older tickets
                    X:sp.csr_matrix, # the newer tickets' rows (in creation order)
-                   held:pd.DataFrame, # the newer tickets (`resolution` when known)
+                   held:pd.DataFrame, # the newer tickets (`summary`; `resolution` when known)
                    min_positives:int=5, target_precision:float=0.5) -> dict|None:
     "The logistic map similar score -> P(resolved as Duplicate) and the tenant's threshold (None without labels)."
     from sklearn.linear_model import LogisticRegression
@@ -304,9 +404,11 @@ def fit_duplicates(index:KnnIndex, # the older tickets
     y = (held['resolution'] == 'Duplicate').to_numpy()
     if y.sum() < min_positives or (~y).sum() < min_positives: return None
     # each ticket's best similar score among the older ones and those of `held` filed before it (as serving learns them)
-    made = times_ms(held['created_at'])
-    H = np.tril((X @ X.T).toarray() * recency_factor(made, made), -1)
-    S = index.similarities(X, weighted=False)
+    made, T = times_ms(held['created_at']), None
+    if index.titles is not None: T = index.titles.transform([_title(s) for s in held['summary']])
+    H = blend_titles((X @ X.T).toarray(), None if T is None else (T @ T.T).toarray())
+    H = np.tril(H * recency_factor(made, made), -1)
+    S = blend_titles(index.similarities(X, weighted=False), None if T is None else index.titles.similarities(T))
     if index.meta is not None: S = S * recency_factor(made, index.meta.created)
     top = np.maximum(S.max(1), H.max(1))
     lr = LogisticRegression(C=100).fit(top[:, None], y)
@@ -329,7 +431,7 @@ class LiveTickets:
         self.seen: dict[str, int] = {}  # key -> updated (epoch ms) of every ticket known, index and live
         if index.meta is not None: self.seen = dict(zip(map(index.meta.cols['key'].__getitem__, range(index.n)),
                                                         index.meta.updated.tolist()))
-        self._X = self._shown = self._made = None
+        self._X = self._shown = self._made = self._T = None
 
     def learn(self, X:sp.csr_matrix, # the tickets' TF-IDF rows
               shown:list[dict], # per ticket: key, summary, assignee, status, resolution, created (ISO), updated (ms)
@@ -358,7 +460,14 @@ class LiveTickets:
                                                                                          dtype=np.float32)
             self._shown = [m for _, m in vals]
             self._made = times_ms([m.get('created') for m in self._shown])
+            self._T = self.index.titles.transform([m.get('summary') for m in self._shown]) \
+                if self.index.titles is not None else None
         return self._X, self._shown
+
+    def titles(self) -> sp.csr_matrix|None:
+        "The live rows' summaries as the index's 4-gram rows (None when the index has none), in `matrix`'s order."
+        self.matrix()
+        return self._T
 
     def created(self) -> np.ndarray:
         "The live rows' creation times (epoch ms), in `matrix`'s order."
@@ -377,15 +486,21 @@ def similar_tickets(index:KnnIndex, Q:sp.csr_matrix|SparseRow, # query rows (the
                     S:np.ndarray|None=None, # the index's plain similarities to `Q`, when already computed
                     created:np.ndarray|None=None, # per query its creation (epoch ms): the recency factor; None: none
                     half_life_days:float|None=SIMILAR_HALF_LIFE_DAYS,
+                    titles:list|None=None, # per query its summary: blended in (`blend_titles`); None: texts only
                    ) -> list[list[dict]]:
-    "Per query row, the `k` most similar past tickets (cosine times `recency_factor` as `score`), best first."
+    "Per query row, the `k` most similar past tickets (`blend_titles` times `recency_factor` as `score`), best first."
     if index.meta is None: return [[] for _ in range(Q.shape[0])]
     S = index.similarities(Q, weighted=False) if S is None else S
+    T = index.titles.transform(titles) if titles is not None and index.titles is not None else None
+    if T is not None: S = blend_titles(S, index.titles.similarities(T))
     shown, made = [], index.meta.created
     if live is not None:
         if live.hidden.any(): S = np.where(live.hidden[None, :], -1, S)
         L, shown = live.matrix()
-        if L.shape[0]: S, made = np.hstack([S, (_csr(Q) @ L.T).toarray()]), np.concatenate([made, live.created()])
+        if L.shape[0]:
+            SL = (_csr(Q) @ L.T).toarray()
+            if T is not None and (LT := live.titles()) is not None: SL = blend_titles(SL, (T @ LT.T).toarray())
+            S, made = np.hstack([S, SL]), np.concatenate([made, live.created()])
     if created is not None and half_life_days: S = S * recency_factor(created, made, half_life_days)
     out, n = [], index.n
     for i in range(S.shape[0]):

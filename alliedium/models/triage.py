@@ -81,7 +81,7 @@ class TenantModels:
         if self.index is not None:
             Q = encode_rows(self.encoder, texts)
             sims = similar_tickets(self.index, Q, self.similar_k, self.live, [i.get('key') for i in issues],
-                                   created=times_ms(row['created_at']))
+                                   created=times_ms(row['created_at']), titles=list(row['summary']))
             for out, s, c in zip(outs, sims, row['created_at']):
                 out['similar'] = s
                 out['duplicates'] = duplicates_of(s, self.index.duplicates, pd.Timestamp(c).isoformat())

@@ -149,7 +149,7 @@ class AssigneeScored(Scored):
     why: list[str] = Field([], examples=[["took 4 of the 10 most similar past tickets (HIVE-1234, HIVE-2345)"]])
 
 class SimilarTicket(BaseModel):
-    "A past ticket similar to the issue: `score`, their TF-IDF texts' cosine times a recency factor."
+    "A past ticket similar to the issue: `score`: texts' and summaries' cosines blended, times a recency factor."
     key: str
     summary: str|None = None
     assignee: str|None = None
