@@ -24,17 +24,16 @@ def _nbytes(obj) -> int:
                sum(len(c.blob) + c.ends.nbytes + c.none.nbytes for c in obj.cols.values()))
 
 def _titles_bytes(t) -> int:
-    "Bytes of an index's `TitleGrams` (or 0): its 4-gram rows, idf, terms and their column map once built."
-    import sys
+    "Bytes of an index's `TitleGrams` (or 0): its summaries' 4-gram rows, the 4-grams and their idf."
     if t is None: return 0
-    return int(t.GT.data.nbytes + t.GT.indices.nbytes + t.GT.indptr.nbytes + t.idf.nbytes + sys.getsizeof(t.terms)
-               + sum(sys.getsizeof(x) for x in t.terms) + (sys.getsizeof(t._col) if t._col is not None else 0))
+    return int(t.GT.data.nbytes + t.GT.indices.nbytes + t.GT.indptr.nbytes + t.terms.nbytes + t.idf.nbytes)
 
 def _live_bytes(live) -> int:
     "Approximate bytes of a `LiveTickets`: its rows, its shown fields and the key -> updated map."
     import sys
     rows = sum(r.data.nbytes + r.indices.nbytes + r.indptr.nbytes + sum(sys.getsizeof(v) for v in m.values())
-               for r, m in live.rows.values())
+               + (t.data.nbytes + t.indices.nbytes + t.indptr.nbytes if t is not None else 0)
+               for r, m, t in live.rows.values())
     seen = sys.getsizeof(live.seen) + sum(sys.getsizeof(k) + 32 for k in live.seen)
     return int(rows + seen + live.hidden.nbytes)
 
@@ -70,7 +69,7 @@ def bench_batch(project:str='Hive', n:int=100, repeats:int=3, settings:Settings|
         tm._fp = tm._newest = None
         t0 = time.perf_counter(); tm.catch_up(c); first_ms = (time.perf_counter() - t0) * 1000
     evidence = _nbytes(tm.index.meta if tm.index else None) + (_live_bytes(tm.live) if tm.live else 0) \
-        + _titles_bytes(getattr(tm.index, 'titles', None))   # measured after the first triage (`_col` built)
+        + _titles_bytes(getattr(tm.index, 'titles', None))
     # in-process
     def per_issue() -> float:
         tm.triage(issues[0]); t0 = time.perf_counter()

@@ -110,8 +110,8 @@ _FITTED: dict = {}  # the last two fits (summaries, min_df) -> TitleGrams: a mod
 def _distinct(k:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "The distinct integers of `k`, sorted, and their counts (by one sort: numpy's hashed `unique` is slower here)."
     k = np.sort(k, kind='stable')
-    first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
-    return k[first], np.diff(np.r_[first, len(k)])
+    first = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1]))) if len(k) else np.zeros(0, np.int64)
+    return k[first], np.diff(np.append(first, len(k)))
 
 class TitleGrams:
     "Summaries as TF-IDF vectors of character 4-grams: `createCatalog` and `--createCatalog` share most of them."
@@ -121,14 +121,16 @@ class TitleGrams:
 
     @classmethod
     def fit(cls, summaries:list, # the index rows' summaries (None: empty)
-            min_df:int=2) -> TitleGrams:
-        "The 4-grams of at least `min_df` summaries, their idf (scikit-learn's smooth idf), and every summary's row."
-        key = (len(summaries), hash(tuple(summaries)), min_df)  # the components' and labels' indexes: fitted once
+            min_df:int=2, # 4-grams of fewer summaries are dropped
+            max_df:float=0.02, # ... and those of more than this share of them (at least 10): `the `, `tion`
+           ) -> TitleGrams:
+        "The 4-grams kept (`min_df`, `max_df`), their idf (scikit-learn's smooth idf), and every summary's row."
+        key = (len(summaries), hash(tuple(summaries)), min_df, max_df)  # the components' and labels' index: one fit
         if (hit := _FITTED.get(key)) is not None: return hit
         g, doc = _all_grams(summaries)
         terms, inv = np.unique(g, return_inverse=True)
         df = np.bincount(_distinct(doc * len(terms) + inv)[0] % max(len(terms), 1), minlength=len(terms))
-        keep = df >= min(min_df, len(summaries))
+        keep = (df >= min(min_df, len(summaries))) & (df <= max(max_df * len(summaries), 10))
         idf = np.log((1 + len(summaries)) / (1 + df[keep])) + 1
         col = np.cumsum(keep) - 1  # a kept term's column
         out = cls(terms[keep], idf, sp.csr_matrix((0, 0), dtype=np.float32))
@@ -137,27 +139,30 @@ class TitleGrams:
         _FITTED[key] = out
         return out
 
-    def _rows(self, j:np.ndarray, doc:np.ndarray, m:int) -> sp.csr_matrix:
+    def _rows(self, j:np.ndarray, doc:np.ndarray, m:int, one:bool=False) -> sp.csr_matrix|SparseRow:
         "The `m` rows of texts whose known 4-grams are columns `j` in texts `doc` (sublinear tf, idf, L2)."
         n = max(len(self.terms), 1)
         key, c = _distinct(doc * n + j)
         d, col = key // n, key % n
         v = ((1 + np.log(c)) * self.idf[col]).astype(np.float32)
+        if one: return SparseRow(col.astype(np.int32), v / np.float32(np.sqrt(v @ v) or 1), len(self.terms))
         v /= np.sqrt(np.bincount(d, v * v, minlength=m))[d].astype(np.float32)
-        return sp.csr_matrix((v, col.astype(np.int32), np.r_[0, np.cumsum(np.bincount(d, minlength=m))]),
+        return sp.csr_matrix((v, col.astype(np.int32), np.concatenate(([0], np.cumsum(np.bincount(d, minlength=m))))),
                              shape=(m, len(self.terms)))
 
-    def transform(self, texts:list) -> sp.csr_matrix:
+    def transform(self, texts:list, # summaries (not a string: no 4-gram)
+                  one:bool=False, # one text, as a `SparseRow` (a triage's: no sparse matrix to set up)
+                 ) -> sp.csr_matrix|SparseRow:
         "Rows of `texts` (L2-normalised: sublinear tf times idf, as scikit-learn's TfidfVectorizer gives)."
         n = len(self.terms)
         g, doc = _all_grams(texts) if n else (np.zeros(0, '<U4'), np.zeros(0, np.int64))
         j = np.minimum(np.searchsorted(self.terms, g), n - 1)
         ok = self.terms[j] == g
-        return self._rows(j[ok], doc[ok], len(texts))
+        return self._rows(j[ok], doc[ok], len(texts), one and len(texts) == 1)
 
     def similarities(self, T:sp.csr_matrix) -> np.ndarray:
         "Cosine of each query row (`transform`'s) to each summary of the index."
-        if T.shape[0] != 1: return (T @ self.GT).toarray().astype(np.float32, copy=False)
+        if not isinstance(T, SparseRow): return (T @ self.GT).toarray().astype(np.float32, copy=False)
         GT = self.GT  # one query (a triage): its 4-grams' postings summed, without a sparse product's set-up
         starts, lens = GT.indptr[T.indices], np.diff(GT.indptr)[T.indices]
         pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
@@ -437,11 +442,13 @@ class LiveTickets:
               shown:list[dict], # per ticket: key, summary, assignee, status, resolution, created (ISO), updated (ms)
              ) -> int:
         "Add (or replace) tickets; how many were new or changed."
-        n = 0
+        n, titles = 0, self.index.titles
+        T = titles.transform([m.get('summary') for m in shown]) if titles is not None else None  # 4-grams: once
         for i, m in enumerate(shown):
             if self.seen.get(m['key'], -1) >= m.get('updated', 0) and m['key'] in self.rows: continue
             self.forget([m['key']], keep_seen=True)
-            self.rows[m['key']] = (X[i], m); self.seen[m['key']] = m.get('updated', 0); n += 1
+            self.rows[m['key']] = (X[i], m, None if T is None else T[i]); self.seen[m['key']] = m.get('updated', 0)
+            n += 1
         self._X = None
         return n
 
@@ -456,12 +463,12 @@ class LiveTickets:
         "The live rows stacked, and their shown fields."
         if self._X is None:
             vals = list(self.rows.values())
-            self._X = sp.vstack([r for r, _ in vals]).tocsr() if vals else sp.csr_matrix((0, self.index.XT.shape[0]),
-                                                                                         dtype=np.float32)
-            self._shown = [m for _, m in vals]
+            self._X = sp.vstack([v[0] for v in vals]).tocsr() if vals else \
+                sp.csr_matrix((0, self.index.XT.shape[0]), dtype=np.float32)
+            self._shown = [v[1] for v in vals]
             self._made = times_ms([m.get('created') for m in self._shown])
-            self._T = self.index.titles.transform([m.get('summary') for m in self._shown]) \
-                if self.index.titles is not None else None
+            self._T = None if self.index.titles is None else sp.vstack([v[2] for v in vals]).tocsr() if vals else \
+                sp.csr_matrix((0, len(self.index.titles.terms)), dtype=np.float32)
         return self._X, self._shown
 
     def titles(self) -> sp.csr_matrix|None:
@@ -491,7 +498,7 @@ def similar_tickets(index:KnnIndex, Q:sp.csr_matrix|SparseRow, # query rows (the
     "Per query row, the `k` most similar past tickets (`blend_titles` times `recency_factor` as `score`), best first."
     if index.meta is None: return [[] for _ in range(Q.shape[0])]
     S = index.similarities(Q, weighted=False) if S is None else S
-    T = index.titles.transform(titles) if titles is not None and index.titles is not None else None
+    T = index.titles.transform(titles, one=True) if titles is not None and index.titles is not None else None
     if T is not None: S = blend_titles(S, index.titles.similarities(T))
     shown, made = [], index.meta.created
     if live is not None:
@@ -499,7 +506,7 @@ def similar_tickets(index:KnnIndex, Q:sp.csr_matrix|SparseRow, # query rows (the
         L, shown = live.matrix()
         if L.shape[0]:
             SL = (_csr(Q) @ L.T).toarray()
-            if T is not None and (LT := live.titles()) is not None: SL = blend_titles(SL, (T @ LT.T).toarray())
+            if T is not None and (LT := live.titles()) is not None: SL = blend_titles(SL, (_csr(T) @ LT.T).toarray())
             S, made = np.hstack([S, SL]), np.concatenate([made, live.created()])
     if created is not None and half_life_days: S = S * recency_factor(created, made, half_life_days)
     out, n = [], index.n
