@@ -498,7 +498,8 @@ def similar_tickets(index:KnnIndex, Q:sp.csr_matrix|SparseRow, # query rows (the
     "Per query row, the `k` most similar past tickets (`blend_titles` times `recency_factor` as `score`), best first."
     if index.meta is None: return [[] for _ in range(Q.shape[0])]
     S = index.similarities(Q, weighted=False) if S is None else S
-    T = index.titles.transform(titles, one=True) if titles is not None and index.titles is not None else None
+    T = index.titles.transform([_title(t) for t in titles], one=True) \
+        if titles is not None and index.titles is not None else None   # (the first 200 characters, as the index's)
     if T is not None: S = blend_titles(S, index.titles.similarities(T))
     shown, made = [], index.meta.created
     if live is not None:
