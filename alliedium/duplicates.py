@@ -12,8 +12,8 @@ import pandas as pd
 
 from .config import Settings, get_settings
 from .features import temporal_split, ticket_text
-from .models.multilabel import (MultiLabelModel, _title, blend_titles, duplicates_of, times_ms, outcome,
-                                        recency_factor)
+from .models.multilabel import (MultiLabelModel, _title, duplicates_of, outcome, similar_scores,
+                                        times_ms)
 
 # %% auto #0
 __all__ = ['duplicate_links', 'with_outcomes', 'file_raws', 'ignite_raws', 'evaluate_duplicates']
@@ -88,10 +88,9 @@ def evaluate_duplicates(df:pd.DataFrame, # the tenant's tickets
     for s in range(0, len(test), chunk):
         rows = np.arange(s, min(s + chunk, len(test)))
         later = np.arange(n0, n)[None, :] >= (n0 + rows)[:, None]   # test tickets not yet filed (itself included)
-        S = np.hstack([index.similarities(Xt[rows], weighted=False), (Xt[rows] @ Xt.T).toarray()])
-        if Tt is not None:   # the summaries' 4-grams blended in, as `similar_tickets` does
-            S = blend_titles(S, np.hstack([index.titles.similarities(Tt[rows]), (Tt[rows] @ Tt.T).toarray()]))
-        S *= recency_factor(made[n0 + rows], made)   # as `similar_tickets` scores them
+        Tr = None if Tt is None else Tt[rows]   # scored as `similar_tickets` scores them
+        S = np.hstack([index.similar_scores(Xt[rows], Tr, made[n0 + rows]),
+                       similar_scores(Xt[rows], Tr, Xt, Tt, made[n0 + rows], made[n0:])])
         S[:, n0:][later] = -1
         P = (B[n0 + rows] @ B.T).toarray(); P[:, n0:][later] = -1
         top, ptop, ttop = _topk(S, k), _topk(P, k), _topk(P[:, :n0], k)

@@ -16,9 +16,9 @@ from ..features import (OneHot, RowTable, SparseRow, TextMatrix, encode_rows, pa
                                 recency_weights, text_rows, text_vectorizer, ticket_text, unpack_values)
 
 # %% auto #0
-__all__ = ['META_TEXT', 'TITLE_WEIGHT', 'DUPLICATES_DEFAULT', 'SIMILAR_HALF_LIFE_DAYS', 'Strings', 'TicketMeta', 'TitleGrams',
-           'blend_titles', 'KnnIndex', 'knn_scores', 'MultiLabelModel', 'times_ms', 'recency_factor', 'fit_duplicates',
-           'LiveTickets', 'similar_tickets', 'duplicates_of', 'outcome']
+__all__ = ['META_TEXT', 'SUMMARY_CHARS', 'TITLE_WEIGHT', 'DUPLICATES_DEFAULT', 'SIMILAR_HALF_LIFE_DAYS', 'Strings', 'TicketMeta',
+           'TitleGrams', 'blend_titles', 'KnnIndex', 'knn_scores', 'MultiLabelModel', 'times_ms', 'recency_factor',
+           'fit_duplicates', 'LiveTickets', 'similar_scores', 'similar_tickets', 'duplicates_of', 'outcome']
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #26d4172e
 def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18)) -> float:
@@ -29,6 +29,7 @@ def _best_threshold(s:np.ndarray, y:np.ndarray, grid=np.linspace(0.05, 0.9, 18))
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #c9b7136b
 META_TEXT = ('key', 'summary', 'assignee', 'status', 'resolution')  # what `similar` shows of a past ticket
+SUMMARY_CHARS = 200  # ... of its summary: the first this many characters (its 4-grams too)
 
 class Strings:
     "A column of strings (or None) as one UTF-8 blob and offsets: a tenth of the memory of Python strings."
@@ -50,7 +51,7 @@ class TicketMeta:
         self._pos = None
 
     @classmethod
-    def of(cls, df:pd.DataFrame, summary_chars:int=200) -> TicketMeta:
+    def of(cls, df:pd.DataFrame, summary_chars:int=SUMMARY_CHARS) -> TicketMeta:
         "From a ticket frame (`status` and `resolution` when it has them: they are shown, never a model's input)."
         n, cols = len(df), {}
         for c in META_TEXT:
@@ -89,7 +90,7 @@ class TicketMeta:
 # %% ../../nbs/30_models/32_multilabel.ipynb #a7e3c1f0
 TITLE_WEIGHT = 0.25  # `similar`'s share of the summaries' character 4-gram cosine (the rest: the ticket texts')
 
-def _title(s) -> str|None: return s[:200] if isinstance(s, str) else None  # as `TicketMeta` keeps it
+def _title(s) -> str|None: return s[:SUMMARY_CHARS] if isinstance(s, str) else None  # as `TicketMeta` keeps it
 
 def _grams(text:str, n:int=4) -> list[str]:
     "Character `n`-grams of each lower-cased word padded with spaces (scikit-learn's `char_wb`; a short word whole)."
@@ -214,6 +215,15 @@ class KnnIndex:
                             minlength=XT.shape[1]).astype(np.float32)[None, :]
         if Q.shape[0] <= 1024: self._cos = (Q, S)
         return S * self.w[None, :] if weighted else S
+
+    def similar_scores(self, Q:sp.csr_matrix|SparseRow, # query rows (the index's encoder)
+                       T:sp.csr_matrix|SparseRow|None=None, # their summaries' 4-gram rows (None: texts only)
+                       made:np.ndarray|None=None, # their creation (epoch ms; None: no recency factor)
+                      ) -> np.ndarray:
+        "`similar`'s score of each query to each row: `blend_titles` of the plain cosines, times `recency_factor`."
+        S = self.similarities(Q, weighted=False)
+        if T is not None and self.titles is not None: S = blend_titles(S, self.titles.similarities(T))
+        return S if made is None or self.meta is None else S * recency_factor(made, self.meta.created)
 
     def neighbours(self, Q:sp.csr_matrix|SparseRow, k:int) -> tuple[np.ndarray, np.ndarray]:
         "Per query row, the `k` most similar past tickets and their weighted similarities."
@@ -375,7 +385,7 @@ def predict(self:MultiLabelModel, df:pd.DataFrame) -> list[list[dict]]:
 
 # %% ../../nbs/30_models/32_multilabel.ipynb #d22229a6
 DUPLICATES_DEFAULT = dict(a=12.0, b=-9.0, threshold=0.5, calibrated=False, n=0, positives=0)  # 0.5 at score 0.75
-SIMILAR_HALF_LIFE_DAYS = 730  # `similar`'s recency: a ticket filed this long before the query keeps 3/4 of its cosine
+SIMILAR_HALF_LIFE_DAYS = 730  # `similar`'s recency: a ticket filed this long before the query keeps 3/4 of its score
 
 def times_ms(times) -> np.ndarray:
     "Times (timestamps, ISO strings, datetime64; naive means UTC) as epoch milliseconds, int64."
@@ -409,13 +419,10 @@ def fit_duplicates(index:KnnIndex, # the older tickets
     y = (held['resolution'] == 'Duplicate').to_numpy()
     if y.sum() < min_positives or (~y).sum() < min_positives: return None
     # each ticket's best similar score among the older ones and those of `held` filed before it (as serving learns them)
-    made, T = times_ms(held['created_at']), None
-    if index.titles is not None: T = index.titles.transform([_title(s) for s in held['summary']])
-    H = blend_titles((X @ X.T).toarray(), None if T is None else (T @ T.T).toarray())
-    H = np.tril(H * recency_factor(made, made), -1)
-    S = blend_titles(index.similarities(X, weighted=False), None if T is None else index.titles.similarities(T))
-    if index.meta is not None: S = S * recency_factor(made, index.meta.created)
-    top = np.maximum(S.max(1), H.max(1))
+    made = times_ms(held['created_at'])
+    T = index.titles.transform([_title(s) for s in held['summary']]) if index.titles is not None else None
+    H = np.tril(similar_scores(X, T, X, T, made, made), -1)
+    top = np.maximum(index.similar_scores(X, T, made).max(1), H.max(1))
     lr = LogisticRegression(C=100).fit(top[:, None], y)
     if lr.coef_[0, 0] <= 0: return None  # no more duplicates at a higher score: nothing to calibrate
     cal = dict(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]), calibrated=True, n=int(len(y)),
@@ -487,29 +494,33 @@ def _csr(Q:sp.csr_matrix|SparseRow) -> sp.csr_matrix:
     if not isinstance(Q, SparseRow): return Q
     return sp.csr_matrix((Q.data, Q.indices, np.array([0, len(Q.indices)])), shape=Q.shape)
 
+def similar_scores(Q, # query rows (an index's encoder)
+                   T, # their summaries' 4-gram rows (None: texts only)
+                   R:sp.csr_matrix, # other tickets' rows (live ones, or the queries themselves)
+                   RT:sp.csr_matrix|None, # their 4-gram rows
+                   made:np.ndarray|None=None, # the queries' creation (epoch ms; None: no recency factor)
+                   r_made:np.ndarray|None=None, # the other tickets' creation
+                  ) -> np.ndarray:
+    "`similar`'s score of each query to each of `R`'s tickets, as `KnnIndex.similar_scores` gives to its rows."
+    S = (_csr(Q) @ R.T).toarray()
+    if T is not None and RT is not None: S = blend_titles(S, (_csr(T) @ RT.T).toarray())
+    return S if made is None else S * recency_factor(made, r_made)
+
 def similar_tickets(index:KnnIndex, Q:sp.csr_matrix|SparseRow, # query rows (the index's encoder)
                     k:int=10, live:LiveTickets|None=None,
                     keys:list|None=None, # per query its own key (never listed), or None
-                    S:np.ndarray|None=None, # the index's plain similarities to `Q`, when already computed
                     created:np.ndarray|None=None, # per query its creation (epoch ms): the recency factor; None: none
-                    half_life_days:float|None=SIMILAR_HALF_LIFE_DAYS,
                     titles:list|None=None, # per query its summary: blended in (`blend_titles`); None: texts only
                    ) -> list[list[dict]]:
     "Per query row, the `k` most similar past tickets (`blend_titles` times `recency_factor` as `score`), best first."
     if index.meta is None: return [[] for _ in range(Q.shape[0])]
-    S = index.similarities(Q, weighted=False) if S is None else S
     T = index.titles.transform([_title(t) for t in titles], one=True) \
-        if titles is not None and index.titles is not None else None   # (the first 200 characters, as the index's)
-    if T is not None: S = blend_titles(S, index.titles.similarities(T))
-    shown, made = [], index.meta.created
+        if titles is not None and index.titles is not None else None
+    S, shown = index.similar_scores(Q, T, created), []
     if live is not None:
         if live.hidden.any(): S = np.where(live.hidden[None, :], -1, S)
         L, shown = live.matrix()
-        if L.shape[0]:
-            SL = (_csr(Q) @ L.T).toarray()
-            if T is not None and (LT := live.titles()) is not None: SL = blend_titles(SL, (_csr(T) @ LT.T).toarray())
-            S, made = np.hstack([S, SL]), np.concatenate([made, live.created()])
-    if created is not None and half_life_days: S = S * recency_factor(created, made, half_life_days)
+        if L.shape[0]: S = np.hstack([S, similar_scores(Q, T, L, live.titles(), created, live.created())])
     out, n = [], index.n
     for i in range(S.shape[0]):
         s = S[i]

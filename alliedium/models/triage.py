@@ -15,7 +15,7 @@ from ..features import TicketRows, _new_issue, encode_rows, issue_rows, ticket_t
 from ..ingest import _utc, tickets_fingerprint
 from ..jira import parse_issue
 from .deep import endpoint_failure, forwarded
-from .multilabel import LiveTickets, duplicates_of, times_ms, outcome, similar_tickets
+from .multilabel import SUMMARY_CHARS, LiveTickets, duplicates_of, times_ms, outcome, similar_tickets
 from ..registry import load_active_models
 from ..schema import SCHEMA
 
@@ -97,7 +97,7 @@ def load_tenant_models(tenant_id:str, settings:Settings|None=None) -> TenantMode
 # %% ../../nbs/30_models/35_triage.ipynb #86ec0700
 def _shown(df:pd.DataFrame, raws:list) -> list[dict]:
     "What `similar` shows of tickets (`raws`: their Jira JSON, for status and resolution)."
-    return [dict(key=k, summary=(s or '')[:200], assignee=a if isinstance(a, str) else None,  # NaN: unassigned
+    return [dict(key=k, summary=(s or '')[:SUMMARY_CHARS], assignee=a if isinstance(a, str) else None,  # NaN: none
                  **outcome(r), created=pd.Timestamp(c).isoformat(),
                  updated=int(pd.Timestamp(u).value // 10**6))
             for k, s, a, r, c, u in zip(df['issue_key'], df['summary'], df['assignee'], raws, df['created_at'],
