@@ -52,10 +52,11 @@ def file_raws(paths:list[str|Path], tenant_id:str) -> tuple[pd.DataFrame, dict[s
 def ignite_raws(tenant_id:str, settings:Settings|None=None) -> dict[str, str]:
     "Each of the tenant's stored tickets' Jira JSON (text) by key."
     from alliedium.ignite import ignite_client
-    from alliedium.schema import SCHEMA
+    from alliedium.schema import RAW_COLUMNS, SCHEMA, stored_raw
     with ignite_client(settings or get_settings()) as c:
-        return dict(c.sql(f"SELECT issue_key, raw FROM {SCHEMA}.TICKET WHERE tenant_id = ?", query_args=[tenant_id],
-                          page_size=2048))
+        return {k: stored_raw(raw, z) for k, raw, z in c.sql(
+            f"SELECT issue_key, {RAW_COLUMNS} FROM {SCHEMA}.TICKET WHERE tenant_id = ?", query_args=[tenant_id],
+            page_size=2048)}
 
 # %% ../nbs/41_duplicates.ipynb #2abf9579
 def _topk(S:np.ndarray, k:int) -> np.ndarray:

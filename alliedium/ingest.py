@@ -16,8 +16,9 @@ import orjson
 import pandas as pd
 from fastcore.basics import patch
 from pyignite import Client
-from pyignite.datatypes import BoolObject, String, TimestampObject
-from pyignite.datatypes.type_codes import TC_BOOL, TC_COMPLEX_OBJECT, TC_NULL, TC_STRING, TC_TIMESTAMP
+from pyignite.datatypes import BoolObject, ByteArrayObject, String, TimestampObject
+from pyignite.datatypes.type_codes import (TC_BOOL, TC_BYTE_ARRAY, TC_COMPLEX_OBJECT, TC_NULL, TC_STRING,
+                                          TC_TIMESTAMP)
 from pyignite.utils import entity_id, hashcode, schema_id
 from pyignite.exceptions import ParseError
 from pyignite.queries import Query, query_perform
@@ -29,7 +30,7 @@ from pyignite.datatypes.transactions import TransactionConcurrency, TransactionI
 from .config import Settings, get_settings
 from .ignite import IgniteUnavailable, ignite_client
 from .jira import FRAME_COLUMNS, TIME_RANGE, Deletion, Rejected, Ticket, parse_event, read_issues
-from .schema import SCHEMA
+from .schema import SCHEMA, pack_raw
 from .tenants import require_tenant
 
 # %% auto #0
@@ -40,7 +41,8 @@ __all__ = ['TicketKey', 'TicketValue', 'StateKey', 'StateValue', 'TICKET_CACHE',
 
 # %% ../nbs/15_ingest.ipynb #ba7a3348
 _TC = {t: int.from_bytes(c, 'little')
-       for t, c in ((String, TC_STRING), (TimestampObject, TC_TIMESTAMP), (BoolObject, TC_BOOL))}
+       for t, c in ((String, TC_STRING), (TimestampObject, TC_TIMESTAMP), (BoolObject, TC_BOOL),
+                    (ByteArrayObject, TC_BYTE_ARRAY))}
 _NULL, _TC_OBJECT, _HEADER = TC_NULL, int.from_bytes(TC_COMPLEX_OBJECT, 'little'), struct.Struct('<bbhiiiii')
 
 def _write_string(v:str|bytes) -> bytes:
@@ -58,7 +60,10 @@ def _write_timestamp(v:datetime) -> bytes:
 
 def _write_bool(v) -> bytes: return struct.pack('<b?', _TC[BoolObject], bool(v))
 
-_WRITERS = {String: _write_string, TimestampObject: _write_timestamp, BoolObject: _write_bool}
+def _write_bytes(v:bytes) -> bytes: return struct.pack('<bi', _TC[ByteArrayObject], len(v)) + v
+
+_WRITERS = {String: _write_string, TimestampObject: _write_timestamp, BoolObject: _write_bool,
+            ByteArrayObject: _write_bytes}
 
 # %% ../nbs/15_ingest.ipynb #b278f4c5
 class _Packed:
@@ -102,7 +107,7 @@ def __call__(self:BinaryType, *values, compact:bool=True) -> _Packed:
 TicketKey = BinaryType('alliedium.TicketKey', [('TENANT_ID', String), ('ISSUE_KEY', String)], 'TENANT_ID')
 TicketValue = BinaryType('alliedium.Ticket', [('UPDATED_AT', TimestampObject), ('CREATED_AT', TimestampObject)] + [
     (c, String) for c in ('SUMMARY', 'DESCRIPTION', 'ISSUE_TYPE', 'REPORTER', 'ASSIGNEE', 'PRIORITY',
-                          'COMPONENTS', 'LABELS', 'RAW')])
+                          'COMPONENTS', 'LABELS', 'RAW')] + [('RAW_ZSTD', ByteArrayObject)])
 StateKey = BinaryType('alliedium.Ticket_StateKey', [('TENANT_ID', String), ('ISSUE_KEY', String)], 'TENANT_ID')
 StateValue = BinaryType('alliedium.Ticket_State', [('UPDATED_AT', TimestampObject), ('DELETED', BoolObject)])
 TICKET_CACHE, STATE_CACHE = f'{SCHEMA}_TICKET', f'{SCHEMA}_TICKET_STATE'
@@ -116,8 +121,10 @@ class _Pairs(list):
     def items(self): return self
 
 def _ticket_value(t:Ticket, compact:bool):
+    "A ticket's TICKET row; its Jira JSON compressed (`RAW_ZSTD`, schema v4), `RAW` null."
     return TicketValue(t.updated_at, t.created_at, t.summary, t.description, t.issue_type, t.reporter, t.assignee,
-                       t.priority, orjson.dumps(t.components), orjson.dumps(t.labels), t.raw_utf8(), compact=compact)
+                       t.priority, orjson.dumps(t.components), orjson.dumps(t.labels), None, pack_raw(t.raw_utf8()),
+                       compact=compact)
 
 def _ts(v) -> datetime|None:
     "A TIMESTAMP as pyignite returns it (a `(datetime, nanos)` pair) as a naive datetime."

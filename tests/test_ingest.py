@@ -5,6 +5,7 @@ import pytest
 
 from alliedium.ignite import ignite_client
 from alliedium.ingest import ingest_files, ingest_tickets, ingest_webhook, load_tickets, tickets_fingerprint
+from alliedium.schema import stored_raw
 from alliedium.jira import FRAME_COLUMNS, BadIssue, parse_issue, read_issues, tickets_frame
 from alliedium.tenants import UnknownTenant
 from fixtures_data import SAMPLE, write_jsonl
@@ -41,8 +42,23 @@ def test_small_tenant_ingests_with_matching_counts_and_replay_changes_nothing(ig
 def test_raw_json_is_kept(ignite, tenant, zk_issues):
     ingest_tickets(tenant, [parse_issue(zk_issues[0], tenant)], ignite)
     with ignite_client(ignite) as c:
-        (raw,), = c.sql('SELECT raw FROM ALLIEDIUM.TICKET WHERE tenant_id = ?', query_args=[tenant])
+        (raw, raw_zstd), = c.sql('SELECT raw, raw_zstd FROM ALLIEDIUM.TICKET WHERE tenant_id = ?', query_args=[tenant])
+    assert raw is None and len(raw_zstd) < len(json.dumps(zk_issues[0])) / 2  # stored compressed (schema v4)
+    raw = stored_raw(raw, raw_zstd)
     assert json.loads(raw) == zk_issues[0]
+
+
+def test_rows_stored_before_compression_read_back(ignite, tenant, zk_issues):
+    "A TICKET row written before schema v4 (its Jira JSON as text in `raw`) reads back beside a compressed one."
+    from alliedium.duplicates import ignite_raws
+    ingest_tickets(tenant, [parse_issue(zk_issues[0], tenant)], ignite)
+    old = zk_issues[1]
+    with ignite_client(ignite) as c:
+        c.sql('INSERT INTO ALLIEDIUM.TICKET (tenant_id, issue_key, summary, raw) VALUES (?, ?, ?, ?)',
+              query_args=[tenant, old['key'], old['fields']['summary'], json.dumps(old)])
+    raws = ignite_raws(tenant, ignite)
+    assert raws.keys() == {zk_issues[0]['key'], old['key']}
+    assert json.loads(raws[zk_issues[0]['key']]) == zk_issues[0] and json.loads(raws[old['key']]) == old
 
 
 def test_newer_wins_older_is_skipped_in_any_order(ignite, tenant, zk_issues):

@@ -17,7 +17,7 @@ from ..jira import parse_issue
 from .deep import endpoint_failure, forwarded
 from .multilabel import SUMMARY_CHARS, LiveTickets, duplicates_of, times_ms, outcome, similar_tickets
 from ..registry import load_active_models
-from ..schema import SCHEMA
+from ..schema import RAW_COLUMNS, SCHEMA, stored_raw
 
 # %% auto #0
 __all__ = ['TenantModels', 'load_tenant_models']
@@ -153,11 +153,12 @@ def _apply(self:TenantModels, client:Client, rows:list, gone:list|None=None) -> 
     n = len(gone)
     for i in range(0, len(changed), 500):
         keys = changed[i:i + 500]
-        got = list(client.sql(f"SELECT issue_key, created_at, updated_at, summary, assignee, description, raw, "
-                              f"reporter, components FROM {SCHEMA}.TICKET WHERE tenant_id = ? "
+        got = list(client.sql(f"SELECT issue_key, created_at, updated_at, summary, assignee, description, "
+                              f"reporter, components, {RAW_COLUMNS} FROM {SCHEMA}.TICKET WHERE tenant_id = ? "
                               f"AND issue_key IN ({', '.join('?' * len(keys))})", query_args=[self.tenant_id, *keys]))
-        df = pd.DataFrame(got, columns=['issue_key', 'created_at', 'updated_at', 'summary', 'assignee', 'description',
-                                        'raw', 'reporter', 'components'])
+        df = pd.DataFrame([r[:8] + [stored_raw(*r[8:])] for r in got],
+                          columns=['issue_key', 'created_at', 'updated_at', 'summary', 'assignee', 'description',
+                                   'reporter', 'components', 'raw'])
         df['components'] = [json.loads(c or '[]') for c in df['components']]
         for c in ('created_at', 'updated_at'): df[c] = pd.to_datetime([_utc(v) for v in df[c]])
         n += self.learn(df, list(df['raw']))
