@@ -12,19 +12,27 @@ from .commands.app import app
 from .config import AlliediumError
 
 # %% auto #0
-__all__ = ['load_commands', 'main']
+__all__ = ['COMMAND_MODULES', 'load_commands', 'main']
 
 # %% ../nbs/99_cli.ipynb #27df6c5a
-def load_commands():
-    "Import every `alliedium.commands.*` module so its commands register on `app`."
+COMMAND_MODULES = {  # a top-level command or group -> the `alliedium.commands` modules that define its commands
+    'bench': ['bench', 'bench_compare', 'models', 'quality', 'sagemaker'], 'demo': ['demo'], 'evaluate': ['models'],
+    'ignite': ['ignite'], 'ingest': ['data'], 'models': ['models'], 'quality': ['quality'], 'retrain': ['retrain'],
+    'sagemaker': ['sagemaker'], 'schema': ['ignite'], 'serve': ['serve'], 'tenants': ['data'], 'train': ['models'],
+    'triage': ['models']}
+
+def load_commands(argv:list[str]|None=None): # a command line (without the program); None: every command
+    "Import the `alliedium.commands.*` modules whose commands `argv` runs (all of them when it names none)."
     import alliedium.commands as pkg
-    for m in pkgutil.iter_modules(pkg.__path__): importlib.import_module(f'{pkg.__name__}.{m.name}')
+    words = [a for a in argv or [] if not a.startswith('-')]  # (the app's one option, --version, takes no value)
+    for m in (COMMAND_MODULES.get(words[0]) if words else None) or [m.name for m in pkgutil.iter_modules(pkg.__path__)]:
+        importlib.import_module(f'{pkg.__name__}.{m}')
 
 # %% ../nbs/99_cli.ipynb #c6a9ae3c
 def main():
     "Entry point of the `alliedium` console script."
     try:
-        load_commands()
+        load_commands(sys.argv[1:])
         app()
     except AlliediumError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
