@@ -23,16 +23,18 @@ def _nbytes(obj) -> int:
     return int(obj.created.nbytes + obj.updated.nbytes +
                sum(len(c.blob) + c.ends.nbytes + c.none.nbytes for c in obj.cols.values()))
 
+def _csr_bytes(m) -> int:
+    "Bytes of a sparse matrix's three arrays (0 for None)."
+    return 0 if m is None else int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes)
+
 def _titles_bytes(t) -> int:
     "Bytes of an index's `TitleGrams` (or 0): its summaries' 4-gram rows, the 4-grams and their idf."
-    if t is None: return 0
-    return int(t.GT.data.nbytes + t.GT.indices.nbytes + t.GT.indptr.nbytes + t.terms.nbytes + t.idf.nbytes)
+    return 0 if t is None else _csr_bytes(t.GT) + int(t.terms.nbytes + t.idf.nbytes)
 
 def _live_bytes(live) -> int:
     "Approximate bytes of a `LiveTickets`: its rows, its shown fields and the key -> updated map."
     import sys
-    rows = sum(r.data.nbytes + r.indices.nbytes + r.indptr.nbytes + sum(sys.getsizeof(v) for v in m.values())
-               + (t.data.nbytes + t.indices.nbytes + t.indptr.nbytes if t is not None else 0)
+    rows = sum(_csr_bytes(r) + _csr_bytes(t) + sum(sys.getsizeof(v) for v in m.values())
                for r, m, t in live.rows.values())
     seen = sys.getsizeof(live.seen) + sum(sys.getsizeof(k) + 32 for k in live.seen)
     return int(rows + seen + live.hidden.nbytes)

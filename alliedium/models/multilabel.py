@@ -470,12 +470,12 @@ class LiveTickets:
         "The live rows stacked, and their shown fields."
         if self._X is None:
             vals = list(self.rows.values())
-            self._X = sp.vstack([v[0] for v in vals]).tocsr() if vals else \
-                sp.csr_matrix((0, self.index.XT.shape[0]), dtype=np.float32)
+            stack = lambda rows, width: sp.vstack(rows).tocsr() if rows else sp.csr_matrix((0, width), dtype=np.float32)
+            self._X = stack([v[0] for v in vals], self.index.XT.shape[0])
             self._shown = [v[1] for v in vals]
             self._made = times_ms([m.get('created') for m in self._shown])
-            self._T = None if self.index.titles is None else sp.vstack([v[2] for v in vals]).tocsr() if vals else \
-                sp.csr_matrix((0, len(self.index.titles.terms)), dtype=np.float32)
+            titles = self.index.titles
+            self._T = None if titles is None else stack([v[2] for v in vals], len(titles.terms))
         return self._X, self._shown
 
     def titles(self) -> sp.csr_matrix|None:
