@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     retrain_warm: bool = True  # the notebook in warm kernels (one per job), tenant after tenant; false: a process each
     serve_host: str = '127.0.0.1'  # address the HTTP API (Ray Serve proxy) binds
     serve_port: int = Field(8000, gt=0, lt=65536)  # port of the HTTP API
-    serve_models_per_replica: int = Field(16, ge=1)  # tenants' models kept loaded per model replica (LRU)
+    serve_models_per_replica: int = Field(1024, ge=1)  # at most this many tenants loaded per model replica (LRU)
+    serve_models_memory_mb: float = Field(2048, ge=0)  # and at most this many MiB of their models (0: no bound)
     serve_model_replicas: int = Field(1, ge=1)  # replicas of the tenant-model deployment
     serve_ingress_replicas: int = Field(1, ge=1)  # replicas of the HTTP ingress
     serve_replica_cpus: float = Field(0.25, gt=0)  # CPUs reserved per replica (fractional on small machines)

@@ -370,6 +370,7 @@ class ModelFileCache:
         self.settings = settings or get_settings()
         self.folder = self.settings.var/'model-cache'
         self.limit = int(self.settings.model_cache_mb * 2**20)
+        self.sizes: dict[str, int] = {}  # context -> bytes of the file `get` last mapped for it
 
     def path(self, digest:str, context:str):
         "One file per (artifact sha256, tenant/task): two tenants' equal bytes still get their own signed copy."
@@ -386,6 +387,7 @@ class ModelFileCache:
         except Exception:
             p.unlink(missing_ok=True)  # forged, truncated or from another key: the registry's artifact is loaded
             return None
+        self.sizes[context] = len(mm)
         try: os.utime(p)  # recently used: evicted last
         except OSError: pass
         return model
@@ -421,8 +423,9 @@ class ModelFileCache:
             p.unlink(missing_ok=True); total -= size  # (a replica that mapped it keeps its pages)
         return total
 
-def load_active_cached(tenant_id:str, settings:Settings|None=None,
-                       client:Client|None=None) -> tuple[dict, dict[str, int], dict[str, dict]]:
+def load_active_cached(tenant_id:str, settings:Settings|None=None, client:Client|None=None,
+                       sizes:dict|None=None, # filled with task -> bytes of its model as loaded (file or artifact)
+                      ) -> tuple[dict, dict[str, int], dict[str, dict]]:
     "`load_active_models` through this node's `ModelFileCache`: Ignite sends only the artifacts not cached yet."
     from alliedium.ignite import kept_client
     s = settings or get_settings()
@@ -440,15 +443,18 @@ def load_active_cached(tenant_id:str, settings:Settings|None=None,
             q1 = f"SELECT artifact, format FROM {SCHEMA}.MODEL WHERE tenant_id = ? AND task = ? AND version = ?"
             (data, fmt2), = ask(lambda c: list(c.sql(q1, query_args=[tenant_id, task, int(v)])))
             m = load_artifact(bytes(data or b''), fmt2, what, context, s)
-            if _checked_digest(fmt2, what, context, s) == digest: cache.put(m, digest, context)
+            put = cache.put(m, digest, context) if _checked_digest(fmt2, what, context, s) == digest else 0
+            cache.sizes[context] = put or len(data or b'')
         models[task] = m
+        if sizes is not None: sizes[task] = cache.sizes[context]
     return models, {t: int(v) for t, v, *_ in rows}, {t: json.loads(m or '{}') for t, _, _, m in rows}
 
 # %% ../nbs/50_registry.ipynb #7545799c
-def load_active_models(tenant_id:str, settings:Settings|None=None,
-                       client:Client|None=None) -> tuple[dict, dict[str, int], dict[str, dict]]:
+def load_active_models(tenant_id:str, settings:Settings|None=None, client:Client|None=None,
+                       sizes:dict|None=None, # filled with task -> bytes of its model as loaded (file or artifact)
+                      ) -> tuple[dict, dict[str, int], dict[str, dict]]:
     "Models, versions and metrics (by task) of the tenant's active versions; `NoModelYet` when none."
-    if (settings or get_settings()).model_cache_mb > 0: return load_active_cached(tenant_id, settings, client)
+    if (settings or get_settings()).model_cache_mb > 0: return load_active_cached(tenant_id, settings, client, sizes)
     q = f"SELECT task, version, artifact, format, metrics FROM {SCHEMA}.MODEL WHERE tenant_id = ? AND active = TRUE"
     rows = _with_client(settings, client, lambda c: list(c.sql(q, query_args=[tenant_id])))  # one query, with artifacts
     if not rows: raise NoModelYet(f"tenant {tenant_id!r} has no trained model yet: "
@@ -456,4 +462,5 @@ def load_active_models(tenant_id:str, settings:Settings|None=None,
     versions = {t: int(v) for t, v, *_ in rows}
     models = {t: load_artifact(bytes(data or b''), fmt, f"{tenant_id}/{t} v{v}", f'{tenant_id}/{t}', settings)
               for t, v, data, fmt, _ in rows}
+    if sizes is not None: sizes.update({t: len(data or b'') for t, _, data, *_ in rows})
     return models, versions, {t: json.loads(m or '{}') for t, _, _, _, m in rows}

@@ -4,15 +4,16 @@
     alliedium serve                    # the same app, started on localhost
 
 `app` is the triage API: the FastAPI ingress `TriageAPI` plus `ModelPool`, a deployment
-whose replicas keep up to `serve_models_per_replica` tenants' models loaded (`@serve.multiplexed`,
-keyed by tenant, LRU) and swap in a newly promoted version within `serve_poll_seconds`.
+whose replicas keep tenants' models loaded (least recently used first out, at most `serve_models_memory_mb`
+of models and `serve_models_per_replica` tenants; `@serve.multiplexed`, keyed by tenant, routes a tenant's
+requests to a replica that holds it) and swap in a newly promoted version within `serve_poll_seconds`.
 With `serve_models_in_ingress` the ingress replicas hold the multiplexed models themselves: one
 hop less per triage (what a small machine wants), at the price of scaling models and HTTP together;
 `serve_ingress_replicas` then sets how many processes answer (one per core is the usual choice).
 `echo` is a no-op deployment, the baseline of `alliedium bench serve`.
 """
 from __future__ import annotations
-import asyncio, logging, time, weakref
+import asyncio, logging, time
 
 import ray
 from ray import serve
@@ -20,36 +21,35 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from alliedium.config import Settings
-from alliedium.serving.api import (AppArgs, ModelsUnavailable, TenantSlot, make_api, poll_promotions,
+from alliedium.serving.api import (AppArgs, ModelsUnavailable, SlotCache, TenantSlot, make_api, poll_promotions,
                                    run_training_job, settings_overrides)
 
 log = logging.getLogger('ray.serve')
 
 
 class _ModelHolder:
-    "What a replica holding tenants' models does: load a tenant's slot (LRU), poll promotions."
+    """What a replica holding tenants' models does: keep their slots (`SlotCache`: LRU bounded by memory and count),
+    poll promotions. Serve's multiplexing (`tenant`) only tracks which tenants a replica holds, for routing."""
     def _hold_models(self):
-        self.slots = weakref.WeakValueDictionary()  # evicted slots drop out by themselves
+        # a held tenant not asked for in the poller's rounds is refreshed when next asked for
+        self.cache = SlotCache(self.settings, stale_seconds=2 * self.settings.serve_poll_seconds)
+        self.slots = self.cache.slots
         polling = poll_promotions(self.slots, self.settings.serve_poll_seconds, log)
         self.poller = asyncio.get_event_loop().create_task(polling)
 
     async def _slot(self, tenant: str) -> TenantSlot:
         "The tenant's loaded slot; Serve's multiplexed LRU (`tenant`) hears of a use at most once a second."
         # Serve's bookkeeping of a multiplexed call (metrics, LRU) costs about 0.2 ms, so not on every triage
-        slot, now = self.slots.get(tenant), time.monotonic()
-        if slot is None or now - getattr(slot, 'touched', 0.0) > 1.0:
-            slot = await self.tenant(tenant)
+        slot, now = await self.cache.get(tenant), time.monotonic()
+        if now - getattr(slot, 'touched', 0.0) > 1.0:
+            await self.tenant(tenant)
             slot.touched = now
-        return slot
-
-    async def _load(self, tenant: str) -> TenantSlot:
-        slot = await asyncio.to_thread(TenantSlot, tenant, self.settings)
-        self.slots[tenant] = slot
         return slot
 
     async def loaded(self) -> dict:
         "Tenants held by this replica and their versions (for tests and the benchmark)."
-        return {t: dict(versions=s.versions, load_seconds=s.load_seconds) for t, s in self.slots.items()}
+        return {t: dict(versions=s.versions, load_seconds=s.load_seconds, bytes=s.nbytes)
+                for t, s in self.slots.items()}
 
 
 def tenant_models_deployment(settings: Settings):
@@ -64,7 +64,7 @@ def tenant_models_deployment(settings: Settings):
             self._hold_models()
 
         @serve.multiplexed(max_num_models_per_replica=settings.serve_models_per_replica)
-        async def tenant(self, tenant: str) -> TenantSlot: return await self._load(tenant)
+        async def tenant(self, tenant: str) -> str: return tenant  # (the slot itself is in `self.cache`)
 
         async def triage(self, issue: dict) -> dict:
             return (await self._slot(serve.get_multiplexed_model_id())).triage(issue)
@@ -93,7 +93,7 @@ def triage_api_deployment(settings: Settings):
             return make_api(self)
 
         @serve.multiplexed(max_num_models_per_replica=settings.serve_models_per_replica)
-        async def tenant(self, tenant: str) -> TenantSlot: return await self._load(tenant)
+        async def tenant(self, tenant: str) -> str: return tenant  # (the slot itself is in `self.cache`)
 
         async def _pool(self, call) -> dict | list:
             "A ModelPool call's answer; its user error unwrapped; a replica dead or silent is a 503 to retry."

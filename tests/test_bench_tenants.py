@@ -39,7 +39,11 @@ def test_bench_tenants_small(ignite, bench_app, tmp_path):
     assert sv['tenants'] == 3
     for k in ('warm', 'uniform', 'zipf'):
         assert sv['runs'][k]['errors'] == 0 and sv['runs'][k]['n'] == 30, (k, sv['runs'][k])
+        assert sv['steady'][k]['errors'] == 0 and sv['steady'][k]['n'] == 30, (k, sv['steady'][k])
+    assert (sv['first_touch']['n'], sv['first_touch']['errors']) == (3, 0)  # each tenant once
+    assert set(sv['steady_ratio_to_warm']) == {'warm', 'uniform', 'zipf'}
     assert sv['distinct_tenants']['warm'] == 1 and sv['distinct_tenants']['uniform'] == 3
+    results_table(res)
     # the state: two tenants ingested and trained, the third a copy; a rerun finds nothing to do
     st = BenchState(tmp_path).tenants
     assert [bool(st[t].get('trained_fingerprint')) for t in sorted(st)] == [True, True, False]

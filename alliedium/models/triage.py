@@ -90,9 +90,11 @@ class TenantModels:
         if failed := endpoint_failure(self.models): raise failed.answered(outs)  # a deep task on SageMaker: 503
         return outs
 
-def load_tenant_models(tenant_id:str, settings:Settings|None=None) -> TenantModels:
+def load_tenant_models(tenant_id:str, settings:Settings|None=None,
+                       sizes:dict|None=None, # filled with task -> bytes of its model as loaded
+                      ) -> TenantModels:
     "The tenant's active models (verified artifacts); `NoModelYet` when there is none."
-    return TenantModels(tenant_id, *load_active_models(tenant_id, settings), settings=settings)
+    return TenantModels(tenant_id, *load_active_models(tenant_id, settings, sizes=sizes), settings=settings)
 
 # %% ../../nbs/30_models/35_triage.ipynb #86ec0700
 def _shown(df:pd.DataFrame, raws:list) -> list[dict]:

@@ -4,10 +4,10 @@
 
 # %% ../../nbs/60_serving/60_api.ipynb #c0d4f5f7
 from __future__ import annotations
-import asyncio, hashlib, json, math, re, threading, time, weakref
+import asyncio, hashlib, json, math, re, threading, time
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Mapping, Protocol
 
 from fastapi import Depends, FastAPI, Header, Path as PathParam, Request
 from fastapi.encoders import jsonable_encoder
@@ -26,10 +26,11 @@ __all__ = ['HTTP_STATUS', 'JiraTime', 'TRAIN_TASKS', 'MAX_BODY_DEPTH', 'LOAD_FAI
            'IssueFields', 'JiraIssue', 'Scored', 'AssigneeScored', 'SimilarTicket', 'DuplicateTicket', 'PriorityAnswer',
            'TriageAnswer', 'BatchRequest', 'BatchError', 'BatchAnswer', 'WebhookIssue', 'WebhookEvent', 'TrainRequest',
            'Job', 'not_too_deep', 'triage_issue', 'bearer_key', 'KeyCache', 'authorize', 'FutureEvent',
-           'check_event_times', 'parse_webhook', 'webhook_auth', 'TenantSlot', 'poll_promotions', 'run_training_job',
-           'ServingBackend', 'LocalBackend', 'ignite_health', 'record_load_failure', 'clear_load_failure',
-           'model_load_health', 'BodyLimit', 'RateLimit', 'HealthCheck', 'tenant_model_versions', 'LaunchFailed',
-           'ErrorBody', 'BatchTooLarge', 'catch_up_tickets', 'batch_item', 'make_api', 'AppArgs', 'settings_overrides']
+           'check_event_times', 'parse_webhook', 'webhook_auth', 'TenantSlot', 'recently_used', 'poll_promotions',
+           'run_training_job', 'ServingBackend', 'SlotCache', 'LocalBackend', 'ignite_health', 'record_load_failure',
+           'clear_load_failure', 'model_load_health', 'BodyLimit', 'RateLimit', 'HealthCheck', 'tenant_model_versions',
+           'LaunchFailed', 'ErrorBody', 'BatchTooLarge', 'catch_up_tickets', 'batch_item', 'make_api', 'AppArgs',
+           'settings_overrides']
 
 # %% ../../nbs/60_serving/60_api.ipynb #4c5ee9ed
 class Unauthorized(AlliediumError): "No API key, or one that matches no tenant."
@@ -396,12 +397,17 @@ class TenantSlot:
         from alliedium.models.triage import load_tenant_models
         self.tenant, self.settings = tenant, settings or get_settings()
         t0 = time.perf_counter()
-        self.models = load_tenant_models(tenant, self.settings)
+        self.sizes: dict[str, int] = {}  # task -> bytes of its model as loaded: what `SlotCache` counts it at
+        self.models = load_tenant_models(tenant, self.settings, self.sizes)
         self.load_seconds, self.checked = time.perf_counter() - t0, time.monotonic()
+        self.used = self.checked  # the last request for it
         self.failed: dict[str, dict] = {}  # task -> a promoted version that failed to load (the older one answers)
 
     @property
     def versions(self) -> dict[str, int]: return dict(self.models.versions)
+
+    @property
+    def nbytes(self) -> int: return sum(self.sizes.values())
 
     def refresh(self, new:dict[str, int]|None=None) -> bool: # the active versions, when known
         "Swap in the models promoted since they were loaded (only the tasks that changed); True if any."
@@ -413,8 +419,10 @@ class TenantSlot:
             new = kept_client(self.settings).run(lambda c: active_versions(self.tenant, self.settings, client=c))
         if new == old: return False
         if not new:  # no active version any more (the tenant erased): hold nothing of it
-            self.models = TenantModels(self.tenant, {}, {}); return True
-        if set(new) != set(old): self.models = load_tenant_models(self.tenant, self.settings); return True
+            self.models, self.sizes = TenantModels(self.tenant, {}, {}), {}; return True
+        if set(new) != set(old):
+            sizes = {}
+            self.models, self.sizes = load_tenant_models(self.tenant, self.settings, sizes), sizes; return True
         models, metrics, served = dict(self.models.models), dict(self.models.metrics), dict(new)
         for task in (t for t, v in new.items() if v != old[t]):
             if (f := self.failed.get(task)) and f['version'] == new[task] and time.monotonic() < f['retry']:
@@ -467,13 +475,19 @@ async def _poll_round(held:dict, log=None):
         except Exception as e:
             if log: log.warning(f"learning {tenant}'s new tickets failed: {e}")
 
-async def poll_promotions(slots:weakref.WeakValueDictionary, # tenant -> TenantSlot held by a replica
+def recently_used(slots:Mapping, # tenant -> TenantSlot held by a replica
+                  seconds:float) -> dict:
+    "The slots asked for in the last `seconds` (the others are refreshed when next asked for: `SlotCache.get`)."
+    now = time.monotonic()
+    return {t: s for t, s in list(slots.items()) if now - s.used <= seconds}
+
+async def poll_promotions(slots:Mapping, # tenant -> TenantSlot held by a replica
                           seconds:float, # time between two rounds
                           log=None):
-    "Forever: every `seconds`, check every held tenant for promoted models (one query per round)."
+    "Forever: every `seconds`, check the tenants asked for lately for promoted models and new tickets."
     while True:
         await asyncio.sleep(seconds)
-        await _poll_round(dict(slots.items()), log)
+        await _poll_round(recently_used(slots, max(10.0, 10 * seconds)), log)
 
 # %% ../../nbs/60_serving/60_api.ipynb #462e3987
 def run_training_job(tenant:str, run_id:str, tasks:list[str]|None=None, settings:dict|None=None) -> dict:
@@ -502,21 +516,49 @@ class ServingBackend(Protocol):
     async def serve_status(self) -> dict: ...
 
 # %% ../../nbs/60_serving/60_api.ipynb #62ea981d
+class SlotCache:
+    """Loaded tenants, least recently used first, bounded by count (`serve_models_per_replica`) and by their
+    models' bytes (`serve_models_memory_mb`); a slot not checked for `stale_seconds` is refreshed when asked for."""
+    def __init__(self, settings:Settings|None=None, stale_seconds:float|None=None):
+        self.settings = settings or get_settings()
+        self.stale = self.settings.serve_poll_seconds if stale_seconds is None else stale_seconds
+        self.slots: OrderedDict[str, TenantSlot] = OrderedDict()
+        self._loading: dict[str, asyncio.Future] = {}  # tenant -> its load under way (one per tenant)
+
+    @property
+    def nbytes(self) -> int: return sum(s.nbytes for s in self.slots.values())
+
+    def _evict(self):
+        "Drop the least recently used slots while over a bound (the newest one stays, whatever its size)."
+        most, limit, total = self.settings.serve_models_per_replica, self.settings.serve_models_memory_mb, self.nbytes
+        while len(self.slots) > 1 and (len(self.slots) > most or (limit and total > limit * 2**20)):
+            total -= self.slots.popitem(last=False)[1].nbytes
+
+    async def get(self, tenant:str) -> TenantSlot:
+        "The tenant's slot: loaded when not held (one load at a time per tenant), refreshed when stale."
+        slot, now = self.slots.get(tenant), time.monotonic()
+        if slot is None:
+            loading = self._loading.get(tenant)
+            if loading is None or loading.get_loop() is not asyncio.get_running_loop():  # (a test client's loop)
+                loading = self._loading[tenant] = asyncio.ensure_future(
+                    asyncio.to_thread(TenantSlot, tenant, self.settings))
+                loading.add_done_callback(lambda f: self._loading.get(tenant) is f and self._loading.pop(tenant))
+            slot = await asyncio.shield(loading)
+            if tenant not in self.slots: self.slots[tenant] = slot; self._evict()
+        elif now - slot.checked > self.stale:
+            await asyncio.to_thread(slot.refresh); await asyncio.to_thread(catch_up_tickets, slot)
+        if tenant in self.slots: self.slots.move_to_end(tenant)
+        slot.used = now
+        return slot
+
 class LocalBackend:
-    "Serving in this process: an LRU of `TenantSlot`s refreshed on use, training in a thread."
+    "Serving in this process: a `SlotCache` of tenants refreshed on use, training in a thread."
     def __init__(self, settings:Settings|None=None):
         self.settings = settings or get_settings()
-        self.slots: OrderedDict[str, TenantSlot] = OrderedDict()
+        self.cache = SlotCache(self.settings)
+        self.slots = self.cache.slots
 
-    async def slot(self, tenant:str) -> TenantSlot:
-        s = self.slots.get(tenant)
-        if s is None:
-            s = self.slots[tenant] = await asyncio.to_thread(TenantSlot, tenant, self.settings)
-            while len(self.slots) > self.settings.serve_models_per_replica: self.slots.popitem(last=False)
-        elif time.monotonic() - s.checked > self.settings.serve_poll_seconds:
-            await asyncio.to_thread(s.refresh); await asyncio.to_thread(catch_up_tickets, s)
-        self.slots.move_to_end(tenant)
-        return s
+    async def slot(self, tenant:str) -> TenantSlot: return await self.cache.get(tenant)
 
     async def triage(self, tenant:str, issue:dict) -> dict: return (await self.slot(tenant)).triage(issue)
 
