@@ -340,6 +340,13 @@ def _no_delay_wrap(sock:socket.socket, ssl_params:dict, _wrap=_pyignite_connecti
 
 if getattr(_pyignite_connection.wrap, '__name__', '') != '_no_delay_wrap': _pyignite_connection.wrap = _no_delay_wrap
 
+# %% ../nbs/05_ignite.ipynb #23f939ec
+import functools
+from pyignite.datatypes.standard import String as _PyigniteString
+
+if not hasattr(_PyigniteString.build_c_type, 'cache_info'):  # (once per process)
+    _PyigniteString.build_c_type = classmethod(functools.lru_cache(maxsize=4096)(_PyigniteString.build_c_type.__func__))
+
 # %% ../nbs/05_ignite.ipynb #77c3627e
 def client_addresses(settings:Settings) -> list[tuple[str,int]]:
     "Thin-client addresses: the configured cluster's, else node0's then the other running local nodes'."
