@@ -116,10 +116,10 @@ class TextEncoder:
 
     def fit(self, texts:list[str]) -> TextEncoder: self.fit_transform(texts); return self
 
-    def _set(self, terms:list[str], idf:np.ndarray):
+    def _set(self, terms:list[str], idf:np.ndarray, digest:str|None=None): # (a stored one: as computed at fit)
         self.terms_, self.idf_ = list(terms), idf
         self.vocabulary_ = {t: i for i, t in enumerate(self.terms_)}
-        self.digest_ = hashlib.sha1(pack_values(self.terms_) + idf.tobytes()).hexdigest()
+        self.digest_ = digest or hashlib.sha1(pack_values(self.terms_) + idf.tobytes()).hexdigest()
         self._memo = self._row_memo = None  # rows of the old terms are no longer right
 
     def __getstate__(self) -> dict:
@@ -130,7 +130,7 @@ class TextEncoder:
         self.max_features, self.min_df, self._memo, self._row_memo = state['max_features'], state['min_df'], None, None
         same = _ENCODERS.get(state.get('digest'))  # a tenant's four models carry one encoder: build its dictionary once
         if same is None:
-            self._set(unpack_values(state['terms']), np.asarray(state['idf'], np.float32))
+            self._set(unpack_values(state['terms']), np.asarray(state['idf'], np.float32), state.get('digest'))
             _ENCODERS[self.digest_] = self
         else:
             self.terms_, self.idf_, self.vocabulary_ = same.terms_, same.idf_, same.vocabulary_
