@@ -108,6 +108,9 @@ def cluster_gateway(two_node_cluster):
 
 
 @pytest.fixture(scope='module')
-def three_node_cluster(tmp_path_factory):
-    "A local cluster of three server nodes on loopback (own ports and work dirs, security on), tables with one backup."
-    yield from local_cluster(tmp_path_factory.mktemp('cluster3'), 3)
+def three_node_cluster(request, tmp_path_factory):
+    """A local cluster of three server nodes on loopback (own ports and work dirs, authentication and TLS on), tables
+    with one backup; TDE on, or off where a test parametrizes this fixture indirectly with `False` (`request.param`).
+    Each parameter is a cluster of its own in a folder of its own, the previous one stopped before the next starts."""
+    tde = getattr(request, 'param', True)
+    yield from local_cluster(tmp_path_factory.mktemp('cluster3' if tde else 'cluster3-notde'), 3, ignite_tde=tde)

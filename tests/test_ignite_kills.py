@@ -1,7 +1,8 @@
 """Ignite nodes SIGKILLed under load (real JVMs on loopback, security on: authentication, TLS, TDE; real Jira tickets):
 a lone node during a bulk ingest and during a webhook burst through the HTTP API, and one node of a three-node
-cluster (backups 1) during a bulk ingest and a triage load. Acknowledged (a committed batch, a 200) against stored is
-counted after every kill and printed (`pytest -s`), as are the seconds until triage answers again and the rebalance."""
+cluster (backups 1) during a bulk ingest and a triage load, with TDE off (`make test`) and on (`make bench`: a known
+Ignite bug). Acknowledged (a committed batch, a 200) against stored is counted after every kill and printed
+(`pytest -s`), as are the seconds until triage answers again and the rebalance."""
 import json, gzip, itertools, os, signal, subprocess, sys, threading, time, uuid
 
 import pytest
@@ -12,7 +13,7 @@ from alliedium.config import Settings
 from alliedium.ignite import (LocalNode, _alive, client_addresses, client_options, free_port, ignite_client, node_pid,
                               start_local_node, stop_local_node)
 from alliedium.jira import Deletion, Ticket, read_issues
-from alliedium.schema import ensure_schema
+from alliedium.schema import ensure_schema, unencrypted_tables
 from alliedium.tenants import create_tenant
 from fixtures_cluster import JIRA, wait_for
 
@@ -200,14 +201,15 @@ def halted(s: Settings, nodes: int = 3) -> dict:
 # Ignite 2.15 (the last release with Ignite ML, which bench compare uses) corrupts the TICKET index of a node that
 # takes a full rebalance of the encrypted (TDE) cache group: 8 of 8 runs with the tenant's primary killed, also with
 # 4 KB pages, SIGTERM, a wiped store, WAL kept during rebalancing; never with TDE off. The restarted node halts
-# (CorruptedTreeException). Until an Ignite with the fix: expected to fail at the rejoin, and only there.
+# (CorruptedTreeException). Until an Ignite with the fix: expected to fail at the rejoin, and only there, with TDE on;
+# with TDE off (authentication and TLS still on) the same test runs in `make test` and must pass.
 KNOWN_TDE_BUG = ("Ignite 2.15: a full rebalance of an encrypted cache group corrupts the rejoining node's index "
                  "(CorruptedTreeException; see nbs/explanations/cluster_kills.md)")
 
 
 def tde_rebalance_corruption(s: Settings) -> bool:
-    "Whether a node halted on a corrupted B+tree: the known TDE rebalancing bug, and no other failure."
-    return any('CorruptedTreeException' in why for why in halted(s).values())
+    "Whether a node halted on a corrupted B+tree: the known TDE rebalancing bug (with TDE on only), no other failure."
+    return s.ignite_tde and any('CorruptedTreeException' in why for why in halted(s).values())
 
 
 def primary_of(s: Settings, tenant: str, nodes: int = 3) -> int:
@@ -235,11 +237,16 @@ def rebalanced(s: Settings) -> bool:
             and all(owning.get(g) == parts * min(backups + 1, servers) for g, (parts, backups) in groups.items()))
 
 
-@pytest.mark.bench  # (minutes: three nodes, a kill, a restart and a rebalance)
+# each a cluster of its own (105-118 s on two cores: three nodes, a kill, a restart and a rebalance). TDE off runs in
+# `make test` and must pass. TDE on is `bench` (`make bench`) with the xfail on the Ignite bug above (KNOWN_TDE_BUG: 8 of
+# 8 runs corrupted; 3 of 3 passed on 2026-12-01 after other changes, cause unknown: nbs/explanations/cluster_kills.md)
+@pytest.mark.parametrize('three_node_cluster', [pytest.param(False, id='tde-off'),
+                                                pytest.param(True, id='tde-on', marks=pytest.mark.bench)], indirect=True)
 def test_sigkill_of_one_of_three_nodes_during_ingest_and_triage(three_node_cluster):
     """One node of three SIGKILLed while a bulk ingest writes and triage answers: the ingest goes on on the others
     and loses no acknowledged ticket, triage answers again, the node restarts, rejoins the baseline, rebalances,
-    and every node counts the same tickets."""
+    and every node counts the same tickets. Authentication and TLS on; TDE off in `make test` (Ignite 2.15 corrupts
+    a node's index when it takes a full rebalance of an encrypted group), on in `make bench` (xfail on that bug)."""
     from alliedium.ingest import ingest_tickets
     from alliedium.models.triage import load_tenant_models
     from alliedium.serving.api import LocalBackend, make_api
@@ -251,6 +258,7 @@ def test_sigkill_of_one_of_three_nodes_during_ingest_and_triage(three_node_clust
         assert c.partition_aware  # requests go to the node that holds the key
         assert [b for _, b in sorted(c.sql('SELECT CONSISTENT_ID, ONLINE FROM SYS.BASELINE_NODES'))] == [True] * 3
         assert list(c.sql("SELECT BACKUPS FROM SYS.CACHES WHERE CACHE_NAME = 'ALLIEDIUM_TICKET'")) == [[1]]
+        assert ('TICKET' not in unencrypted_tables(c)) == s.ignite_tde  # the variant's TDE, as the nodes have it
     # a small tenant trained on real tickets: its models are rows in the cluster
     tt, key = tenant_of(s, 'kill3tri')
     t0 = time.monotonic()
@@ -311,7 +319,8 @@ def test_sigkill_of_one_of_three_nodes_during_ingest_and_triage(three_node_clust
         t0 = time.monotonic()
         start_local_node(s, nodes=3)
         rejoined = time.monotonic() - t0
-        assert wait_for(lambda: rebalanced(s) or tde_rebalance_corruption(s), 300, 0.5)
+        # (a node that halts ends the wait: on the known bug the xfail below, on anything else a failure)
+        assert wait_for(lambda: rebalanced(s) or bool(halted(s)), 300, 0.5), "not rebalanced within 300 s"
         rebalance = time.monotonic() - t0 - rejoined
         served = sum(a[2] == 200 for a in answers)
     finally:
