@@ -6,7 +6,8 @@
 `app` is the triage API: the FastAPI ingress `TriageAPI` plus `ModelPool`, a deployment
 whose replicas keep tenants' models loaded (least recently used first out, at most `serve_models_memory_mb`
 of models and `serve_models_per_replica` tenants; `@serve.multiplexed`, keyed by tenant, routes a tenant's
-requests to a replica that holds it) and swap in a newly promoted version within `serve_poll_seconds`.
+requests to a replica that held it lately) and swap in a newly promoted version within `serve_poll_seconds`
+(a tenant not asked for in the last ten polls: checked in the background from its next request on).
 With `serve_models_in_ingress` the ingress replicas hold the multiplexed models themselves: one
 hop less per triage (what a small machine wants), at the price of scaling models and HTTP together;
 `serve_ingress_replicas` then sets how many processes answer (one per core is the usual choice).
@@ -25,14 +26,17 @@ from alliedium.serving.api import (AppArgs, ModelsUnavailable, SlotCache, Tenant
                                    run_training_job, settings_overrides)
 
 log = logging.getLogger('ray.serve')
+# tenants a replica names to Serve's router (its multiplexed LRU): Serve sets a metric per named tenant ten times a
+# second, which with 1,000 named took 13% of a replica's time (py-spy); the replica holds more (`SlotCache`)
+ROUTED_TENANTS = 64
 
 
 class _ModelHolder:
     """What a replica holding tenants' models does: keep their slots (`SlotCache`: LRU bounded by memory and count),
     poll promotions. Serve's multiplexing (`tenant`) only tracks which tenants a replica holds, for routing."""
     def _hold_models(self):
-        # a held tenant not asked for in the poller's rounds is refreshed when next asked for
-        self.cache = SlotCache(self.settings, stale_seconds=2 * self.settings.serve_poll_seconds)
+        # a held tenant not asked for in the poller's rounds is checked when next asked for, while it answers
+        self.cache = SlotCache(self.settings, stale_seconds=2 * self.settings.serve_poll_seconds, background=True)
         self.slots = self.cache.slots
         polling = poll_promotions(self.slots, self.settings.serve_poll_seconds, log)
         self.poller = asyncio.get_event_loop().create_task(polling)
@@ -63,7 +67,7 @@ def tenant_models_deployment(settings: Settings):
             self.settings = Settings(**settings)
             self._hold_models()
 
-        @serve.multiplexed(max_num_models_per_replica=settings.serve_models_per_replica)
+        @serve.multiplexed(max_num_models_per_replica=min(settings.serve_models_per_replica, ROUTED_TENANTS))
         async def tenant(self, tenant: str) -> str: return tenant  # (the slot itself is in `self.cache`)
 
         async def triage(self, issue: dict) -> dict:
@@ -92,7 +96,7 @@ def triage_api_deployment(settings: Settings):
         def __serve_build_asgi_app__(self):
             return make_api(self)
 
-        @serve.multiplexed(max_num_models_per_replica=settings.serve_models_per_replica)
+        @serve.multiplexed(max_num_models_per_replica=min(settings.serve_models_per_replica, ROUTED_TENANTS))
         async def tenant(self, tenant: str) -> str: return tenant  # (the slot itself is in `self.cache`)
 
         async def _pool(self, call) -> dict | list:

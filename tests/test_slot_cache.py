@@ -94,3 +94,20 @@ def test_the_poller_asks_only_for_tenants_used_lately(ignite, tenants):
     asyncio.run(run())
     cache.slots[tenants[0]].used -= 100
     assert set(recently_used(cache.slots, 10)) == set(tenants[1:])
+
+
+def test_in_the_background_a_stale_slot_answers_at_once_and_is_checked_beside(ignite, tenants):
+    "As replicas hold them: a held tenant not asked for lately answers with what it holds while it is checked."
+    cache = SlotCache(ignite, background=True)
+
+    async def run():
+        slot = await cache.get(tenants[0])
+        slot.checked = float('-inf')
+        t0 = time.monotonic()
+        again = await cache.get(tenants[0])
+        pending = dict(cache._checking)  # (its check is under way, not awaited by the request)
+        await asyncio.gather(*pending.values())
+        await asyncio.sleep(0)
+        return slot, again, pending, t0
+    slot, again, pending, t0 = asyncio.run(run())
+    assert again is slot and list(pending) == [tenants[0]] and slot.checked >= t0 and not cache._checking

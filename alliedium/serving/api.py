@@ -516,14 +516,20 @@ class ServingBackend(Protocol):
     async def serve_status(self) -> dict: ...
 
 # %% ../../nbs/60_serving/60_api.ipynb #62ea981d
+def _check(slot:TenantSlot):
+    "A held slot's promoted versions swapped in and new tickets learnt (`refresh`, `catch_up_tickets`)."
+    slot.refresh(); catch_up_tickets(slot)
+
 class SlotCache:
     """Loaded tenants, least recently used first, bounded by count (`serve_models_per_replica`) and by their
-    models' bytes (`serve_models_memory_mb`); a slot not checked for `stale_seconds` is refreshed when asked for."""
-    def __init__(self, settings:Settings|None=None, stale_seconds:float|None=None):
-        self.settings = settings or get_settings()
+    models' bytes (`serve_models_memory_mb`); a slot not checked for `stale_seconds` is refreshed when asked for:
+    before it answers, or with `background`, while it answers with what it holds."""
+    def __init__(self, settings:Settings|None=None, stale_seconds:float|None=None, background:bool=False):
+        self.settings, self.background = settings or get_settings(), background
         self.stale = self.settings.serve_poll_seconds if stale_seconds is None else stale_seconds
         self.slots: OrderedDict[str, TenantSlot] = OrderedDict()
         self._loading: dict[str, asyncio.Future] = {}  # tenant -> its load under way (one per tenant)
+        self._checking: dict[str, asyncio.Future] = {}  # tenant -> its background check under way
 
     @property
     def nbytes(self) -> int: return sum(s.nbytes for s in self.slots.values())
@@ -546,7 +552,10 @@ class SlotCache:
             slot = await asyncio.shield(loading)
             if tenant not in self.slots: self.slots[tenant] = slot; self._evict()
         elif now - slot.checked > self.stale:
-            await asyncio.to_thread(slot.refresh); await asyncio.to_thread(catch_up_tickets, slot)
+            if not self.background: await asyncio.to_thread(_check, slot)
+            elif tenant not in self._checking:
+                self._checking[tenant] = asyncio.ensure_future(asyncio.to_thread(_check, slot))
+                self._checking[tenant].add_done_callback(lambda f: self._checking.pop(tenant, None) and f.exception())
         if tenant in self.slots: self.slots.move_to_end(tenant)
         slot.used = now
         return slot
