@@ -347,6 +347,14 @@ from pyignite.datatypes.standard import String as _PyigniteString
 if not hasattr(_PyigniteString.build_c_type, 'cache_info'):  # (once per process)
     _PyigniteString.build_c_type = classmethod(functools.lru_cache(maxsize=4096)(_PyigniteString.build_c_type.__func__))
 
+# %% ../nbs/05_ignite.ipynb #2510256d
+def _register_cache(self:Client, cache_id:int):
+    "A cache's partition mapping, empty (to be asked for) only if the client has none for it yet."
+    if self.partition_aware and cache_id not in self._affinity['partition_mapping']:
+        self._affinity['partition_mapping'][cache_id] = {}
+
+Client.register_cache = _register_cache
+
 # %% ../nbs/05_ignite.ipynb #77c3627e
 def client_addresses(settings:Settings) -> list[tuple[str,int]]:
     "Thin-client addresses: the configured cluster's, else node0's then the other running local nodes'."
@@ -399,6 +407,10 @@ class KeptClient:
             except (ReconnectError, SocketError, OSError) as e:
                 self._close()
                 raise IgniteUnavailable(f"the connection to Ignite broke ({e}): retry in a moment") from None
+
+    def reset(self):
+        "Close the kept connection (after an error that may have left it unusable): the next `run` opens one."
+        with self.lock: self._close()
 
     def _close(self):
         cm, self._open = (self._open or (None, None))[0], None
