@@ -36,7 +36,8 @@ class _ModelHolder:
     poll promotions. Serve's multiplexing (`tenant`) only tracks which tenants a replica holds, for routing."""
     def _hold_models(self):
         # a held tenant not asked for in the poller's rounds is checked when next asked for, while it answers
-        self.cache = SlotCache(self.settings, stale_seconds=2 * self.settings.serve_poll_seconds, background=True)
+        self.cache = SlotCache(self.settings, stale_seconds=2 * self.settings.serve_poll_seconds, background=True,
+                               log=log)
         self.slots = self.cache.slots
         polling = poll_promotions(self.slots, self.settings.serve_poll_seconds, log)
         self.poller = asyncio.get_event_loop().create_task(polling)

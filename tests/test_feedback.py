@@ -20,41 +20,25 @@ T0 = '2024-01-02T03:04:05.000+0000'
 def replays(request, ignite):
     """Storm's newest 20% replayed through the API after training on the rest (`alliedium bench replay`, learning off)
     and, when a test of the session takes `replayed_online`, the same replay with learning on, on a second tenant with
-    the same models (`bench_replay`'s second run): started as soon as `bench_replay` has trained them, it runs beside
-    the first replay. Each replay waits on the node more than it computes (~40 s of this process's CPU and ~80 s of the
-    node's in ~150 s), so on two cores (shared with other work) this set-up took 269-289 s against 346-369 s for the
-    two fixtures one after the other, with the same answers (their printed timings are of two replays at once)."""
-    from concurrent.futures import ThreadPoolExecutor
-    from alliedium.bench import replay
-    from alliedium.jira import jira_file
-    if not any('replayed_online' in getattr(item, 'fixturenames', ()) for item in request.session.items):
-        yield dict(off=replay.bench_replay('Storm', 0.2, settings=ignite, online=False))
-        return
-    _, newest = replay.replay_split(jira_file('Storm', ignite), 'x', 0.2)
-    prepare, started, beside = replay.prepare_tenant, {}, ThreadPoolExecutor(1)
-
-    def prepared(tenant: str, older: list, s) -> str:  # bench_replay's step, then the second tenant and its replay
-        key, on = prepare(tenant, older, s), f'{tenant}-online'
-        started['online'] = beside.submit(replay._replay, on, replay.clone_tenant(tenant, on, older, s), newest, s, True)
-        return key
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(replay, 'prepare_tenant', prepared)
-            off = replay.bench_replay('Storm', 0.2, settings=ignite, online=False)
-        yield dict(off=off, online=started['online'])
-    finally: beside.shutdown(wait=True)
+    the same models, beside the first (`together`). Each replay waits on the node more than it computes (~40 s of this
+    process's CPU and ~80 s of the node's in ~150 s), so on two cores (shared with other work) this set-up took
+    269-289 s against 346-369 s for the two one after the other, with the same answers (their printed timings are of
+    two replays at once)."""
+    from alliedium.bench.replay import bench_replay
+    online = any('replayed_online' in getattr(item, 'fixturenames', ()) for item in request.session.items)
+    return bench_replay('Storm', 0.2, settings=ignite, online=online, together=True)
 
 
 @pytest.fixture(scope='module')
 def replayed(replays):
     "Storm's newest 20% replayed through the API after training on the rest (`alliedium bench replay`)."
-    return replays['off']
+    return replays
 
 
 @pytest.fixture(scope='module')
 def replayed_online(replays):
     "The same replay again with online learning on, on a second tenant with the same models (`bench_replay`'s)."
-    return replays['online'].result()
+    return replays['online']
 
 
 @pytest.fixture(scope='module')

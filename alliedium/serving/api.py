@@ -524,8 +524,9 @@ class SlotCache:
     """Loaded tenants, least recently used first, bounded by count (`serve_models_per_replica`) and by their
     models' bytes (`serve_models_memory_mb`); a slot not checked for `stale_seconds` is refreshed when asked for:
     before it answers, or with `background`, while it answers with what it holds."""
-    def __init__(self, settings:Settings|None=None, stale_seconds:float|None=None, background:bool=False):
-        self.settings, self.background = settings or get_settings(), background
+    def __init__(self, settings:Settings|None=None, stale_seconds:float|None=None, background:bool=False,
+                 log=None): # where a background check that failed is said (the poller's log)
+        self.settings, self.background, self.log = settings or get_settings(), background, log
         self.stale = self.settings.serve_poll_seconds if stale_seconds is None else stale_seconds
         self.slots: OrderedDict[str, TenantSlot] = OrderedDict()
         self._loading: dict[str, asyncio.Future] = {}  # tenant -> its load under way (one per tenant)
@@ -539,6 +540,12 @@ class SlotCache:
         most, limit, total = self.settings.serve_models_per_replica, self.settings.serve_models_memory_mb, self.nbytes
         while len(self.slots) > 1 and (len(self.slots) > most or (limit and total > limit * 2**20)):
             total -= self.slots.popitem(last=False)[1].nbytes
+
+    def _checked(self, tenant:str, f:asyncio.Future):
+        "A background check ended: the next one may start; a failure is said (the slot answers as it was)."
+        self._checking.pop(tenant, None)
+        if not f.cancelled() and (e := f.exception()) and self.log:
+            self.log.warning(f"checking {tenant}'s models and tickets failed: {e}")
 
     async def get(self, tenant:str) -> TenantSlot:
         "The tenant's slot: loaded when not held (one load at a time per tenant), refreshed when stale."
@@ -555,7 +562,7 @@ class SlotCache:
             if not self.background: await asyncio.to_thread(_check, slot)
             elif tenant not in self._checking:
                 self._checking[tenant] = asyncio.ensure_future(asyncio.to_thread(_check, slot))
-                self._checking[tenant].add_done_callback(lambda f: self._checking.pop(tenant, None) and f.exception())
+                self._checking[tenant].add_done_callback(lambda f: self._checked(tenant, f))
         if tenant in self.slots: self.slots.move_to_end(tenant)
         slot.used = now
         return slot
