@@ -23,13 +23,13 @@ from pyignite.exceptions import (AuthenticationError, CacheError, ClusterError, 
 from .config import AlliediumError, ConfigError, Settings, get_settings
 
 # %% auto #0
-__all__ = ['JAVA17_OPENS', 'MASTER_KEY', 'STORE_PASSWORD_ENV', 'JavaNotFound', 'IgniteJarsMissing', 'PortBusy',
-           'IgniteStartFailed', 'IgniteUnavailable', 'java_major', 'LocalNode', 'SecretsError', 'ignite_password',
-           'admin_password', 'store_password', 'keytool', 'add_master_key', 'ensure_secrets', 'security_xml',
-           'client_options', 'store_page_size', 'node_config', 'job_python', 'java_command', 'node_pid', 'local_nodes',
-           'running_nodes', 'port_free', 'free_port', 'client_addresses', 'IgniteLoginFailed', 'ignite_client',
-           'KeptClient', 'kept_client', 'sql_time', 'sql_ready', 'ensure_users', 'StartResult', 'start_local_node',
-           'stop_local_node', 'cluster_status']
+__all__ = ['JAVA17_OPENS', 'MASTER_KEY', 'STORE_PASSWORD_ENV', 'REUSE_IDLE_S', 'REUSE_USES', 'REUSE_KEEP', 'JavaNotFound',
+           'IgniteJarsMissing', 'PortBusy', 'IgniteStartFailed', 'IgniteUnavailable', 'java_major', 'LocalNode',
+           'SecretsError', 'ignite_password', 'admin_password', 'store_password', 'keytool', 'add_master_key',
+           'ensure_secrets', 'security_xml', 'client_options', 'store_page_size', 'node_config', 'job_python',
+           'java_command', 'node_pid', 'local_nodes', 'running_nodes', 'port_free', 'free_port', 'client_addresses',
+           'IgniteLoginFailed', 'ignite_client', 'KeptClient', 'kept_client', 'sql_time', 'sql_ready', 'ensure_users',
+           'StartResult', 'start_local_node', 'stop_local_node', 'cluster_status']
 
 # %% ../nbs/05_ignite.ipynb #42d7bc51
 class JavaNotFound(AlliediumError): "No usable `java` (JDK 17) to run the node."
@@ -374,12 +374,53 @@ def _connected(s:Settings, addrs, timeout:float, **options) -> Client:
     finally: log.setLevel(level)
     return client
 
+REUSE_IDLE_S, REUSE_USES, REUSE_KEEP = 20.0, 32, 4  # a connection given back is reused within 20 s, 32 times at most
+_idle: dict[tuple, list] = {}  # (pid, addresses, timeout, options) -> [(client, given back at, uses)]
+_idle_lock = threading.Lock()
+
+def _still_open(client:Client) -> bool:
+    "False once a node closed one of the client's sockets while it sat idle (the node stopped, was killed)."
+    import select
+    socks = [n._socket for n in client._nodes if n._socket is not None]
+    if not socks: return False
+    try: readable = select.select(socks, [], [], 0)[0]
+    except (OSError, ValueError): return False
+    return not readable  # an idle connection has nothing to read (TLS 1.2: no tickets after the handshake)
+
+def _reused(key:tuple):
+    "An idle connection of `key` given back lately and still open, with its uses so far; (None, 0) if none."
+    now, stale, found = time.monotonic(), [], (None, 0)
+    with _idle_lock:
+        idle = _idle.get(key) or []
+        while idle:
+            client, since, uses = idle.pop()
+            if now - since <= REUSE_IDLE_S and _still_open(client): found = (client, uses); break
+            stale.append(client)
+    for c in stale: c.close()
+    return found
+
+def _give_back(key:tuple, client:Client, uses:int):
+    if uses < REUSE_USES:
+        with _idle_lock:
+            idle = _idle.setdefault(key, [])
+            if len(idle) < REUSE_KEEP: idle.append((client, time.monotonic(), uses)); return
+    client.close()
+
 @contextmanager
-def ignite_client(settings:Settings|None=None, timeout:float|None=None):
-    "A connected `pyignite.Client`, closed on exit."
+def ignite_client(settings:Settings|None=None, timeout:float|None=None,
+                  reuse:bool=True): # take a connection this process gave back lately, give this one back after
+    "A connected `pyignite.Client` (one given back lately when there is one); given back, or closed, on exit."
     s = settings or get_settings()
     addrs = client_addresses(s)
-    try: client = _connected(s, addrs, timeout or s.ignite_timeout)
+    t = timeout or s.ignite_timeout
+    key = (os.getpid(), tuple(addrs), t, repr(sorted(client_options(s).items()))) if reuse else None
+    client, uses = _reused(key) if reuse else (None, 0)
+    if client is not None:
+        try: yield client
+        except BaseException: client.close(); raise  # (it may be the connection that broke)
+        else: _give_back(key, client, uses + 1)
+        return
+    try: client = _connected(s, addrs, t)
     except AuthenticationError: raise IgniteLoginFailed(
         f"Ignite refused the login of user {s.ignite_user!r}: set ALLIEDIUM_IGNITE_PASSWORD to its password "
         f"(the local node's is in {s.secrets_path/'ignite-password'})") from None
@@ -390,7 +431,10 @@ def ignite_client(settings:Settings|None=None, timeout:float|None=None):
         if s.ignite_tls: hint += ' (the cluster speaks TLS? ALLIEDIUM_IGNITE_TLS and ALLIEDIUM_IGNITE_CA must match it)'
         raise IgniteUnavailable(f"no Ignite node answers at {where} ({e}): {hint}") from None
     try: yield client
-    finally: client.close()
+    except BaseException: client.close(); raise
+    else:
+        if reuse: _give_back(key, client, 1)
+        else: client.close()
 
 # %% ../nbs/05_ignite.ipynb #kept01
 class KeptClient:
@@ -401,7 +445,7 @@ class KeptClient:
         "`fn(client)` on the kept connection (opened when needed)."
         with self.lock:
             if self._open is None:
-                cm = ignite_client(self.settings)
+                cm = ignite_client(self.settings, reuse=False)  # its own, closed by `reset`
                 self._open = (cm, cm.__enter__())
             try: return fn(self._open[1])
             except (ReconnectError, SocketError, OSError) as e:
