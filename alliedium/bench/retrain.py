@@ -51,11 +51,12 @@ def summarise(ts:list[dict], n:int, jobs:int, pool_wall:float, skip_wall:float) 
     "Ratios and rates: per tenant medians, the warm kernel's first tenant (kernel start, imports) apart."
     med = lambda k, rows=ts: statistics.median(t[k] for t in rows)
     steady = ts[1:] or ts  # the first warm tenant starts the kernel and imports; the others show the steady state
-    d, c, w = med('direct_s'), med('cold_s'), med('warm_s', steady)
+    cold = all(t.get('cold_s') is not None for t in ts)  # (False: the process per tenant was not run)
+    d, c, w = med('direct_s'), med('cold_s') if cold else None, med('warm_s', steady)
     return dict(direct_s=d, cold_s=c, warm_s=w, warm_first_s=ts[0]['warm_s'], direct_steady_s=med('direct_s', steady),
-                cold_overhead_s=med('cold_s') - med('cold_train_s'),
+                cold_overhead_s=med('cold_s') - med('cold_train_s') if cold else None,
                 warm_overhead_s=med('warm_s', steady) - med('warm_train_s', steady),
-                cold_ratio=c / d, warm_ratio=w / med('direct_s', steady),
+                cold_ratio=c / d if cold else None, warm_ratio=w / med('direct_s', steady),
                 retrains_per_hour=n / pool_wall * 3600, warm_one_kernel_per_hour=3600 / w,
                 skips_per_hour=n / skip_wall * 3600)
 
@@ -65,15 +66,19 @@ def report_lines(r:dict) -> list[str]:
     lines.append(f"{len(r['tenants'])} tenants ({', '.join(str(t['tickets']) for t in r['tenants'])} tickets); "
                  f"{r['load']['start']} at the start, {r['load']['end']} at the end")
     lines.append("tenant | tickets | direct train_tenant s | papermill process s (train s) | warm kernel s (train s)")
+    cold = m['cold_s'] is not None
     for t in r['tenants']:
-        lines.append(f"{t['tenant']} | {t['tickets']} | {t['direct_s']:.2f} | {t['cold_s']:.2f} "
-                     f"({t['cold_train_s']:.2f}) | {t['warm_s']:.2f} ({t['warm_train_s']:.2f})")
-    lines.append(f"median per tenant: direct {m['direct_s']:.2f}s, papermill process {m['cold_s']:.2f}s "
-                 f"({m['cold_ratio']:.2f}x direct; {m['cold_overhead_s']:.2f}s outside the training), warm kernel "
+        proc = f"{t['cold_s']:.2f} ({t['cold_train_s']:.2f})" if cold else 'not run'
+        lines.append(f"{t['tenant']} | {t['tickets']} | {t['direct_s']:.2f} | {proc} | {t['warm_s']:.2f} "
+                     f"({t['warm_train_s']:.2f})")
+    proc = (f"papermill process {m['cold_s']:.2f}s ({m['cold_ratio']:.2f}x direct; {m['cold_overhead_s']:.2f}s "
+            "outside the training)" if cold else "papermill process not run (--no-cold)")
+    lines.append(f"median per tenant: direct {m['direct_s']:.2f}s, {proc}, warm kernel "
                  f"{m['warm_s']:.2f}s ({m['warm_ratio']:.2f}x direct on the same tenants; {m['warm_overhead_s']:.2f}s "
                  f"outside the training; its first tenant {m['warm_first_s']:.2f}s with the kernel's start and "
                  "imports)")
-    lines.append(f"goal: papermill <= 1.5x a direct call: process {m['cold_ratio']:.2f}x, warm kernel "
+    ratio = f"{m['cold_ratio']:.2f}x" if cold else 'not run'
+    lines.append(f"goal: papermill <= 1.5x a direct call: process {ratio}, warm kernel "
                  f"{m['warm_ratio']:.2f}x ({'met' if m['warm_ratio'] <= 1.5 else 'missed'})")
     lines.append(f"{r['jobs']} warm kernels: {len(r['tenants'])} tenants in {r['pool_wall_s']:.1f}s = "
                  f"{m['retrains_per_hour']:,.0f} tenant-retrains/hour (goal 1,000: "
@@ -91,7 +96,9 @@ def _load() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} cores"
 
 def bench_retrain(count:int=6, tickets:int=2000, jobs:int|None=None, settings:Settings|None=None,
-                  data:Path|None=None, progress:Callable[[str], None]|None=None) -> dict:
+                  data:Path|None=None, progress:Callable[[str], None]|None=None,
+                  cold:bool=True # also a papermill process per tenant (the slowest part: ~12 s a tenant)
+                 ) -> dict:
     "A direct `train_tenant`, a papermill process and a warm kernel per tenant; `jobs` warm kernels; skips."
     from alliedium.retrain import SKIPPED, SUCCEEDED, retrain
     from alliedium.training import train_tenant
@@ -114,12 +121,15 @@ def bench_retrain(count:int=6, tickets:int=2000, jobs:int|None=None, settings:Se
         if bad: raise RuntimeError(f"{label}: failed retrains: {'; '.join(bad)}")
         say(f"  {label}: {len(rs)} tenants in {wall:.1f}s")
         return rs, wall
-    say("papermill, a process per tenant (--cold), one at a time")
-    cold, cold_wall = runs('cold', jobs=1, warm=False)
+    if cold:
+        say("papermill, a process per tenant (--cold), one at a time")
+        procs, cold_wall = runs('cold', jobs=1, warm=False)
+    else: procs, cold_wall = [None] * len(ts), None
     say("papermill in one warm kernel, tenant after tenant")
     warm, warm_wall = runs('warm', jobs=1, warm=True)
-    for t, c, w in zip(ts, cold, warm):
-        t.update(cold_s=c.seconds, cold_train_s=c.train_seconds, warm_s=w.seconds, warm_train_s=w.train_seconds)
+    for t, c, w in zip(ts, procs, warm):
+        t.update(cold_s=c and c.seconds, cold_train_s=c and c.train_seconds, warm_s=w.seconds,
+                 warm_train_s=w.train_seconds)
     say(f"{jobs} warm kernels at once")
     pool, pool_wall = runs('pool', jobs=jobs, warm=True)
     load['after_runs'] = _load()

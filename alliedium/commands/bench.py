@@ -227,6 +227,8 @@ def bench_retrain_cmd(count: int = typer.Option(6, '--tenants', min=1, help="ten
                                                     "(default: ALLIEDIUM_RETRAIN_JOBS, else cores)"),
                       data: Path = typer.Option(None, help="folder of <Project>.jsonl.gz Jira dumps "
                                                            "(default: ../shared/data/jira/apache)"),
+                      cold: bool = typer.Option(True, '--cold/--no-cold',
+                                                help="also a papermill process per tenant (~12 s a tenant)"),
                       as_json: bool = typer.Option(False, '--json', help="print JSON")):
     "The training notebook per tenant: papermill process vs warm kernel vs direct train_tenant; retrains/hour."
     from alliedium.bench.retrain import bench_retrain, report_lines
@@ -234,6 +236,6 @@ def bench_retrain_cmd(count: int = typer.Option(6, '--tenants', min=1, help="ten
     if not s.external_cluster: start_local_node(s)
     ensure_schema(s)
     r = bench_retrain(count, tickets, jobs or None, s, data,
-                      None if as_json else lambda m: console.print(m, style='dim', highlight=False))
+                      None if as_json else lambda m: console.print(m, style='dim', highlight=False), cold=cold)
     if as_json: print(json.dumps(r, indent=2, default=str)); return
     for line in report_lines(r): console.print(line, highlight=False, markup=False)
