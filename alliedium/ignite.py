@@ -415,25 +415,22 @@ def ignite_client(settings:Settings|None=None, timeout:float|None=None,
     t = timeout or s.ignite_timeout
     key = (os.getpid(), tuple(addrs), t, repr(sorted(client_options(s).items()))) if reuse else None
     client, uses = _reused(key) if reuse else (None, 0)
-    if client is not None:
-        try: yield client
-        except BaseException: client.close(); raise  # (it may be the connection that broke)
-        else: _give_back(key, client, uses + 1)
-        return
-    try: client = _connected(s, addrs, t)
-    except AuthenticationError: raise IgniteLoginFailed(
-        f"Ignite refused the login of user {s.ignite_user!r}: set ALLIEDIUM_IGNITE_PASSWORD to its password "
-        f"(the local node's is in {s.secrets_path/'ignite-password'})") from None
-    except (ReconnectError, HandshakeError, OSError) as e:
-        where = ', '.join(f'{h}:{p}' for h, p in addrs)
-        hint = ('check ALLIEDIUM_IGNITE_HOSTS' if s.external_cluster
-                else 'start the local node with `alliedium ignite start`')
-        if s.ignite_tls: hint += ' (the cluster speaks TLS? ALLIEDIUM_IGNITE_TLS and ALLIEDIUM_IGNITE_CA must match it)'
-        raise IgniteUnavailable(f"no Ignite node answers at {where} ({e}): {hint}") from None
+    if client is None:
+        try: client = _connected(s, addrs, t)
+        except AuthenticationError: raise IgniteLoginFailed(
+            f"Ignite refused the login of user {s.ignite_user!r}: set ALLIEDIUM_IGNITE_PASSWORD to its password "
+            f"(the local node's is in {s.secrets_path/'ignite-password'})") from None
+        except (ReconnectError, HandshakeError, OSError) as e:
+            where = ', '.join(f'{h}:{p}' for h, p in addrs)
+            hint = ('check ALLIEDIUM_IGNITE_HOSTS' if s.external_cluster
+                    else 'start the local node with `alliedium ignite start`')
+            if s.ignite_tls:
+                hint += ' (the cluster speaks TLS? ALLIEDIUM_IGNITE_TLS and ALLIEDIUM_IGNITE_CA must match it)'
+            raise IgniteUnavailable(f"no Ignite node answers at {where} ({e}): {hint}") from None
     try: yield client
-    except BaseException: client.close(); raise
+    except BaseException: client.close(); raise  # (it may be the connection that broke)
     else:
-        if reuse: _give_back(key, client, 1)
+        if reuse: _give_back(key, client, uses + 1)
         else: client.close()
 
 # %% ../nbs/05_ignite.ipynb #kept01
@@ -451,10 +448,6 @@ class KeptClient:
             except (ReconnectError, SocketError, OSError) as e:
                 self._close()
                 raise IgniteUnavailable(f"the connection to Ignite broke ({e}): retry in a moment") from None
-
-    def reset(self):
-        "Close the kept connection (after an error that may have left it unusable): the next `run` opens one."
-        with self.lock: self._close()
 
     def _close(self):
         cm, self._open = (self._open or (None, None))[0], None

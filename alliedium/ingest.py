@@ -28,7 +28,7 @@ from pyignite.exceptions import CacheError, ReconnectError, SocketError
 from pyignite.datatypes.transactions import TransactionConcurrency, TransactionIsolation
 
 from .config import Settings, get_settings
-from .ignite import IgniteUnavailable, ignite_client, kept_client
+from .ignite import IgniteUnavailable, ignite_client
 from .jira import FRAME_COLUMNS, TIME_RANGE, Deletion, Rejected, Ticket, parse_event, read_issues
 from .schema import SCHEMA, pack_raw
 from .tenants import require_tenant
@@ -517,18 +517,15 @@ def ingest_webhook(tenant_id:str, event:dict, settings:Settings|None=None) -> di
     "Apply one `jira:issue_created|updated|deleted` event; idempotent. `BadIssue` for an unusable event."
     item = parse_event(event, tenant_id)
     s = settings or get_settings()
-
-    def write(client:Client) -> tuple[dict, int]:
-        require_tenant(tenant_id, client=client)
-        register_types(client)
-        outcome = _write_retrying(client, tenant_id, [item], IngestSummary(tenant_id), s)
-        written = outcome[item.issue_key] in ('inserted', 'updated')
-        return outcome, record_outcomes(client, tenant_id, [item]) if written else 0
-    try: outcome, outcomes = kept_client(s).run(write)  # the process's kept connection: no login per event
-    except IgniteUnavailable: raise
+    try:
+        with ignite_client(s) as client:  # (a connection the process gave back lately: no login per event)
+            require_tenant(tenant_id, client=client)
+            register_types(client)
+            outcome = _write_retrying(client, tenant_id, [item], IngestSummary(tenant_id), s)
+            written = outcome[item.issue_key] in ('inserted', 'updated')
+            outcomes = record_outcomes(client, tenant_id, [item]) if written else 0
     except Exception as e:  # the node went away while answering: 503 (Jira delivers it again), never a 500
         if not node_lost(e): raise
-        kept_client(s).reset()  # (the next event opens a connection of its own)
         raise IgniteUnavailable(f"the connection to Ignite broke ({type(e).__name__}: {e}): "
                                 "send the event again in a moment") from None
     return dict(event=event['webhookEvent'], issue_key=item.issue_key, result=outcome[item.issue_key],

@@ -5,7 +5,6 @@
 # %% ../../nbs/70_bench/74b_replay.ipynb #8cac5a07
 from __future__ import annotations
 import gzip, json, time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from .stats import percentile
@@ -146,21 +145,14 @@ def _replay(tenant:str, key:str, newest:list[dict], s:Settings, online:bool, pro
                 live=q[-1]['live'] if q else {}, **nonself_quality(tenant, newest, s))
 
 def bench_replay(project:str='Storm', share:float=0.2, settings:Settings|None=None, progress=None,
-                 online:bool=True,
-                 together:bool=False, # the learning-on replay beside the off one: sooner, but the two share the
-                                      # machine, so their timings are not one replay's (tests use it)
-                ) -> dict:
+                 online:bool=True) -> dict:
     "Train on a project's older tickets, replay the newest through the API with online learning off (then on)."
     from alliedium.jira import jira_file
     s = settings or get_settings()
     tenant = f'bench-replay-{project.lower()}'
     older, newest = replay_split(jira_file(project, s), tenant, share)
     t0 = time.perf_counter(); key = prepare_tenant(tenant, older, s); train_s = time.perf_counter() - t0
-    on_tenant, pool = f'{tenant}-online', ThreadPoolExecutor(1)
-    replay_on = lambda: _replay(on_tenant, clone_tenant(tenant, on_tenant, older, s), newest, s, True, progress)
-    beside = pool.submit(replay_on) if online and together else None  # (the same models on a second tenant)
-    try: off = _replay(tenant, key, newest, s, False, progress)
-    finally: pool.shutdown(wait=True)
+    off = _replay(tenant, key, newest, s, False, progress)
     offline = offline_assignee(tenant, newest, s)
     lv = off['live']
     out = dict(project=project, tenant=tenant, older=len(older), newest=len(newest), train_seconds=round(train_s, 1),
@@ -169,7 +161,8 @@ def bench_replay(project:str='Storm', share:float=0.2, settings:Settings|None=No
                offline=offline, live=lv, nonself=off['nonself'],
                diff_top1=abs(lv['top1'] - offline['top1']), diff_top3=abs(lv['top3'] - offline['top3']))
     if online:  # the same models on a second tenant, the same replay, learning on
-        out['online'] = on = beside.result() if beside else replay_on()
+        on_tenant = f'{tenant}-online'
+        out['online'] = on = _replay(on_tenant, clone_tenant(tenant, on_tenant, older, s), newest, s, True, progress)
         out['gain'] = {f'{part}_{k}': round(on[part][k] - off[part][k], 4) for part in ('all', 'nonself')
                        for k in ('top1', 'top3')}
     return out
